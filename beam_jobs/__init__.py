@@ -1,0 +1,1 @@
+"""Apache Beam job entry points: options, read, the library transform, write."""

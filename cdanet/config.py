@@ -1,0 +1,245 @@
+"""Typed configuration with the paper's defaults (Sec. 5.1.3), profiles and validation.
+
+Config moves one way: pipeline parameter -> component -> :class:`ExperimentConfig` -> library.
+Everything is validated by :meth:`ExperimentConfig.validate` before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Dataset families and their two domains (paper Sec. 5.1.1). The first is the paper's sparse
+#: domain (the default target), the second the rich one (the default source).
+DATASETS: dict[str, tuple[str, str]] = {
+    "amazon": ("movie", "book"),
+    "taobao": ("ad", "rec"),
+}
+
+#: The models of Table 2. ``cdanet`` is the two-stage translation + augmentation network.
+MODEL_NAMES: tuple[str, ...] = ("mlp", "share_middle", "star", "ddtcdr", "mmoe", "ple", "cdanet")
+
+#: The ablations of Table 5 (CDAnet only).
+ABLATIONS: tuple[str, ...] = (
+    "none",
+    "no_mmoe",  # one shared MLP extractor instead of the MMoE
+    "no_orth",  # beta = 0 in both stages
+    "no_cross",  # alpha = 0 in stage 1
+    "no_translation",  # augmentation network trained from random initialisation
+    "no_augmentation",  # evaluate the translation network directly
+)
+
+EPOCH_BASES: tuple[str, ...] = ("larger", "target")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+EMBEDDING_COMBINERS: tuple[str, ...] = ("concat", "sum")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration, rejected before any work starts."""
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and loss weights. Defaults are the paper's Amazon settings."""
+
+    name: str = "cdanet"
+    d: int = 64  # latent size d of h and z (Eq. 1-4)
+    embedding_dim: int = 64  # per-field embedding size before H_d maps the concatenation to d
+    embedding_combiner: str = "concat"  # how H_d merges field embeddings: concat -> linear, or sum
+    num_experts: int = 2  # K (Eq. 2-4)
+    expert_layers: int = 2  # L: layers of each expert MLP R^d -> R^d
+    gate_layers: int = 2  # layers of the gate MLP G_d before W_gate
+    tower_layers: int = 2  # prediction tower depth including the logit layer
+    tower_layers_by_domain: dict[str, int] = field(default_factory=dict)  # per-domain override
+    tower_hidden: int = 64
+    dropout: float = 0.0
+    alpha: float = 0.01  # weight of L^cross (Eq. 9)
+    beta: float = 0.1  # weight of L^orth (Eq. 9, 11)
+    ablation: str = "none"
+    # Baselines
+    ple_levels: int = 2  # PLE extraction levels (>= 2)
+    ple_shared_experts: int = 1
+    ple_specific_experts: int = 1
+    ddtcdr_orth_weight: float = 0.1  # weight of DDTCDR's orthogonality constraint on its mapping
+
+    def tower_depth(self, domain: str) -> int:
+        return self.tower_layers_by_domain.get(domain, self.tower_layers)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, stopping and runtime settings of both training stages."""
+
+    batch_size: int = 2048  # per domain and step
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    max_epochs: int = 30  # upper bound (the paper's 200 ensures convergence); early stopping decides
+    patience: int = 3  # epochs without a better validation AUC of the target domain
+    finetune_max_epochs: int | None = None  # stage 2; defaults to max_epochs
+    finetune_learning_rate: float | None = None  # stage 2; defaults to learning_rate
+    epoch_basis: str = "larger"  # see cdanet.data: one epoch = one pass over the larger domain
+    seed: int = 42
+    device: str = "auto"
+    mixed_precision: bool = False  # bf16 autocast, CUDA only
+    num_threads: int = 0  # torch intra-op threads; 0 = torch's default (all cores)
+    eval_batch_size: int = 65536
+    train_fraction: float = 1.0  # Fig. 5 sparsity study: fraction of the training split used
+    progress: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    """One training run: which data, which model, how to train."""
+
+    dataset: str = "amazon"
+    source_domain: str = "book"
+    target_domain: str = "movie"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def domains(self) -> tuple[str, str]:
+        """(source, target)."""
+        return (self.source_domain, self.target_domain)
+
+    # ---- validation ---------------------------------------------------------------------------
+    def validate(self) -> ExperimentConfig:
+        """Raise :class:`ConfigError` listing every problem; return self when valid."""
+        m, t, errors = self.model, self.train, []
+        if self.dataset not in DATASETS:
+            errors.append(f"unknown dataset {self.dataset!r}; expected one of {sorted(DATASETS)}")
+        else:
+            allowed = DATASETS[self.dataset]
+            for role, dom in (("source_domain", self.source_domain), ("target_domain", self.target_domain)):
+                if dom not in allowed:
+                    errors.append(f"unknown {role} {dom!r} for dataset {self.dataset!r}; expected one of {allowed}")
+            if self.source_domain == self.target_domain:
+                errors.append(f"source_domain and target_domain are both {self.source_domain!r}")
+            unknown = sorted(set(m.tower_layers_by_domain) - set(allowed))
+            if unknown:
+                errors.append(f"tower_layers_by_domain names unknown domains {unknown}")
+        if m.name not in MODEL_NAMES:
+            errors.append(f"unknown model name {m.name!r}; expected one of {MODEL_NAMES}")
+        if m.ablation not in ABLATIONS:
+            errors.append(f"unknown ablation {m.ablation!r}; expected one of {ABLATIONS}")
+        elif m.ablation != "none" and m.name != "cdanet":
+            errors.append(f"ablation {m.ablation!r} only applies to model 'cdanet', not {m.name!r}")
+        if m.embedding_combiner not in EMBEDDING_COMBINERS:
+            errors.append(f"unknown embedding_combiner {m.embedding_combiner!r}; expected {EMBEDDING_COMBINERS}")
+        for name in ("alpha", "beta", "dropout", "ddtcdr_orth_weight"):
+            if getattr(m, name) < 0:
+                errors.append(f"model.{name} must be >= 0, got {getattr(m, name)}")
+        if m.dropout >= 1:
+            errors.append(f"model.dropout must be < 1, got {m.dropout}")
+        for name in ("d", "embedding_dim", "num_experts", "expert_layers", "gate_layers", "tower_hidden",
+                     "ple_shared_experts", "ple_specific_experts"):
+            if getattr(m, name) < 1:
+                label = "K (num_experts)" if name == "num_experts" else f"model.{name}"
+                errors.append(f"{label} must be >= 1, got {getattr(m, name)}")
+        if m.ple_levels < 2:
+            errors.append(f"model.ple_levels must be >= 2 (progressive extraction), got {m.ple_levels}")
+        for dom, depth in {"": m.tower_layers, **m.tower_layers_by_domain}.items():
+            if depth < 1:
+                errors.append(f"tower depth{' of ' + dom if dom else ''} must be >= 1, got {depth}")
+        for name in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
+            if getattr(t, name) < 1:
+                errors.append(f"train.{name} must be >= 1, got {getattr(t, name)}")
+        if t.finetune_max_epochs is not None and t.finetune_max_epochs < 1:
+            errors.append(f"train.finetune_max_epochs must be >= 1, got {t.finetune_max_epochs}")
+        for name in ("learning_rate", "finetune_learning_rate"):
+            v = getattr(t, name)
+            if v is not None and not v > 0:
+                errors.append(f"train.{name} must be > 0, got {v}")
+        if t.weight_decay < 0:
+            errors.append(f"train.weight_decay must be >= 0, got {t.weight_decay}")
+        if t.epoch_basis not in EPOCH_BASES:
+            errors.append(f"unknown train.epoch_basis {t.epoch_basis!r}; expected one of {EPOCH_BASES}")
+        if t.device not in DEVICES:
+            errors.append(f"unknown train.device {t.device!r}; expected one of {DEVICES}")
+        if not 0 < t.train_fraction <= 1:
+            errors.append(f"train.train_fraction must be in (0, 1], got {t.train_fraction}")
+        if t.num_threads < 0:
+            errors.append(f"train.num_threads must be >= 0, got {t.num_threads}")
+        if errors:
+            raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
+        return self
+
+    # ---- (de)serialisation and overrides -------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ExperimentConfig:
+        d = dict(d)
+        try:
+            model = ModelConfig(**dict(d.pop("model", {})))
+            train = TrainConfig(**dict(d.pop("train", {})))
+            return cls(model=model, train=train, **d)
+        except TypeError as e:
+            raise ConfigError(f"invalid config keys: {e}") from e
+
+    def with_overrides(self, overrides: Mapping[str, Any] | Sequence[str]) -> ExperimentConfig:
+        """A copy with dotted-key overrides applied: ``{"model.alpha": 0.05}`` or ``["model.alpha=0.05"]``.
+
+        String values are parsed as JSON when possible (numbers, booleans, null, objects).
+        """
+        if not isinstance(overrides, Mapping):
+            pairs = {}
+            for item in overrides:
+                if "=" not in item:
+                    raise ConfigError(f"override {item!r} is not of the form section.key=value")
+                k, v = item.split("=", 1)
+                pairs[k.strip()] = v
+            overrides = pairs
+        d = self.to_dict()
+        for key, value in overrides.items():
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    pass
+            node, parts = d, key.split(".")
+            for p in parts[:-1]:
+                if not isinstance(node.get(p), dict):
+                    raise ConfigError(f"unknown config section {p!r} in override {key!r}")
+                node = node[p]
+            if parts[-1] not in node:
+                raise ConfigError(f"unknown config key {key!r}")
+            node[parts[-1]] = value
+        return ExperimentConfig.from_dict(d)
+
+
+def paper_config(dataset: str = "amazon", target_domain: str | None = None, model: str = "cdanet") -> ExperimentConfig:
+    """The paper's settings (Sec. 5.1.3) for a dataset; the target defaults to its sparse domain.
+
+    Amazon: alpha 0.01, beta 0.1, K = 2 experts of 2 layers, tower of 2 layers.
+    Taobao: alpha 0.03, beta 0.1, K = 2 experts of 2 layers, tower of 3 layers.
+    """
+    if dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASETS)}")
+    sparse, rich = DATASETS[dataset]
+    target = target_domain or sparse
+    source = rich if target == sparse else sparse
+    cfg = ExperimentConfig(dataset=dataset, source_domain=source, target_domain=target)
+    cfg.model.name = model
+    if dataset == "taobao":
+        cfg.model.alpha, cfg.model.beta, cfg.model.tower_layers = 0.03, 0.1, 3
+    return cfg.validate()
+
+
+def tiny_config(dataset: str = "amazon", target_domain: str | None = None, model: str = "cdanet") -> ExperimentConfig:
+    """The tiny test profile: small widths, small batches, one or two epochs, no progress bar."""
+    cfg = paper_config(dataset, target_domain, model)
+    cfg.model.d = cfg.model.embedding_dim = cfg.model.tower_hidden = 8
+    cfg.train.batch_size, cfg.train.max_epochs, cfg.train.patience = 64, 2, 2
+    cfg.train.eval_batch_size, cfg.train.progress = 4096, False
+    return cfg.validate()
+
+
+PROFILES = {"paper": paper_config, "tiny": tiny_config}

@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines components: thin adapters around the cdanet library."""
