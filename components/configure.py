@@ -1,0 +1,42 @@
+"""Validate every pipeline parameter before any work starts, and freeze them into a config artifact."""
+
+from typing import Optional
+
+from kfp import dsl
+from kfp.dsl import Artifact, Output
+
+from components._image import COMPONENT_KWARGS
+
+
+@dsl.component(**COMPONENT_KWARGS)
+def configure(
+    dataset: str,
+    target_domain: str,
+    raw_uri: str,
+    glove_uri: str,
+    profile: str,
+    alpha: Optional[float],
+    beta: Optional[float],
+    num_experts: int,
+    latent_dim: int,
+    max_epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    extra_overrides: list,
+    min_auc: float,
+    tolerance: float,
+    config: Output[Artifact],
+):
+    """Fail fast on invalid parameters (unknown dataset/domain, negative alpha, min_auc outside [0, 1], unreadable input)."""
+    from cdanet import steps
+
+    frozen = steps.configure(
+        dataset=dataset, target_domain=target_domain, raw_uri=raw_uri, glove_uri=glove_uri, profile=profile,
+        alpha=alpha, beta=beta, num_experts=num_experts, latent_dim=latent_dim, max_epochs=max_epochs,
+        batch_size=batch_size, learning_rate=learning_rate, seed=seed, extra_overrides=extra_overrides,
+        min_auc=min_auc, tolerance=tolerance,
+    )
+    with open(config.path, "w") as fh:
+        fh.write(frozen.to_json())
+    config.metadata.update(frozen.summary())

@@ -1,0 +1,29 @@
+"""Test-split evaluation: scalar metrics, ROC curve and confusion matrix, per-row predictions."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from components._image import COMPONENT_KWARGS
+
+
+@dsl.component(**COMPONENT_KWARGS)
+def evaluate(
+    processed: Input[Dataset],
+    model: Input[Model],
+    metrics: Output[Metrics],
+    roc: Output[ClassificationMetrics],
+    predictions: Output[Dataset],
+) -> NamedTuple("EvalOutputs", [("target_auc", float)]):
+    """AUC and logloss per domain on the test split; the ROC curve and confusion matrix of the target domain."""
+    from collections import namedtuple
+
+    from cdanet import steps
+
+    result = steps.evaluate(model.path, processed.path, predictions.path)
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+    roc.log_roc_curve(result.fpr, result.tpr, result.thresholds)
+    roc.log_confusion_matrix(["no click", "click"], result.confusion_matrix)
+    return namedtuple("EvalOutputs", ["target_auc"])(result.target_auc)
