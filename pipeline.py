@@ -31,7 +31,8 @@ from components import DEFAULT_IMAGE
 PIPELINE_NAME = "cdanet-training"
 GPU_TASKS = ("pretrain", "finetune")
 #: Kubernetes objects the cluster side provides (see manifests/ and docs/deploy.md).
-DATA_PVC = "cdanet-data"
+DATA_PVC = "cdanet-raw-data"
+SERVICE_ACCOUNT = "cdanet-pipeline-runner"
 MLFLOW_SECRET = "mlflow-tracking"
 
 
@@ -80,7 +81,12 @@ def create_pipeline(
     def _training(task: dsl.PipelineTask) -> dsl.PipelineTask:
         task.set_retry(num_retries=training_retries, backoff_duration="60s", backoff_factor=2.0)
         if use_gpu:
+            from kfp import kubernetes
+
             task.set_accelerator_type(accelerator_type).set_accelerator_limit(1)
+            # Land on GPU nodes and tolerate their taint (manifests/overlays/gpu checks the same settings).
+            kubernetes.add_node_selector(task, label_key="nvidia.com/gpu.present", label_value="true")
+            kubernetes.add_toleration(task, key=accelerator_type, operator="Exists", effect="NoSchedule")
         return task
 
     @dsl.pipeline(
@@ -189,6 +195,8 @@ def _factory_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", action="store_true", help="request one GPU on the training tasks")
     p.add_argument("--accelerator-type", default="nvidia.com/gpu")
     p.add_argument("--data-pvc", default=None, help=f"mount this PVC at /data on every task (e.g. {DATA_PVC})")
+    p.add_argument("--service-account", default=SERVICE_ACCOUNT,
+                   help="Kubernetes service account of the run's pods (default %(default)s, see manifests/)")
     p.add_argument("--mlflow-secret", default=None,
                    help=f"Secret holding MLFLOW_TRACKING_URI for gate/register tasks (e.g. {MLFLOW_SECRET})")
 
@@ -257,10 +265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.verb == "submit":
         return orchestration.submit(create_pipeline(**_factory_kwargs(args)), host=args.host,
-                                    experiment=args.experiment, run_name=args.run_name, params=_params(args.params))
+                                    experiment=args.experiment, run_name=args.run_name,
+                                    service_account=args.service_account, params=_params(args.params))
     return orchestration.schedule(create_pipeline(**_factory_kwargs(args)), host=args.host,
                                   experiment=args.experiment, cron=args.cron, job_name=args.job_name,
-                                  params=_params(args.params))
+                                  service_account=args.service_account, params=_params(args.params))
 
 
 if __name__ == "__main__":

@@ -143,13 +143,14 @@ def _compiled(pipeline_func: Any) -> str:
 
 
 def submit(pipeline_func: Any, *, host: str, experiment: str, run_name: str | None,
-           params: Mapping[str, Any]) -> int:
+           params: Mapping[str, Any], service_account: str | None = None) -> int:
     """Create one run (the same as ``kfp run submit -e EXPERIMENT -f cdanet_pipeline.yaml key=value``)."""
     _check_params(pipeline_func, params)
     try:
         client = _client(host)
         run = client.create_run_from_pipeline_package(
-            _compiled(pipeline_func), arguments=dict(params), run_name=run_name, experiment_name=experiment
+            _compiled(pipeline_func), arguments=dict(params), run_name=run_name, experiment_name=experiment,
+            service_account=service_account,
         )
     except OrchestrationError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -170,7 +171,7 @@ def validate_cron(cron: str) -> str:
 
 
 def schedule(pipeline_func: Any, *, host: str, experiment: str, cron: str, job_name: str,
-             params: Mapping[str, Any]) -> int:
+             params: Mapping[str, Any], service_account: str | None = None) -> int:
     """Create a recurring run: at most one run at a time, no catch-up of missed schedules."""
     validate_cron(cron)
     _check_params(pipeline_func, params)
@@ -180,6 +181,7 @@ def schedule(pipeline_func: Any, *, host: str, experiment: str, cron: str, job_n
         job = client.create_recurring_run(
             experiment_id=exp.experiment_id, job_name=job_name, cron_expression=cron, max_concurrency=1,
             no_catchup=True, params=dict(params), pipeline_package_path=_compiled(pipeline_func), enabled=True,
+            service_account=service_account,
         )
     except OrchestrationError as e:
         print(f"error: {e}", file=sys.stderr)

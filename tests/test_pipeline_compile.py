@@ -86,7 +86,7 @@ def test_scheduled_time_pins_the_data_window(tmp_path):
 
 
 def test_kubernetes_platform_settings(tmp_path):
-    _, platform = compiled(tmp_path, data_pvc="cdanet-data", mlflow_secret="mlflow-tracking")
+    _, platform = compiled(tmp_path, data_pvc="cdanet-raw-data", mlflow_secret="mlflow-tracking")
     assert platform, "kfp-kubernetes settings are the second YAML document"
     executors = platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert all(e["pvcMount"][0]["mountPath"] == "/data" for e in executors.values())
@@ -111,3 +111,13 @@ def test_help_documents_the_verbs(capsys):
     text = capsys.readouterr().out
     for verb in ("run", "compile", "submit", "schedule", "deploy"):
         assert verb in text
+
+
+def test_gpu_tasks_land_on_gpu_nodes(tmp_path):
+    _, platform = compiled(tmp_path, use_gpu=True)
+    executors = platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    gpu = {n: e for n, e in executors.items() if "nodeSelector" in e}
+    assert sorted(gpu) == ["exec-finetune", "exec-pretrain"]
+    for e in gpu.values():
+        assert e["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+        assert e["tolerations"][0]["key"] == "nvidia.com/gpu"
