@@ -1,0 +1,142 @@
+"""Training throughput and peak memory of every model on CPU at Amazon-movie-like sizes.
+
+Measures one optimisation step (forward, loss, backward, Adam step) on pre-generated random batches
+(:func:`cdanet.batch.random_batch`, so data generation is not timed) and reports samples/s, counting
+the rows of every domain a step trains on (two domains for cross-domain models). Each model runs in
+its own subprocess so that its peak RSS (``ru_maxrss``) is its own.
+
+Sizes (both domains, each with its own fields): 30k users, 16k items, a 50-d title vector, and two
+categorical fields (movie: genre 30, director 3k; book: category 30, writer 3k); d = 64.
+
+    .venv/bin/python benchmarks/bench_models.py                 # all models
+    .venv/bin/python benchmarks/bench_models.py --models cdanet --steps 30 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from cdanet.batch import Batch, random_batch
+from cdanet.config import paper_config
+from cdanet.features import DomainSchema, FieldKind, FieldSpec
+from cdanet.losses import compute_loss
+from cdanet.models import AugmentationNetwork, build_model
+
+MODEL_CHOICES = ("cdanet", "cdanet_stage2", "mlp", "share_middle", "star", "ddtcdr", "mmoe", "ple")
+
+
+def bench_schemas(users: int, items: int, title_dim: int) -> dict[str, DomainSchema]:
+    def schema(domain: str, small: str, large: str) -> DomainSchema:
+        return DomainSchema("amazon", domain, (
+            FieldSpec("user_id", FieldKind.CATEGORICAL_ID, vocab_size=users),
+            FieldSpec("item_id", FieldKind.CATEGORICAL_ID, vocab_size=items),
+            FieldSpec(small, FieldKind.CATEGORICAL, vocab_size=30),
+            FieldSpec(large, FieldKind.CATEGORICAL, vocab_size=3000),
+            FieldSpec("title", FieldKind.DENSE_VECTOR, dim=title_dim),
+        ))
+
+    return {"movie": schema("movie", "genre", "director"), "book": schema("book", "category", "writer")}
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict[str, float | str]:
+    """Benchmark one model in this process; returns the measured figures."""
+    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    schemas = bench_schemas(args.users, args.items, args.title_dim)
+    cfg = paper_config("amazon", model="cdanet" if name == "cdanet_stage2" else name)
+    cfg.model.d = cfg.model.embedding_dim = cfg.model.tower_hidden = args.d
+    model = build_model(cfg, schemas)
+    if name == "cdanet_stage2":
+        model = AugmentationNetwork.from_translation(model)
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+    steps: list[dict[str, Batch]] = [
+        {d: random_batch(schemas[d], args.batch_size, gen) for d in model.train_domains} for _ in range(4)
+    ]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=args.fused_adam)
+
+    def step(i: int) -> None:
+        opt.zero_grad(set_to_none=True)
+        compute_loss(model, steps[i % len(steps)]).total.backward()
+        opt.step()
+
+    for i in range(args.warmup):
+        step(i)
+    times = []
+    for i in range(args.steps):
+        t0 = time.perf_counter()
+        step(i)
+        times.append(time.perf_counter() - t0)
+    rows = args.batch_size * len(model.train_domains)
+    times.sort()
+    median = times[len(times) // 2]
+    return {
+        "model": name,
+        "domains": len(model.train_domains),
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "ms_per_step": 1e3 * median,
+        "samples_per_s": rows / median,
+        "best_samples_per_s": rows / times[0],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(MODEL_CHOICES), choices=MODEL_CHOICES)
+    p.add_argument("--batch-size", type=int, default=4096, help="rows per domain and step")
+    p.add_argument("--steps", type=int, default=15, help="timed steps (the median is reported)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--d", type=int, default=64)
+    p.add_argument("--users", type=int, default=30_000)
+    p.add_argument("--items", type=int, default=16_000)
+    p.add_argument("--title-dim", type=int, default=50)
+    p.add_argument("--no-fused-adam", dest="fused_adam", action="store_false",
+                   help="use the foreach Adam instead of the fused CPU kernel")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one model, print JSON
+    args = p.parse_args(argv)
+
+    if args.one:
+        print(json.dumps(run_one(args.one, args)))
+        return
+
+    passthrough = list(argv if argv is not None else sys.argv[1:])
+    if "--models" in passthrough:  # each child gets --one NAME instead
+        i = passthrough.index("--models")
+        j = i + 1
+        while j < len(passthrough) and not passthrough[j].startswith("--"):
+            j += 1
+        del passthrough[i:j]
+    print(f"# load average before: {os.getloadavg()} on {os.cpu_count()} CPUs, torch {torch.__version__}")
+    print(f"# batch {args.batch_size}/domain, d={args.d}, {args.users} users, {args.items} items, "
+          f"title {args.title_dim}-d, Adam fused={args.fused_adam}, median of {args.steps} steps after "
+          f"{args.warmup} warm-up")
+    header = f"{'model':<14}{'domains':>8}{'params(M)':>11}{'ms/step':>10}{'samples/s':>12}{'best/s':>10}{'peakRSS(MB)':>13}"
+    print(header)
+    print("-" * len(header))
+    for name in args.models:
+        out = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), *passthrough, "--one", name],
+            check=True, capture_output=True, text=True,
+        )
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{r['model']:<14}{r['domains']:>8}{r['params_m']:>11.2f}{r['ms_per_step']:>10.1f}"
+              f"{r['samples_per_s']:>12,.0f}{r['best_samples_per_s']:>10,.0f}{r['peak_rss_mb']:>13.0f}",
+              flush=True)
+    print(f"# load average after: {os.getloadavg()}")
+    print("# reproduce: .venv/bin/python benchmarks/bench_models.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The decoupled, domain-specific embedding layer H_d (paper Sec. 4.2.1, Eq. 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cdanet.features import DomainSchema, FieldKind, FieldSpec
+
+COMBINERS: tuple[str, ...] = ("concat", "sum")
+
+
+class DomainEmbedding(nn.Module):
+    """H_d: maps one domain's feature fields to ``h_d`` in R^d (paper Eq. 1).
+
+    Built only from that domain's :class:`~cdanet.features.DomainSchema`; two domains never share a
+    table, so heterogeneous inputs need no alignment.
+
+    Field-to-h mapping (the paper leaves it open):
+
+    * ``categorical_id`` / ``categorical``: a learned ``embedding_dim`` vector per index. Index 0
+      (OOV) has its own learned vector, since "unknown director" is information.
+    * ``multi_hot``: mean of the vectors of the non-zero indices of the list (index 0 is padding and
+      is ignored, an all-padding row pools to the zero vector), like
+      ``nn.EmbeddingBag(mode="mean", padding_idx=0)``.
+    * ``dense_vector``: ``Linear(dim, embedding_dim)``.
+    * ``combiner="concat"`` (default): the F field vectors are concatenated and projected by
+      ``Linear(F * embedding_dim, d)``, which keeps the identity of every field.
+      ``combiner="sum"``: the field vectors are summed and projected by ``Linear(embedding_dim, d)``
+      (the same as projecting every field to d with one shared matrix and summing): an
+      order-invariant bag of fields, cheaper but blind to which field a vector came from.
+
+    No non-linearity follows: h is the embedding, the extractor that reads it is non-linear.
+
+    All categorical and multi-hot fields live in one fused table with per-field row offsets, so a
+    forward pass is one gather and the backward pass one scatter instead of one per field (see
+    :meth:`table` for a single field's rows). Indices are range-checked per field, because with a
+    fused table an out-of-range index would otherwise silently read another field's rows.
+
+    Shapes: ``features`` per the schema (``B``, ``B x max_len``, ``B x dim``) -> ``B x d``;
+    :meth:`field_embeddings` gives the ``B x F x embedding_dim`` field vectors, fields in the order of
+    :attr:`field_order` (categorical fields, then multi-hot, then dense, each in schema order).
+    """
+
+    def __init__(self, schema: DomainSchema, d: int, embedding_dim: int, combiner: str = "concat") -> None:
+        super().__init__()
+        if combiner not in COMBINERS:
+            raise ValueError(f"unknown embedding combiner {combiner!r}; expected one of {COMBINERS}")
+        if d < 1 or embedding_dim < 1:
+            raise ValueError(f"d and embedding_dim must be >= 1, got d={d}, embedding_dim={embedding_dim}")
+        self.schema, self.domain = schema, schema.domain
+        self.d, self.embedding_dim, self.combiner = d, embedding_dim, combiner
+
+        singles = [f for f in schema.fields if f.kind in (FieldKind.CATEGORICAL_ID, FieldKind.CATEGORICAL)]
+        multis = [f for f in schema.fields if f.kind is FieldKind.MULTI_HOT]
+        denses = [f for f in schema.fields if f.kind is FieldKind.DENSE_VECTOR]
+        self._index_fields: tuple[FieldSpec, ...] = (*singles, *multis)
+        self._n_single = len(singles)
+        self.field_order: tuple[str, ...] = tuple(f.name for f in (*singles, *multis, *denses))
+
+        # Row offsets of every field in the fused table, and per index slot its offset and bound.
+        self._row_offset: dict[str, int] = {}
+        slot_offsets: list[int] = []
+        slot_bounds: list[int] = []
+        self._multi_slots: list[tuple[int, int]] = []  # [start, end) slot range of each multi-hot field
+        rows = 0
+        for f in self._index_fields:
+            width = f.max_len if f.kind is FieldKind.MULTI_HOT else 1
+            if f.kind is FieldKind.MULTI_HOT:
+                self._multi_slots.append((len(slot_offsets), len(slot_offsets) + width))
+            self._row_offset[f.name] = rows
+            slot_offsets += [rows] * width
+            slot_bounds += [f.vocab_size] * width
+            rows += f.vocab_size
+        self.num_rows = rows
+        self.weight: nn.Parameter | None
+        self.register_parameter("weight", nn.Parameter(torch.empty(rows, embedding_dim)) if rows else None)
+        self.register_buffer("slot_offsets", torch.tensor(slot_offsets, dtype=torch.long), persistent=False)
+        self.register_buffer("slot_bounds", torch.tensor(slot_bounds, dtype=torch.long), persistent=False)
+        self.dense = nn.ModuleDict({f.name: nn.Linear(f.dim, embedding_dim) for f in denses})
+
+        n_fields = len(self.field_order)
+        proj_in = n_fields * embedding_dim if combiner == "concat" else embedding_dim
+        self.proj = nn.Linear(proj_in, d)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            # Small init as usual for CTR embeddings: large random vectors for rare ids add noise
+            # that Adam needs many steps to remove.
+            nn.init.normal_(self.weight, std=0.01)
+        for lin in self.dense.values():
+            lin.reset_parameters()
+        self.proj.reset_parameters()
+
+    def table(self, field: str) -> Tensor:
+        """The ``vocab_size x embedding_dim`` rows of one categorical or multi-hot field (a view)."""
+        if field not in self._row_offset:
+            raise KeyError(
+                f"domain {self.domain!r} has no categorical field {field!r}; "
+                f"categorical fields: {list(self._row_offset)}"
+            )
+        assert self.weight is not None
+        start = self._row_offset[field]
+        return self.weight[start : start + self.schema.field(field).vocab_size]
+
+    def _indices(self, features: Mapping[str, Tensor]) -> Tensor:
+        """The raw (unshifted) index slots ``B x S`` of all categorical and multi-hot fields."""
+        cols = []
+        for f in self._index_fields:
+            x = self._get(features, f)
+            expected = (f.max_len,) if f.kind is FieldKind.MULTI_HOT else ()
+            if tuple(x.shape[1:]) != expected or x.dtype != torch.long:
+                raise ValueError(
+                    f"field {f.name!r} of domain {self.domain!r} ({f.kind.value}) must be int64 of shape "
+                    f"[B{', ' + str(f.max_len) if expected else ''}], got {x.dtype} {list(x.shape)}"
+                )
+            cols.append(x.view(x.shape[0], -1))
+        idx = torch.cat(cols, dim=1) if len(cols) > 1 else cols[0]
+        if bool(((idx < 0) | (idx >= self.slot_bounds)).any()):
+            self._raise_out_of_range(features)
+        return idx
+
+    def _raise_out_of_range(self, features: Mapping[str, Tensor]) -> None:
+        bad = []
+        for f in self._index_fields:
+            x = features[f.name]
+            if bool(((x < 0) | (x >= f.vocab_size)).any()):
+                bad.append(f"{f.name!r} (values {int(x.min())}..{int(x.max())}, vocab_size {f.vocab_size})")
+        raise IndexError(
+            f"domain {self.domain!r}: indices out of range [0, vocab_size) in field(s) {', '.join(bad)}; "
+            "the batch does not match this domain's schema"
+        )
+
+    def _get(self, features: Mapping[str, Tensor], f: FieldSpec) -> Tensor:
+        try:
+            return features[f.name]
+        except KeyError:
+            raise KeyError(
+                f"batch of domain {self.domain!r} has no field {f.name!r} ({f.kind.value}); "
+                f"schema fields: {list(self.schema.field_names)}, batch fields: {sorted(features)}"
+            ) from None
+
+    def field_embeddings(self, features: Mapping[str, Tensor]) -> Tensor:
+        """The per-field vectors before combining: ``B x F x embedding_dim``."""
+        parts: list[Tensor] = []
+        if self.weight is not None:
+            idx = self._indices(features)
+            emb = F.embedding(idx + self.slot_offsets, self.weight)  # B x S x e
+            if self._n_single:
+                parts.append(emb[:, : self._n_single])
+            for start, end in self._multi_slots:
+                mask = (idx[:, start:end] != 0).to(emb.dtype)  # padding index 0 does not count
+                weights = mask / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
+                parts.append(torch.bmm(weights.unsqueeze(1), emb[:, start:end]))  # B x 1 x e
+        for name, lin in self.dense.items():
+            x = self._get(features, self.schema.field(name))
+            dim = self.schema.field(name).dim
+            if x.dim() != 2 or x.shape[1] != dim or not x.is_floating_point():
+                raise ValueError(
+                    f"field {name!r} of domain {self.domain!r} (dense_vector) must be float of shape "
+                    f"[B, {dim}], got {x.dtype} {list(x.shape)}"
+                )
+            parts.append(lin(x).unsqueeze(1))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def forward(self, features: Mapping[str, Tensor]) -> Tensor:
+        fields = self.field_embeddings(features)
+        if self.combiner == "concat":
+            return self.proj(fields.flatten(1))
+        return self.proj(fields.sum(dim=1))
