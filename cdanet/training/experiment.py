@@ -1,0 +1,261 @@
+"""One experiment end to end, and its stages as separately callable steps for the pipeline.
+
+``run_experiment`` = load data -> stage 1 -> stage 2 -> test evaluation -> outputs. The Kubeflow
+pipeline runs the same work as separate steps (:func:`pretrain`, :func:`finetune`,
+:func:`evaluate_model_dir`) that hand model directories to each other. Both paths seed the model
+initialisation per stage, so they produce the same model for the same config.
+
+Stage plan per config (:func:`plan_stages`):
+
+=====================  ==========================================================================
+cdanet                 pretrain (TranslationNetwork, Eq. 9) -> finetune (AugmentationNetwork, Eq. 11)
+cdanet/no_translation  finetune only: ``AugmentationNetwork.fresh`` from random initialisation
+cdanet/no_augmentation pretrain only: the translation network is evaluated on the target domain
+baselines              pretrain only, i.e. the baseline's single training stage (``stage="train"``)
+=====================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from cdanet.artifacts import KIND_TRANSLATION, LoadedModel, load_model_dir, read_model_config, save_model_dir
+from cdanet.config import ConfigError, ExperimentConfig
+from cdanet.data import DomainData, load_split, stable_seed
+from cdanet.evaluation import EvaluationResult, evaluate
+from cdanet.features import DomainSchema, load_schemas
+from cdanet.training.trainer import TrainResult, resolve_device, train_model
+
+logger = logging.getLogger(__name__)
+
+HISTORY_FILENAME = "history.json"
+MODEL_DIRNAME = "model"
+
+
+@dataclass
+class ExperimentResult:
+    """What :func:`run_experiment` produced."""
+
+    cfg: ExperimentConfig
+    stages: dict[str, TrainResult]
+    test: EvaluationResult
+    output_dir: str
+    model_dir: str
+    predictions_path: str
+    metrics_path: str
+
+    @property
+    def target_auc(self) -> float:
+        return self.test[self.cfg.target_domain].auc
+
+
+def plan_stages(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """The pipeline steps this config needs, in order: a subset of ("pretrain", "finetune")."""
+    if cfg.model.name != "cdanet":
+        return ("pretrain",)
+    if cfg.model.ablation == "no_translation":
+        return ("finetune",)
+    if cfg.model.ablation == "no_augmentation":
+        return ("pretrain",)
+    return ("pretrain", "finetune")
+
+
+def _stage1_name(cfg: ExperimentConfig) -> str:
+    return "pretrain" if cfg.model.name == "cdanet" else "train"
+
+
+def load_domain_splits(
+    cfg: ExperimentConfig, processed_root: str, schemas: dict[str, DomainSchema], split: str, domains: Iterable[str]
+) -> dict[str, DomainData]:
+    """Load ``split`` of ``domains``; the target's training split is subsampled by ``train.train_fraction``."""
+    out = {}
+    for d in domains:
+        data = load_split(processed_root, schemas[d], split)
+        if split == "train" and d == cfg.target_domain and cfg.train.train_fraction < 1:
+            full = len(data)
+            data = data.subset(cfg.train.train_fraction, stable_seed(cfg.train.seed, "train_fraction"))
+            logger.info("train_fraction %.3g: %s train rows %d -> %d", cfg.train.train_fraction, d, full, len(data))
+        out[d] = data
+    return out
+
+
+def _load_for(model: nn.Module, cfg: ExperimentConfig, processed_root: str, schemas: dict[str, DomainSchema],
+              cache: dict[tuple[str, str], DomainData]) -> tuple[dict[str, DomainData], dict[str, DomainData]]:
+    """Train/validation data of the domains ``model`` needs, loading each split at most once."""
+    def get(split: str, domains: Iterable[str]) -> dict[str, DomainData]:
+        for d in domains:
+            if (split, d) not in cache:
+                cache[(split, d)] = load_domain_splits(cfg, processed_root, schemas, split, [d])[d]
+        return {d: cache[(split, d)] for d in domains}
+    return get("train", model.train_domains), get("validation", model.eval_domains)
+
+
+def _build_stage1(cfg: ExperimentConfig, schemas: dict[str, DomainSchema]) -> nn.Module:
+    from cdanet.models import build_model
+
+    torch.manual_seed(stable_seed(cfg.train.seed, "init", _stage1_name(cfg)))
+    return build_model(cfg, schemas)
+
+
+def _build_stage2(cfg: ExperimentConfig, schemas: dict[str, DomainSchema], translation: nn.Module | None) -> nn.Module:
+    from cdanet.models import AugmentationNetwork
+
+    # The fresh prediction tower R_t^aug (Sec. 4.3) draws from the global RNG.
+    torch.manual_seed(stable_seed(cfg.train.seed, "init", "finetune"))
+    if translation is None:
+        return AugmentationNetwork.fresh(cfg, schemas)
+    return AugmentationNetwork.from_translation(translation, cfg)
+
+
+def _stage_extra(result: TrainResult) -> dict[str, Any]:
+    return {"stage": result.stage, "best_epoch": result.best_epoch, "best_val_auc": result.best_val_auc,
+            "stopped_early": result.stopped_early, "epochs": len(result.history)}
+
+
+def run_experiment(
+    cfg: ExperimentConfig, processed_root: str, output_dir: str, checkpoint_dir: str | None = None
+) -> ExperimentResult:
+    """Train and evaluate one config; write the model, predictions, metrics and history under ``output_dir``.
+
+    Outputs: ``model/`` (model directory of the final model), ``predictions.parquet`` (test rows of
+    every domain the final model scores), ``metrics.json`` (test metrics plus each stage's best
+    epoch / validation AUC) and ``history.json`` (per-epoch entries of every stage).
+    """
+    cfg.validate()
+    schemas = load_schemas(processed_root, cfg.domains)
+    cache: dict[tuple[str, str], DomainData] = {}
+    stages: dict[str, TrainResult] = {}
+    plan = plan_stages(cfg)
+    model: nn.Module | None = None
+    if "pretrain" in plan:
+        model = _build_stage1(cfg, schemas)
+        train, val = _load_for(model, cfg, processed_root, schemas, cache)
+        stage = _stage1_name(cfg)
+        stages[stage] = train_model(model, train, val, cfg, stage, checkpoint_dir)
+    if "finetune" in plan:
+        model = _build_stage2(cfg, schemas, model)
+        train, val = _load_for(model, cfg, processed_root, schemas, cache)
+        stages["finetune"] = train_model(model, train, val, cfg, "finetune", checkpoint_dir)
+    assert model is not None  # plan_stages always returns at least one stage
+    train = val = {}  # free the training tensors before loading the test split
+    cache.clear()
+
+    device = resolve_device(cfg.train.device)
+    test = {d: load_split(processed_root, schemas[d], "test") for d in model.eval_domains}
+    result = evaluate(model, test, split="test", batch_size=cfg.train.eval_batch_size, device=device,
+                      target_domain=cfg.target_domain)
+    os.makedirs(output_dir, exist_ok=True)
+    predictions_path, metrics_path = result.write(output_dir)
+    final_stage = list(stages.values())[-1]
+    model_dir = save_model_dir(model, cfg, schemas, os.path.join(output_dir, MODEL_DIRNAME),
+                               extra=_stage_extra(final_stage), history=final_stage.history)
+    _write_json(metrics_path, {
+        "split": "test",
+        "metrics": result.to_dict(),
+        "target_domain": cfg.target_domain,
+        "model": cfg.model.name,
+        "ablation": cfg.model.ablation,
+        "stages": {name: _stage_extra(r) for name, r in stages.items()},
+    })
+    _write_json(os.path.join(output_dir, HISTORY_FILENAME), {name: r.history for name, r in stages.items()})
+    logger.info("test: %s", ", ".join(f"{d} AUC {m.auc:.4f} logloss {m.logloss:.4f}" for d, m in result.domains.items()))
+    return ExperimentResult(cfg, stages, result, output_dir, model_dir, predictions_path, metrics_path)
+
+
+def pretrain(
+    cfg: ExperimentConfig, processed_root: str, model_dir_out: str, checkpoint_dir: str | None = None
+) -> TrainResult:
+    """Pipeline step 1: train ``build_model(cfg)`` (translation network, or a baseline) and save it."""
+    cfg.validate()
+    if "pretrain" not in plan_stages(cfg):
+        raise ConfigError(f"ablation {cfg.model.ablation!r} has no stage 1; run finetune without a pretrained model")
+    schemas = load_schemas(processed_root, cfg.domains)
+    model = _build_stage1(cfg, schemas)
+    train, val = _load_for(model, cfg, processed_root, schemas, {})
+    result = train_model(model, train, val, cfg, _stage1_name(cfg), checkpoint_dir)
+    save_model_dir(model, cfg, schemas, model_dir_out, extra=_stage_extra(result), history=result.history)
+    return result
+
+
+def finetune(
+    cfg: ExperimentConfig,
+    processed_root: str,
+    pretrained_model_dir: str | None,
+    model_dir_out: str,
+    checkpoint_dir: str | None = None,
+) -> TrainResult:
+    """Pipeline step 2: train the augmentation network from a stage-1 model directory and save it.
+
+    ``pretrained_model_dir`` must be None exactly for the ``no_translation`` ablation.
+    """
+    cfg.validate()
+    if "finetune" not in plan_stages(cfg):
+        raise ConfigError(f"model {cfg.model.name!r} (ablation {cfg.model.ablation!r}) has no stage 2")
+    schemas = load_schemas(processed_root, cfg.domains)
+    translation = None
+    if cfg.model.ablation == "no_translation":
+        if pretrained_model_dir is not None:
+            raise ConfigError("ablation 'no_translation' trains from scratch; pass pretrained_model_dir=None")
+    else:
+        if pretrained_model_dir is None:
+            raise ConfigError("finetune needs the stage-1 model directory (pretrained_model_dir)")
+        loaded = load_model_dir(pretrained_model_dir, expected_schemas=schemas)
+        _check_pretrained(loaded, cfg, pretrained_model_dir)
+        translation = loaded.model
+    model = _build_stage2(cfg, schemas, translation)
+    train, val = _load_for(model, cfg, processed_root, schemas, {})
+    result = train_model(model, train, val, cfg, "finetune", checkpoint_dir)
+    save_model_dir(model, cfg, schemas, model_dir_out, extra=_stage_extra(result), history=result.history)
+    return result
+
+
+def _check_pretrained(loaded: LoadedModel, cfg: ExperimentConfig, path: str) -> None:
+    if loaded.meta["kind"] != KIND_TRANSLATION:
+        raise ConfigError(f"{path} holds a {loaded.meta['kind']!r} model; stage 2 needs a translation network")
+    mine, theirs = cfg.to_dict(), loaded.cfg.to_dict()
+    differing = sorted(k for k in mine["model"] if mine["model"][k] != theirs["model"].get(k))
+    differing += [k for k in ("dataset", "source_domain", "target_domain") if mine[k] != theirs[k]]
+    if differing:
+        raise ConfigError(f"{path} was trained with a different config; differing keys: {differing}")
+
+
+def evaluate_model_dir(
+    model_dir: str,
+    processed_root: str,
+    split: str = "test",
+    predictions_dir: str | None = None,
+    *,
+    batch_size: int | None = None,
+    device: str | None = None,
+) -> EvaluationResult:
+    """Score ``split`` of every domain the stored model scores.
+
+    With ``predictions_dir``, ``predictions.parquet`` and ``metrics.json`` are written there.
+
+    The processed data's schemas must match the ones stored with the model (else ``SchemaError``).
+    """
+    schemas = load_schemas(processed_root, read_model_config(model_dir).domains)
+    loaded = load_model_dir(model_dir, expected_schemas=schemas)
+    dev = resolve_device(device or loaded.cfg.train.device)
+    loaded.model.to(dev)
+    data = {d: load_split(processed_root, schemas[d], split) for d in loaded.model.eval_domains}
+    result = evaluate(loaded.model, data, split=split, batch_size=batch_size or loaded.cfg.train.eval_batch_size,
+                      device=dev, target_domain=loaded.cfg.target_domain)
+    if predictions_dir is not None:
+        result.write(predictions_dir)
+    return result
+
+
+def _write_json(path: str, obj: object) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True)
+    os.replace(tmp, path)

@@ -1,0 +1,195 @@
+"""cdanet.training: learnability, early stopping, exact resume, NaN guard, every model/ablation."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from cdanet.artifacts import load_model_dir
+from cdanet.config import ABLATIONS, MODEL_NAMES, ConfigError, ExperimentConfig, tiny_config
+from cdanet.data import DomainData, TwoDomainSampler, load_split, stable_seed
+from cdanet.evaluation import evaluate
+from cdanet.features import load_schemas
+from cdanet.models import build_model
+from cdanet.training import (
+    CheckpointMismatchError,
+    NonFiniteLossError,
+    evaluate_model_dir,
+    finetune,
+    plan_stages,
+    pretrain,
+    run_experiment,
+    train_model,
+)
+
+# One intra-op thread: the test machine's cores are shared, and oversubscription only slows us down.
+FAST = ["train.num_threads=1", "train.batch_size=256"]
+
+
+def _cfg(model: str = "cdanet", *overrides: str) -> ExperimentConfig:
+    return tiny_config(model=model).with_overrides([*FAST, *overrides]).validate()
+
+
+def _splits(processed_dir: str, split: str) -> dict[str, DomainData]:
+    schemas = load_schemas(processed_dir, ("movie", "book"))
+    return {d: load_split(processed_dir, schemas[d], split) for d in schemas}
+
+
+@pytest.fixture(scope="module")
+def train_val(processed_dir: str) -> tuple[dict[str, DomainData], dict[str, DomainData]]:
+    return _splits(processed_dir, "train"), _splits(processed_dir, "validation")
+
+
+def _fresh(cfg: ExperimentConfig, processed_dir: str) -> torch.nn.Module:
+    torch.manual_seed(cfg.train.seed)
+    return build_model(cfg, load_schemas(processed_dir, cfg.domains))
+
+
+@pytest.mark.parametrize("model", ["cdanet", "mlp"])
+def test_planted_signal_is_learned(processed_dir, tmp_path, model) -> None:
+    cfg = _cfg(model, "train.batch_size=128", "train.learning_rate=0.01", "train.max_epochs=3", "train.patience=3")
+    result = run_experiment(cfg, processed_dir, str(tmp_path))
+    for stage, r in result.stages.items():
+        assert r.best_val_auc > 0.7, (stage, r.history)
+    assert tuple(result.stages) == (("pretrain", "finetune") if model == "cdanet" else ("train",))
+    assert result.target_auc > 0.7
+
+
+def test_early_stopping_restores_the_best_epoch(processed_dir, train_val) -> None:
+    # A large learning rate overfits the tiny data within a few epochs, so patience runs out.
+    cfg = _cfg("mlp", "train.learning_rate=0.05", "train.max_epochs=25", "train.patience=1")
+    model = _fresh(cfg, processed_dir)
+    train, val = train_val
+    result = train_model(model, train, val, cfg, "train")
+    aucs = [h["val_auc_movie"] for h in result.history]
+    assert result.stopped_early and len(aucs) < 25
+    assert result.best_epoch == len(aucs) - 1  # patience 1: one epoch without improvement
+    assert result.best_val_auc == max(aucs) == aucs[result.best_epoch - 1]
+    assert aucs[-1] < result.best_val_auc
+    restored = evaluate(model, {"movie": val["movie"]}, split="validation").domains["movie"].auc
+    assert restored == pytest.approx(result.best_val_auc, abs=1e-12)
+
+
+class _Interrupt(RuntimeError):
+    pass
+
+
+def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(processed_dir, train_val, tmp_path) -> None:
+    # Dropout > 0 so the RNG state has to be checkpointed too.
+    cfg = _cfg("cdanet", "model.dropout=0.2", "train.max_epochs=3", "train.patience=5")
+    train, val = train_val
+
+    reference = _fresh(cfg, processed_dir)
+    ref_result = train_model(reference, train, val, cfg, "pretrain", checkpoint_dir=str(tmp_path / "ref"))
+
+    def interrupt_after_first(entry: dict) -> None:
+        if entry["epoch"] == 1:
+            raise _Interrupt
+
+    ckpt = str(tmp_path / "ckpt")
+    with pytest.raises(_Interrupt):
+        train_model(_fresh(cfg, processed_dir), train, val, cfg, "pretrain", ckpt, on_epoch_end=interrupt_after_first)
+    # A new process would rebuild the model from scratch: the checkpoint must carry everything else.
+    resumed = _fresh(cfg, processed_dir)
+    result = train_model(resumed, train, val, cfg, "pretrain", ckpt)
+    assert result.resumed_from_epoch == 1
+    ref_state, state = reference.state_dict(), resumed.state_dict()
+    assert ref_state.keys() == state.keys()
+    for k in ref_state:
+        assert torch.equal(ref_state[k], state[k]), k
+    assert [h["train_loss"] for h in result.history] == [h["train_loss"] for h in ref_result.history]
+    assert result.best_epoch == ref_result.best_epoch
+
+    # A finished run returns at once with its best weights (a retried pipeline step is idempotent) ...
+    again = _fresh(cfg, processed_dir)
+    done = train_model(again, train, val, cfg, "pretrain", ckpt)
+    assert done.resumed_from_epoch == 3 and len(done.history) == 3
+    assert all(torch.equal(v, ref_state[k]) for k, v in again.state_dict().items())
+    # ... and a larger max_epochs extends it.
+    longer = cfg.with_overrides(["train.max_epochs=4"])
+    more = train_model(_fresh(longer, processed_dir), train, val, longer, "pretrain", ckpt)
+    assert more.resumed_from_epoch == 3 and [h["epoch"] for h in more.history] == [1, 2, 3, 4]
+
+    other = cfg.with_overrides(["model.alpha=0.05"])
+    with pytest.raises(CheckpointMismatchError, match=r"model\.alpha: checkpoint 0\.01 vs now 0\.05"):
+        train_model(_fresh(other, processed_dir), train, val, other, "pretrain", ckpt)
+
+
+def test_non_finite_loss_names_stage_epoch_and_step(processed_dir, train_val) -> None:
+    cfg = _cfg("mlp", "train.max_epochs=1")
+    train, val = train_val
+    movie = train["movie"]
+    poisoned = DomainData(**{**movie.__dict__, "features": {**movie.features, "title": movie.features["title"].clone()}})
+    row = 1000
+    poisoned.features["title"][row, 3] = float("nan")
+    # The step that draws the poisoned row, from the same sampler the trainer builds.
+    sampler = TwoDomainSampler({"movie": poisoned}, cfg.train.batch_size, seed=stable_seed(cfg.train.seed, "train"))
+    step = next(i for i, ix in enumerate(sampler.epoch_indices(0)["movie"]) if row in ix.tolist())
+    with pytest.raises(NonFiniteLossError, match=rf"stage 'train', epoch 1, step {step} .*bce_t=nan") as info:
+        train_model(_fresh(cfg, processed_dir), {"movie": poisoned}, val, cfg, "train")
+    assert (info.value.stage, info.value.epoch, info.value.step) == ("train", 1, step)
+
+
+def test_train_model_rejects_unknown_stage_and_missing_data(processed_dir, train_val) -> None:
+    cfg = _cfg("cdanet")
+    train, val = train_val
+    with pytest.raises(ValueError, match="unknown stage 'stage3'"):
+        train_model(_fresh(cfg, processed_dir), train, val, cfg, "stage3")
+    with pytest.raises(ValueError, match=r"missing data \[\"train\['book'\]\"\]"):
+        train_model(_fresh(cfg, processed_dir), {"movie": train["movie"]}, val, cfg, "pretrain")
+
+
+@pytest.mark.parametrize(
+    ("model", "ablation"),
+    [(m, "none") for m in MODEL_NAMES] + [("cdanet", a) for a in ABLATIONS if a != "none"],
+)
+def test_every_model_and_ablation_runs_end_to_end(processed_dir, tmp_path, model, ablation) -> None:
+    cfg = _cfg(model, "train.max_epochs=1", f"model.ablation={ablation}")
+    result = run_experiment(cfg, processed_dir, str(tmp_path))
+    expected = {"pretrain": 1, "finetune": 1} if model == "cdanet" else {"train": 1}
+    if ablation == "no_translation":
+        expected = {"finetune": 1}
+    elif ablation == "no_augmentation":
+        expected = {"pretrain": 1}
+    assert {k: len(r.history) for k, r in result.stages.items()} == expected
+    assert len(plan_stages(cfg)) == (2 if set(expected) == {"pretrain", "finetune"} else 1)
+
+    metrics = json.load(open(os.path.join(tmp_path, "metrics.json")))
+    assert metrics["model"] == model and metrics["ablation"] == ablation
+    assert 0 < metrics["metrics"]["movie"]["auc"] < 1
+    assert set(json.load(open(os.path.join(tmp_path, "history.json")))) == set(expected)
+    predictions = pq.read_table(result.predictions_path)
+    assert predictions.column_names == ["domain", "user_id_raw", "item_id_raw", "timestamp", "label", "score"]
+    assert predictions.num_rows == sum(m.n for m in result.test.domains.values())
+    loaded = load_model_dir(result.model_dir)
+    assert loaded.meta["ablation"] == ablation
+    again = evaluate_model_dir(result.model_dir, processed_dir)
+    assert again.domains == result.test.domains  # the saved model reproduces the test metrics exactly
+
+
+def test_pipeline_steps_match_run_experiment(processed_dir, tmp_path) -> None:
+    cfg = _cfg("cdanet", "train.max_epochs=1")
+    whole = run_experiment(cfg, processed_dir, str(tmp_path / "whole"))
+    stage1 = pretrain(cfg, processed_dir, str(tmp_path / "stage1"))
+    assert load_model_dir(str(tmp_path / "stage1")).meta["kind"] == "translation"
+    with pytest.raises(ConfigError, match="stage-1 model directory"):
+        finetune(cfg, processed_dir, None, str(tmp_path / "stage2"))
+    stage2 = finetune(cfg, processed_dir, str(tmp_path / "stage1"), str(tmp_path / "stage2"))
+    assert stage1.history[0]["train_loss"] == whole.stages["pretrain"].history[0]["train_loss"]
+    assert stage2.best_val_auc == whole.stages["finetune"].best_val_auc
+    evaluated = evaluate_model_dir(str(tmp_path / "stage2"), processed_dir, predictions_dir=str(tmp_path / "eval"))
+    assert evaluated.domains == whole.test.domains
+    assert os.path.exists(tmp_path / "eval" / "predictions.parquet")
+    assert json.load(open(tmp_path / "stage1" / "history.json"))[0]["epoch"] == 1
+
+
+def test_train_fraction_shrinks_only_the_target_training_split(processed_dir, tmp_path) -> None:
+    cfg = _cfg("mlp", "train.max_epochs=1", "train.train_fraction=0.5")
+    result = run_experiment(cfg, processed_dir, str(tmp_path))
+    full = len(_splits(processed_dir, "train")["movie"])
+    assert result.stages["train"].history[0]["samples"] == round(0.5 * full)
+    assert result.test.domains["movie"].n == len(_splits(processed_dir, "test")["movie"])
