@@ -306,7 +306,7 @@ def register(config_path: str, processed_dir: str, model_dir: str, metrics: Mapp
     version = register_candidate(
         model_dir, tracking_uri=_tracking_uri(tracking_uri), model_name=model_name,
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, params=params,
-        decision=decision, lineage=lineage, pipeline_run_id=pipeline_run_id,
+        decision=decision, lineage=lineage, pipeline_run_id=pipeline_run_id, processed_root=processed_dir,
     )
     state = "promoted to @champion" if decision.blessed else "recorded as rejected (champion unchanged)"
     return (f"# {model_name} version {version.version}: {state}\n\n" + decision.to_markdown() +

@@ -1,0 +1,735 @@
+"""MLflow model registry: the CDAnet pyfunc model, registration of candidates, the champion alias.
+
+The registered artifact is an ``mlflow.pyfunc`` model (:class:`CDAnetPyfunc`) that wraps a model
+directory (:mod:`cdanet.artifacts`) logged as an artifact. It is deliberately not
+``mlflow.pytorch``: MLflow 3 logs torch models in the torch.export format, which takes tensors and
+loads back as a GraphModule, while this model takes processed feature rows and needs the schema
+that came with it. The weights are loaded with ``torch.load(weights_only=True)``.
+
+Serving contract (also the logged signature): a pandas DataFrame with one column per feature field
+of the model's TARGET domain, as in the processed parquet; the output is the click probability of
+every row, float32 ``[N]`` in [0, 1].
+
+====================================  =========================  =======================
+field kind                            column values              MLflow signature type
+====================================  =========================  =======================
+``categorical_id`` / ``categorical``  int64 index                ``long``
+``multi_hot``                         list of int64 indices      ``Array(long)``
+``dense_vector``                      list of ``dim`` floats     ``Array(double)``
+====================================  =========================  =======================
+
+List cells may be Python lists or numpy arrays (what ``pyarrow``'s ``to_pandas`` yields); both
+are tested. Dense vectors are declared ``Array(double)`` because the input example is stored as
+JSON, whose numbers read back as doubles, so example and signature agree; float32 vectors from
+parquet pass the signature and are scored in float32. Columns outside the signature (label,
+timestamp, raw ids) are ignored with a warning from MLflow, so whole processed rows can be scored.
+
+Registration (:func:`register_candidate`) is idempotent per pipeline run and all-or-nothing:
+
+* a model version carries the tag ``cdanet.pipeline_run_id``; a retry of the same pipeline run
+  finds it and returns it instead of creating a second version;
+* versions are created with ``cdanet.registration_state=pending`` and marked ``complete`` as
+  the last step, so a version left behind by a killed attempt is recognised, removed and redone;
+* on any error, what this call created (the run with its artifacts, the version, the moved
+  ``champion`` alias, a new registered model) is removed or restored before the error propagates.
+
+Both blessed and rejected candidates become versions (the registry is the record of every
+candidate); only a blessed one gets the ``champion`` alias. A rejected version carries the gate's
+reasons in the tag ``cdanet.gate.reasons``.
+
+Environment: the logged model pins ``cdanet`` and its runtime (mlflow, torch, numpy, pandas,
+pyarrow) in ``pip_requirements`` and logs no ``code_paths``: it loads wherever this package is
+installed (the pipeline image). Copying the package in with ``code_paths`` would put a second,
+possibly older ``cdanet`` on ``sys.path`` of any process that loads the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import logging
+import os
+import pathlib
+import re
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
+from mlflow.tracking import MlflowClient
+
+import cdanet
+from cdanet.artifacts import load_model_dir
+from cdanet.data import table_to_batch
+from cdanet.evaluation import compute_metrics
+from cdanet.features import DomainSchema, FieldKind, SchemaError, load_schemas, split_files
+from cdanet.gate import GateDecision
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CHAMPION_ALIAS",
+    "CDAnetPyfunc",
+    "ChampionIncompatibleError",
+    "ChampionInfo",
+    "RegisteredVersion",
+    "features_frame",
+    "get_champion",
+    "register_candidate",
+    "score_champion_on",
+    "summarize_latest",
+]
+
+CHAMPION_ALIAS = "champion"
+MODEL_DIR_ARTIFACT = "model_dir"  # key of the model directory in the pyfunc's artifacts
+MODEL_ARTIFACT_PATH = "model"  # name of the logged model inside its run
+
+TAG_PIPELINE_RUN = "cdanet.pipeline_run_id"
+TAG_STATE = "cdanet.registration_state"
+TAG_BLESSED = "cdanet.gate.blessed"
+TAG_SUMMARY = "cdanet.gate.summary"
+TAG_REASONS = "cdanet.gate.reasons"
+TAG_TARGET = "cdanet.target_domain"
+LINEAGE_PREFIX = "cdanet.lineage."
+STATE_PENDING, STATE_COMPLETE = "pending", "complete"
+
+_EXAMPLE_ROWS = 5
+_MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+_MAX_TAG_CHARS = 8000  # MLflow's limit on a run tag value
+_UNSAFE_ID = re.compile(r"['\"`\\]")
+
+
+class ChampionIncompatibleError(SchemaError):
+    """The champion cannot score the given data: it was trained on a different feature schema."""
+
+
+# ---- the pyfunc model ---------------------------------------------------------------------------
+
+
+def features_frame(table: pa.Table, schema: DomainSchema) -> pd.DataFrame:
+    """The serving representation of processed rows: the feature columns of ``schema``.
+
+    Categorical fields stay int64; multi-hot and dense fields become Python lists per row (JSON
+    and MLflow's signature enforcement both handle lists; see the module docstring).
+    """
+    data: dict[str, Any] = {}
+    for spec in schema.fields:
+        if spec.name not in table.column_names:
+            raise SchemaError(
+                f"rows to score lack feature column {spec.name!r} ({spec.kind.value}) of domain {schema.domain!r}"
+            )
+        col = table.column(spec.name)
+        if not spec.accepts(col.type):
+            raise SchemaError(
+                f"rows to score: column {spec.name!r} has type {col.type}, expected {spec.arrow_type()} "
+                f"for a {spec.kind.value} field of domain {schema.domain!r}"
+            )
+        data[spec.name] = col.to_pylist() if spec.kind in (FieldKind.MULTI_HOT, FieldKind.DENSE_VECTOR) else col.to_numpy()
+    return pd.DataFrame(data)
+
+
+def _frame_to_table(frame: pd.DataFrame, schema: DomainSchema) -> pa.Table:
+    """A serving DataFrame -> an arrow table in the processed parquet layout (feature columns only)."""
+    missing = [f.name for f in schema.fields if f.name not in frame.columns]
+    if missing:
+        raise SchemaError(
+            f"input lacks feature column(s) {missing} of domain {schema.domain!r}; expected columns "
+            f"{list(schema.field_names)} (see cdanet.registry for the encoding of each field kind)"
+        )
+    arrays = {}
+    for spec in schema.fields:
+        values = frame[spec.name]
+        try:
+            if spec.kind is FieldKind.DENSE_VECTOR:
+                # Cells may be lists or numpy arrays, of float64 after signature enforcement.
+                arrays[spec.name] = pa.array([None if v is None else np.asarray(v, np.float32) for v in values],
+                                             pa.list_(pa.float32()))
+            elif spec.kind is FieldKind.MULTI_HOT:
+                arrays[spec.name] = pa.array([None if v is None else np.asarray(v, np.int64) for v in values],
+                                             pa.list_(pa.int64()))
+            else:
+                arrays[spec.name] = pa.array(values, pa.int64())
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+            raise SchemaError(
+                f"input column {spec.name!r} cannot be read as {spec.arrow_type()} ({spec.kind.value}): {e}"
+            ) from e
+    return pa.table(arrays)
+
+
+class CDAnetPyfunc(mlflow.pyfunc.PythonModel):
+    """Scores processed feature rows of the model's target domain to click probabilities.
+
+    ``predict`` input: see :func:`features_frame`; output: float32 ``[N]`` probabilities
+    ``sigmoid(logit)`` of the target-domain tower; for the augmentation network that is
+    ``sigma(R_t^aug(z_t ⊕ z_t'))`` of paper Eq. 10-11.
+    """
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        loaded = load_model_dir(context.artifacts[MODEL_DIR_ARTIFACT], map_location="cpu")
+        self.model = loaded.model
+        self.cfg = loaded.cfg
+        self.domain = loaded.cfg.target_domain
+        self.schema = loaded.schemas[self.domain]
+        self.meta = loaded.meta
+        if self.domain not in getattr(self.model, "eval_domains", (self.domain,)):
+            raise SchemaError(f"the logged model does not score its target domain {self.domain!r}")
+
+    def predict(
+        self,
+        context: mlflow.pyfunc.PythonModelContext,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> np.ndarray:
+        if not isinstance(model_input, pd.DataFrame):
+            raise TypeError(f"expected a pandas DataFrame of feature rows, got {type(model_input).__name__}")
+        table = _frame_to_table(model_input, self.schema)
+        out = np.empty(table.num_rows, dtype=np.float32)
+        step = max(1, int(self.cfg.train.eval_batch_size))
+        with torch.inference_mode():
+            for start in range(0, table.num_rows, step):
+                batch = table_to_batch(self.schema, table.slice(start, step), source="pyfunc input")
+                logits = self.model({self.domain: batch})[self.domain]
+                out[start : start + len(batch)] = torch.sigmoid(logits.float()).numpy()
+        return out
+
+
+# ---- result types -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A model version created (or, on retry, found) by :func:`register_candidate`."""
+
+    name: str
+    version: str
+    aliases: list[str]
+    run_id: str
+    model_uri: str  # models:/<name>/<version>
+    blessed: bool
+    reused: bool = False  # True when a previous attempt of the same pipeline run had created it
+
+
+@dataclass(frozen=True)
+class ChampionInfo:
+    """The version behind the ``champion`` alias, with the metrics its run logged."""
+
+    name: str
+    version: str
+    model_uri: str  # models:/<name>/<version>: pinned, unlike the alias URI
+    run_id: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def alias_uri(self) -> str:
+        """``models:/<name>@champion``: follows the alias wherever it moves."""
+        return f"models:/{self.name}@{CHAMPION_ALIAS}"
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def _client(tracking_uri: str) -> MlflowClient:
+    # Pipeline workers have no network: keep MLflow's usage telemetry off, and its per-file
+    # download progress bars out of the step logs, unless the caller chose otherwise.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if not tracking_uri:
+        raise ValueError("tracking_uri is empty; pass e.g. sqlite:///<dir>/mlflow.db or http://mlflow:5000")
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _is(e: MlflowException, code: int) -> bool:
+    return e.error_code == ErrorCode.Name(code)
+
+
+def _flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested params -> ``{"model.alpha": "0.01"}``; lists as JSON; anything else is an error."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten_params(value, f"{name}."))
+            continue
+        if value is None or isinstance(value, (bool, int, float, str)):
+            text = str(value)
+        else:
+            try:
+                text = json.dumps(value, sort_keys=True, allow_nan=False)
+            except (TypeError, ValueError) as e:
+                raise ValueError(
+                    f"param {name!r} has a value of type {type(value).__name__} that cannot be logged "
+                    f"({e}); params must be numbers, strings, booleans, None, or JSON lists/dicts of them"
+                ) from e
+        if len(text) > _MAX_PARAM_CHARS:
+            raise ValueError(f"param {name!r} is {len(text)} characters long; MLflow stores at most {_MAX_PARAM_CHARS}")
+        out[name] = text
+    return out
+
+
+def _check_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            raise ValueError(f"metric {key!r} must be a number, got {type(value).__name__} {value!r}")
+        out[str(key)] = float(value)
+    return out
+
+
+def _version_tags(
+    decision: GateDecision, lineage: Mapping[str, Any], pipeline_run_id: str, target: str
+) -> dict[str, str]:
+    tags = {
+        TAG_PIPELINE_RUN: pipeline_run_id,
+        TAG_BLESSED: str(decision.blessed).lower(),
+        TAG_SUMMARY: decision.summary,
+        TAG_REASONS: "\n".join(decision.reasons),
+        TAG_TARGET: target,
+        "cdanet.gate.candidate_auc": repr(decision.candidate_auc),
+        "cdanet.gate.champion_auc": "none" if decision.champion_auc is None else repr(decision.champion_auc),
+        "cdanet.code_version": cdanet.__version__,
+    }
+    for key, value in lineage.items():
+        if value is not None and not isinstance(value, (bool, int, float, str)):
+            raise ValueError(f"lineage {key!r} must be a string or number, got {type(value).__name__}")
+        tags[f"{LINEAGE_PREFIX}{key}"] = str(value)
+    too_long = [k for k, v in tags.items() if len(v) > _MAX_TAG_CHARS]
+    if too_long:
+        raise ValueError(f"tag(s) {too_long} exceed MLflow's {_MAX_TAG_CHARS}-character limit")
+    return tags
+
+
+def _pins() -> list[str]:
+    """Requirements of the logged model: this library and the runtime it was logged with."""
+    pins = [f"cdanet=={cdanet.__version__}"]
+    for dist in ("mlflow", "torch", "numpy", "pandas", "pyarrow"):
+        # PEP 440: "torch==2.13.0" also matches local builds such as 2.13.0+cpu / +cu128.
+        pins.append(f"{dist}=={importlib.metadata.version(dist).split('+')[0]}")
+    return pins
+
+
+def _read_rows(processed_root: str, schema: DomainSchema, split: str, limit: int | None = None) -> pa.Table:
+    files = split_files(os.path.join(processed_root, schema.domain), split)
+    tables = []
+    for path in files:
+        table = pq.read_table(path)
+        schema.check_arrow_schema(table.schema, path)
+        tables.append(table)
+        if limit is not None and sum(t.num_rows for t in tables) >= limit:
+            break
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return table if limit is None else table.slice(0, limit)
+
+
+def _schema_example(schema: DomainSchema, n: int = 2) -> pd.DataFrame:
+    """Schema-conformant rows (OOV index, short lists, zero vectors) when no processed data is at hand."""
+    data: dict[str, Any] = {}
+    for spec in schema.fields:
+        if spec.kind is FieldKind.MULTI_HOT:
+            data[spec.name] = [[0] * min(2, spec.max_len) for _ in range(n)]
+        elif spec.kind is FieldKind.DENSE_VECTOR:
+            data[spec.name] = [[0.0] * spec.dim for _ in range(n)]
+        else:
+            data[spec.name] = np.zeros(n, dtype=np.int64)
+    return pd.DataFrame(data)
+
+
+def _example_frame(frame: pd.DataFrame, schema: DomainSchema) -> pd.DataFrame:
+    """Make dense vectors doubles so that the inferred signature accepts its own JSON example."""
+    frame = frame.copy()
+    for spec in schema.fields:
+        if spec.kind is FieldKind.DENSE_VECTOR:
+            frame[spec.name] = [[float(x) for x in v] for v in frame[spec.name]]
+    return frame
+
+
+def _find_version(client: MlflowClient, name: str, pipeline_run_id: str) -> ModelVersion | None:
+    try:
+        found = client.search_model_versions(f"name = '{name}' and tags.`{TAG_PIPELINE_RUN}` = '{pipeline_run_id}'")
+    except MlflowException as e:
+        if _is(e, RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
+    if len(found) > 1:
+        versions = sorted(v.version for v in found)
+        raise RuntimeError(
+            f"registered model {name!r} has {len(found)} versions {versions} for pipeline run {pipeline_run_id!r}; "
+            "expected at most one (were they registered concurrently?)"
+        )
+    # search_model_versions returns empty aliases (MLflow 3.17): re-read the version.
+    return client.get_model_version(name, found[0].version) if found else None
+
+
+def _champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except MlflowException as e:
+        # No such model: RESOURCE_DOES_NOT_EXIST; a model without the alias: INVALID_PARAMETER_VALUE
+        # ("Registered model alias champion not found.", MLflow 3.17).
+        if _is(e, RESOURCE_DOES_NOT_EXIST) or (_is(e, INVALID_PARAMETER_VALUE) and "alias" in str(e) and "not found" in str(e)):
+            return None
+        raise
+
+
+def _registered(version: ModelVersion, reused: bool) -> RegisteredVersion:
+    return RegisteredVersion(
+        name=version.name,
+        version=str(version.version),
+        aliases=sorted(version.aliases or []),
+        run_id=version.run_id or "",
+        model_uri=f"models:/{version.name}/{version.version}",
+        blessed=(version.tags or {}).get(TAG_BLESSED) == "true",
+        reused=reused,
+    )
+
+
+@dataclass
+class _Created:
+    """What one registration attempt has created so far (for the rollback)."""
+
+    registered_model: bool = False
+    run_id: str | None = None
+    version: str | None = None
+    alias_moved: bool = False
+
+
+def _rollback(client: MlflowClient, name: str, created: _Created, previous_champion: str | None) -> None:
+    """Undo ``created`` in reverse order; a failing undo step is logged, never raised over the cause."""
+    steps: list[tuple[str, Any]] = []
+    if created.alias_moved:
+        if previous_champion is not None:
+            steps.append((f"restore alias {CHAMPION_ALIAS!r} to version {previous_champion}",
+                          lambda: client.set_registered_model_alias(name, CHAMPION_ALIAS, previous_champion)))
+        else:
+            steps.append((f"delete alias {CHAMPION_ALIAS!r}",
+                          lambda: client.delete_registered_model_alias(name, CHAMPION_ALIAS)))
+    if created.version is not None:
+        steps.append((f"delete version {created.version}", lambda: client.delete_model_version(name, created.version)))
+    if created.run_id is not None:
+        steps.append((f"delete run {created.run_id}", lambda: _fail_and_delete_run(client, created.run_id)))
+    if created.registered_model:
+        steps.append((f"delete registered model {name!r}", lambda: client.delete_registered_model(name)))
+    for what, undo in steps:
+        try:
+            undo()
+        except Exception:  # keep undoing: the caller re-raises the original error
+            logger.exception("registry rollback: could not %s", what)
+
+
+def _fail_and_delete_run(client: MlflowClient, run_id: str) -> None:
+    client.set_terminated(run_id, status="FAILED")
+    client.delete_run(run_id)
+
+
+def _discard_stale(client: MlflowClient, version: ModelVersion) -> None:
+    """Remove a version a killed attempt left half-registered (state still pending), and its run."""
+    logger.warning(
+        "registry: version %s of %r was left pending by an interrupted attempt of pipeline run %s; redoing it",
+        version.version, version.name, (version.tags or {}).get(TAG_PIPELINE_RUN),
+    )
+    client.delete_model_version(version.name, version.version)
+    if version.run_id:
+        with contextlib.suppress(MlflowException):
+            _fail_and_delete_run(client, version.run_id)
+
+
+def _default_artifacts(client: MlflowClient) -> str | None:
+    uri = client.tracking_uri
+    if not uri.startswith("sqlite:///"):
+        return None
+    db_path = os.path.abspath(uri[len("sqlite:///"):].split("?", 1)[0])
+    return pathlib.Path(os.path.dirname(db_path), "mlartifacts").as_uri()
+
+
+def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as e:  # created concurrently by another step
+        if _is(e, RESOURCE_ALREADY_EXISTS):
+            return client.get_experiment_by_name(name).experiment_id
+        raise
+
+
+# ---- registration -------------------------------------------------------------------------------
+
+
+def register_candidate(
+    model_dir: str,
+    *,
+    tracking_uri: str,
+    model_name: str,
+    metrics: Mapping[str, float],
+    params: Mapping[str, Any],
+    decision: GateDecision,
+    lineage: Mapping[str, Any],
+    pipeline_run_id: str,
+    processed_root: str | None = None,
+    experiment_name: str | None = None,
+    artifact_location: str | None = None,
+) -> RegisteredVersion:
+    """Log ``model_dir`` as a pyfunc in a new MLflow run and register it as a version of ``model_name``.
+
+    The run holds ``params`` (nested dicts flattened to dotted keys), ``metrics``, the gate decision
+    (tags plus ``gate/decision.json``) and ``lineage`` (tags ``cdanet.lineage.<key>``). The version
+    gets the same tags; the ``champion`` alias moves to it only when ``decision.blessed``.
+
+    Args:
+        model_dir: a model directory written by :func:`cdanet.artifacts.save_model_dir`.
+        tracking_uri: MLflow tracking (and registry) URI, e.g. ``sqlite:///mlflow.db``.
+        processed_root: when given, the input example is a few real rows of the target domain's
+            test split; otherwise schema-conformant placeholder rows.
+        experiment_name: MLflow experiment of the run; defaults to ``model_name``.
+        artifact_location: artifact root of that experiment if this call creates it; by default
+            the server decides, except for a ``sqlite:///`` store, whose artifacts then go to
+            ``mlartifacts/`` next to the database file (MLflow's default, ``./mlruns``, would
+            scatter them into whatever the working directory is).
+
+    Returns the new version, or the one an earlier attempt with the same ``pipeline_run_id``
+    completed (``reused=True``). Raises ``ValueError`` for unloggable params/metrics/lineage before
+    anything is created; any later error rolls back what this call created and is re-raised.
+    """
+    if not model_name or not pipeline_run_id:
+        raise ValueError("model_name and pipeline_run_id must be non-empty")
+    for what, value in (("model_name", model_name), ("pipeline_run_id", pipeline_run_id)):
+        if _UNSAFE_ID.search(value):
+            raise ValueError(f"{what} {value!r} must not contain quotes, backticks or backslashes")
+    flat_params = _flatten_params(params)
+    metric_values = _check_metrics(metrics)
+    client = _client(tracking_uri)
+
+    existing = _find_version(client, model_name, pipeline_run_id)
+    if existing is not None:
+        if (existing.tags or {}).get(TAG_STATE) == STATE_COMPLETE:
+            logger.info("registry: pipeline run %s already registered %s version %s", pipeline_run_id,
+                        model_name, existing.version)
+            return _registered(existing, reused=True)
+        _discard_stale(client, existing)
+
+    created = _Created()
+    champion = _champion_version(client, model_name)
+    previous_champion = None if champion is None else str(champion.version)
+    try:
+        version = _register(
+            client, created, model_dir, model_name, flat_params, metric_values, decision, lineage,
+            pipeline_run_id, processed_root, experiment_name or model_name, artifact_location,
+        )
+    except BaseException:
+        _rollback(client, model_name, created, previous_champion)
+        raise
+    logger.info("registry: %s version %s (%s)", model_name, version.version, decision.summary)
+    return version
+
+
+def _register(
+    client: MlflowClient,
+    created: _Created,
+    model_dir: str,
+    model_name: str,
+    params: Mapping[str, str],
+    metrics: Mapping[str, float],
+    decision: GateDecision,
+    lineage: Mapping[str, Any],
+    pipeline_run_id: str,
+    processed_root: str | None,
+    experiment_name: str,
+    artifact_location: str | None,
+) -> RegisteredVersion:
+    """The steps of :func:`register_candidate`; each records what it created in ``created``."""
+    loaded = load_model_dir(model_dir, map_location="cpu")  # a broken directory fails before anything exists
+    target = loaded.cfg.target_domain
+    schema = loaded.schemas[target]
+    tags = _version_tags(decision, lineage, pipeline_run_id, target)
+    try:
+        client.create_registered_model(
+            model_name,
+            description="CDAnet CTR model (cross-domain augmentation network); alias 'champion' marks the serving version",
+        )
+        created.registered_model = True
+    except MlflowException as e:
+        if not _is(e, RESOURCE_ALREADY_EXISTS):
+            raise
+    experiment_id = _experiment_id(client, experiment_name, artifact_location or _default_artifacts(client))
+    run = client.create_run(experiment_id, run_name=f"{model_name}-{pipeline_run_id}"[:250], tags=tags)
+    created.run_id = run.info.run_id
+    _log_run_data(client, created.run_id, params, metrics, decision)
+
+    if processed_root is not None:
+        example = features_frame(_read_rows(processed_root, schema, "test", limit=_EXAMPLE_ROWS), schema)
+    else:
+        example = _schema_example(schema)
+    example = _example_frame(example, schema)
+    with warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold missing values: by contract ours never do
+        # (validated upstream; table_to_batch rejects nulls).
+        warnings.filterwarnings("ignore", message=".*Integer columns in Python cannot represent missing values")
+        signature = infer_signature(example, np.zeros(len(example), dtype=np.float32))
+    # save_model + log_artifacts rather than the fluent log_model: the fluent API works on MLflow's
+    # process-global tracking URI and active run, which a library must not change under its caller.
+    with tempfile.TemporaryDirectory(prefix="cdanet-pyfunc-") as tmp:
+        local = os.path.join(tmp, MODEL_ARTIFACT_PATH)
+        mlflow.pyfunc.save_model(
+            local,
+            python_model=CDAnetPyfunc(),
+            artifacts={MODEL_DIR_ARTIFACT: os.path.abspath(model_dir)},
+            signature=signature,
+            input_example=example,
+            pip_requirements=_pins(),
+            metadata={"target_domain": target, "cdanet_version": cdanet.__version__,
+                      "model_kind": str(loaded.meta.get("kind", ""))},
+        )
+        client.log_artifacts(created.run_id, local, MODEL_ARTIFACT_PATH)
+    source = f"{client.get_run(created.run_id).info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_PATH}"
+    version = client.create_model_version(
+        model_name, source=source, run_id=created.run_id, tags={**tags, TAG_STATE: STATE_PENDING},
+        description=decision.summary,
+    )
+    created.version = str(version.version)
+    if decision.blessed:
+        client.set_registered_model_alias(model_name, CHAMPION_ALIAS, created.version)
+        created.alias_moved = True
+    client.set_model_version_tag(model_name, created.version, TAG_STATE, STATE_COMPLETE)
+    return _registered(client.get_model_version(model_name, created.version), reused=False)
+
+
+def _log_run_data(
+    client: MlflowClient, run_id: str, params: Mapping[str, str], metrics: Mapping[str, float], decision: GateDecision
+) -> None:
+    items = list(params.items())
+    for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in items[start : start + 100]])
+    gate_metrics = {"gate_candidate_auc": decision.candidate_auc, "gate_blessed": float(decision.blessed)}
+    if decision.champion_auc is not None:
+        gate_metrics["gate_champion_auc"] = decision.champion_auc
+    for key, value in {**metrics, **gate_metrics}.items():
+        client.log_metric(run_id, key, value)
+    client.log_text(run_id, decision.to_json(), "gate/decision.json")
+    client.log_text(run_id, decision.to_markdown(), "gate/decision.md")
+
+
+# ---- champion -----------------------------------------------------------------------------------
+
+
+def _load_version(tracking_uri: str, model_name: str, version: str) -> mlflow.pyfunc.PyFuncModel:
+    """Load one registered version as a pyfunc without touching MLflow's process-global URIs.
+
+    ``mlflow.pyfunc.load_model("models:/...")`` resolves registry URIs through the global registry
+    URI even when ``download_artifacts`` is given explicit ones (MLflow 3.17), so the version's
+    download URI is resolved with our client and the artifacts are fetched from there.
+    """
+    client = _client(tracking_uri)
+    source = client.get_model_version_download_uri(model_name, version)
+    with tempfile.TemporaryDirectory(prefix="cdanet-model-") as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)
+        return mlflow.pyfunc.load_model(local)  # load_context reads everything before tmp goes
+
+
+def get_champion(tracking_uri: str, model_name: str) -> ChampionInfo | None:
+    """The version behind ``models:/<model_name>@champion`` with its run's metrics, or None."""
+    client = _client(tracking_uri)
+    version = _champion_version(client, model_name)
+    if version is None:
+        return None
+    metrics: dict[str, float] = {}
+    if version.run_id:
+        with contextlib.suppress(MlflowException):  # the run may live in a store we cannot read
+            metrics = dict(client.get_run(version.run_id).data.metrics)
+    return ChampionInfo(
+        name=model_name,
+        version=str(version.version),
+        model_uri=f"models:/{model_name}/{version.version}",
+        run_id=version.run_id,
+        metrics=metrics,
+        tags=dict(version.tags or {}),
+    )
+
+
+def score_champion_on(
+    processed_root: str, tracking_uri: str, model_name: str, domain: str, split: str = "test"
+) -> float | None:
+    """The champion's AUC on ``split`` of ``domain`` under ``processed_root``; None without a champion.
+
+    Loads the version behind ``models:/<model_name>@champion`` as a pyfunc and scores every row of
+    the split (with the pyfunc, i.e. exactly as serving would), so the gate compares
+    candidate and champion on exactly the same rows. Raises :class:`ChampionIncompatibleError` when
+    the champion scores another domain or was trained on a different feature schema of ``domain``
+    (its indices would not mean the same values): a person must decide (retire the champion by
+    deleting the alias, or re-preprocess with the champion's vocabularies).
+    """
+    champion = get_champion(tracking_uri, model_name)
+    if champion is None:
+        return None
+    pyfunc = _load_version(tracking_uri, model_name, champion.version)
+    scorer = pyfunc.unwrap_python_model()
+    if not isinstance(scorer, CDAnetPyfunc):
+        raise ChampionIncompatibleError(
+            f"champion {champion.model_uri} is a {type(scorer).__name__}, not a CDAnet pyfunc model"
+        )
+    if scorer.domain != domain:
+        raise ChampionIncompatibleError(
+            f"champion {champion.model_uri} scores domain {scorer.domain!r}, not {domain!r}"
+        )
+    schema = load_schemas(processed_root, [domain])[domain]
+    try:
+        schema.check_compatible(scorer.schema, f"the schema champion version {champion.version} was trained on")
+    except SchemaError as e:
+        raise ChampionIncompatibleError(
+            f"{e}; the champion cannot score this data. Delete the {CHAMPION_ALIAS!r} alias of {model_name!r} "
+            "to let the floor alone judge the next candidate, or keep the vocabularies stable across runs"
+        ) from e
+    table = _read_rows(processed_root, schema, split)
+    scores = pyfunc.predict(features_frame(table, schema))
+    labels = table.column(schema.label_column).to_numpy()
+    auc = compute_metrics(domain, labels, np.asarray(scores)).auc
+    logger.info("registry: champion %s version %s has AUC %.4f on %s/%s", model_name, champion.version, auc, domain, split)
+    return float(auc)
+
+
+def summarize_latest(tracking_uri: str, model_name: str, pipeline_root: str | None = None) -> str:
+    """A short human-readable status: the champion and the most recent version with their gate verdicts."""
+    client = _client(tracking_uri)
+    try:
+        versions = client.search_model_versions(f"name = '{model_name}'", order_by=["version_number DESC"],
+                                                max_results=1)
+    except MlflowException as e:
+        if _is(e, RESOURCE_DOES_NOT_EXIST):
+            versions = []
+        else:
+            raise
+    lines = [f"[cdanet] MLflow registry {tracking_uri}, model {model_name!r}:"]
+    if not versions:
+        lines.append("  no registered versions")
+    else:
+        latest = client.get_model_version(model_name, versions[0].version)
+        tags = latest.tags or {}
+        lines.append(f"  latest: version {latest.version} ({tags.get(TAG_SUMMARY, 'no gate decision')})")
+        if tags.get(TAG_BLESSED) == "false":
+            lines += [f"    - {r}" for r in tags.get(TAG_REASONS, "").splitlines()]
+    champion = get_champion(tracking_uri, model_name)
+    lines.append(
+        f"  champion: version {champion.version} ({champion.model_uri})" if champion else "  champion: none"
+    )
+    if pipeline_root:
+        lines.append(f"  pipeline artifacts: {pipeline_root}")
+    return "\n".join(lines)

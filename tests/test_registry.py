@@ -1,0 +1,272 @@
+"""MLflow registry on a real SQLite store: pyfunc scoring, champion alias, idempotency, rollback.
+
+The model is a real CDAnet (stage 1 + stage 2) trained for one epoch on the tiny synthetic data,
+with ``book`` as the target so the pyfunc sees every field kind (categorical, multi-hot, dense).
+Failures are real where MLflow or the data can produce them; two tests inject a fault into one
+MLflow client call (pytest's monkeypatch) because a healthy store never fails on demand there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import mlflow
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from cdanet.artifacts import load_model_dir
+from cdanet.config import tiny_config
+from cdanet.data import table_to_batch
+from cdanet.features import split_files
+from cdanet.gate import GateConfig, GateDecision, decide
+from cdanet.registry import (
+    CHAMPION_ALIAS,
+    TAG_REASONS,
+    TAG_STATE,
+    ChampionIncompatibleError,
+    features_frame,
+    get_champion,
+    register_candidate,
+    score_champion_on,
+    summarize_latest,
+)
+from cdanet.training import run_experiment
+
+NAME = "cdanet-book"
+TARGET = "book"
+GATE = GateConfig(min_auc=0.5, tolerance=0.0, domain=TARGET)
+
+
+@pytest.fixture(scope="module")
+def trained(processed_dir: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, float]:
+    """(model directory, its test AUC on the target domain)."""
+    cfg = tiny_config("amazon", target_domain=TARGET).with_overrides(
+        ["train.max_epochs=1", "train.num_threads=1", "train.batch_size=256"]
+    ).validate()
+    result = run_experiment(cfg, processed_dir, str(tmp_path_factory.mktemp("experiment")))
+    return result.model_dir, float(result.target_auc)
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An initialised, empty SQLite store: MLflow's schema migrations take seconds, so run them once."""
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return str(path)
+
+
+@pytest.fixture
+def uri(empty_store: str, tmp_path) -> str:
+    """A fresh store per test (a copy of the empty one); artifacts go to ``tmp_path/mlartifacts``."""
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def _register(model_dir: str, uri: str, decision: GateDecision, run_id: str, **kwargs) -> object:
+    args = {
+        "tracking_uri": uri,
+        "model_name": NAME,
+        "metrics": {"test_auc": decision.candidate_auc, "test_logloss": 0.5},
+        "params": {"model": {"name": "cdanet", "alpha": 0.01}, "seeds": [1, 2]},
+        "decision": decision,
+        "lineage": {"data_fingerprint": "0123abcd", "pipeline_run_id": run_id, "code_version": "0.1.0"},
+        "pipeline_run_id": run_id,
+    }
+    return register_candidate(model_dir, **{**args, **kwargs})
+
+
+def _versions(uri: str) -> list[str]:
+    try:
+        return sorted(str(v.version) for v in MlflowClient(uri, registry_uri=uri).search_model_versions(f"name = '{NAME}'"))
+    except MlflowException:
+        return []
+
+
+def _active_runs(uri: str) -> int:
+    client = MlflowClient(uri)
+    return sum(len(client.search_runs([e.experiment_id])) for e in client.search_experiments())
+
+
+def _test_table(processed_dir: str) -> pa.Table:
+    return pa.concat_tables([pq.read_table(f) for f in split_files(os.path.join(processed_dir, TARGET), "test")])
+
+
+def test_blessed_candidate_becomes_champion_and_scores_like_torch(
+    trained: tuple[str, float], processed_dir: str, uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_dir, auc = trained
+    decision = decide(auc, None, GateConfig(min_auc=0.0, domain=TARGET))
+    assert decision.blessed
+
+    v = _register(model_dir, uri, decision, "run-1", processed_root=processed_dir)
+
+    assert (v.version, v.aliases, v.blessed, v.reused) == ("1", [CHAMPION_ALIAS], True, False)
+    champion = get_champion(uri, NAME)
+    assert champion is not None and champion.version == "1" and champion.run_id == v.run_id
+    assert champion.metrics["test_auc"] == pytest.approx(auc)
+    assert champion.tags["cdanet.lineage.data_fingerprint"] == "0123abcd"
+    run = MlflowClient(uri).get_run(v.run_id)
+    assert run.data.params["model.alpha"] == "0.01" and run.data.params["seeds"] == "[1, 2]"
+
+    # Load through the alias with MLflow's own API, as a serving process would.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@{CHAMPION_ALIAS}")
+    table = _test_table(processed_dir)
+    loaded = load_model_dir(model_dir)
+    schema = loaded.schemas[TARGET]
+    inputs = {str(c.name): repr(c.type) for c in pyfunc.metadata.signature.inputs.inputs}
+    assert inputs["category"] == "Array(long)" and inputs["title"] == "Array(double)"
+    assert inputs["writer"] == "long"
+
+    scores = pyfunc.predict(features_frame(table, schema))
+    with torch.inference_mode():
+        logits = loaded.model({TARGET: table_to_batch(schema, table)})[TARGET]
+    expected = torch.sigmoid(logits).numpy()
+    assert scores.shape == (table.num_rows,) and scores.dtype == np.float32
+    assert ((scores >= 0) & (scores <= 1)).all()
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-6)
+    # Whole processed rows (numpy list cells, label/timestamp/raw ids) score the same.
+    np.testing.assert_allclose(pyfunc.predict(table.to_pandas()), expected, rtol=0, atol=1e-6)
+
+    # The gate's champion score on the same split reproduces the candidate's own evaluation.
+    assert score_champion_on(processed_dir, uri, NAME, TARGET) == pytest.approx(auc, abs=1e-9)
+
+
+def test_rejected_candidate_keeps_the_alias_and_its_reasons(trained: tuple[str, float], uri: str) -> None:
+    model_dir, auc = trained
+    _register(model_dir, uri, decide(0.75, None, GATE), "run-1")
+    rejected = decide(0.70, 0.75, GATE, champion_version="1")
+    assert not rejected.blessed
+
+    v = _register(model_dir, uri, rejected, "run-2")
+
+    assert (v.version, v.aliases, v.blessed) == ("2", [], False)
+    assert get_champion(uri, NAME).version == "1"
+    tags = MlflowClient(uri, registry_uri=uri).get_model_version(NAME, "2").tags
+    assert tags[TAG_REASONS] == "\n".join(rejected.reasons) and "regresses" in tags[TAG_REASONS]
+    assert tags["cdanet.gate.blessed"] == "false" and tags[TAG_STATE] == "complete"
+    summary = summarize_latest(uri, NAME)
+    assert "latest: version 2 (REJECTED" in summary and "champion: version 1" in summary
+
+
+def test_same_pipeline_run_registers_once(trained: tuple[str, float], uri: str) -> None:
+    model_dir, _ = trained
+    first = _register(model_dir, uri, decide(0.7, None, GATE), "run-7")
+    again = _register(model_dir, uri, decide(0.7, None, GATE), "run-7")
+
+    assert _versions(uri) == ["1"]
+    assert again.reused and (again.version, again.run_id, again.aliases) == (first.version, first.run_id, first.aliases)
+    assert _active_runs(uri) == 1
+
+
+def test_version_left_pending_by_a_killed_attempt_is_redone(trained: tuple[str, float], uri: str) -> None:
+    model_dir, _ = trained
+    first = _register(model_dir, uri, decide(0.7, None, GATE), "run-9")
+    # What a pod killed between creating the version and completing it leaves behind.
+    MlflowClient(uri, registry_uri=uri).set_model_version_tag(NAME, first.version, TAG_STATE, "pending")
+
+    redo = _register(model_dir, uri, decide(0.7, None, GATE), "run-9")
+
+    assert not redo.reused and _versions(uri) == ["2"]
+    assert redo.aliases == [CHAMPION_ALIAS] and _active_runs(uri) == 1
+
+
+def test_failure_after_the_run_exists_leaves_nothing(trained: tuple[str, float], uri: str, tmp_path) -> None:
+    model_dir, _ = trained
+    no_test_split = tmp_path / "processed"
+    (no_test_split / TARGET).mkdir(parents=True)  # the input example cannot be read from here
+
+    with pytest.raises(FileNotFoundError, match="no test split"):
+        _register(model_dir, uri, decide(0.7, None, GATE), "run-3", processed_root=str(no_test_split))
+
+    assert _versions(uri) == [] and _active_runs(uri) == 0
+    assert MlflowClient(uri, registry_uri=uri).search_registered_models() == []
+
+
+def test_missing_weights_fail_before_anything_is_created(trained: tuple[str, float], uri: str, tmp_path) -> None:
+    model_dir, _ = trained
+    _register(model_dir, uri, decide(0.7, None, GATE), "run-1")
+    broken = tmp_path / "broken_model"
+    shutil.copytree(model_dir, broken)
+    os.remove(broken / "weights.pt")
+
+    with pytest.raises(ValueError, match="weights.pt"):
+        _register(str(broken), uri, decide(0.8, 0.7, GATE), "run-2")
+
+    assert _versions(uri) == ["1"] and get_champion(uri, NAME).version == "1" and _active_runs(uri) == 1
+
+
+@pytest.mark.parametrize("failing_call", ["set_registered_model_alias", "set_model_version_tag"])
+def test_fault_while_promoting_restores_the_previous_champion(
+    trained: tuple[str, float], uri: str, monkeypatch: pytest.MonkeyPatch, failing_call: str
+) -> None:
+    """The alias is the last thing to move; completing the version comes after it (fault injection)."""
+    model_dir, _ = trained
+    _register(model_dir, uri, decide(0.7, None, GATE), "run-1")
+
+    def fail(self: MlflowClient, *args: object, **kwargs: object) -> None:
+        raise MlflowException(f"injected failure in {failing_call}")
+
+    monkeypatch.setattr(MlflowClient, failing_call, fail)
+    with pytest.raises(MlflowException, match="injected"):
+        _register(model_dir, uri, decide(0.8, 0.7, GATE), "run-2")
+    monkeypatch.undo()
+
+    assert _versions(uri) == ["1"]
+    assert get_champion(uri, NAME).version == "1"
+    assert _active_runs(uri) == 1
+    # The failed pipeline run can be retried and then registers normally.
+    assert _register(model_dir, uri, decide(0.8, 0.7, GATE), "run-2").aliases == [CHAMPION_ALIAS]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"params": {"callback": object()}}, "param 'callback'"),
+        ({"params": {"x": "y" * 7000}}, "6000"),
+        ({"metrics": {"auc": "high"}}, "metric 'auc'"),
+        ({"lineage": {"data": {"nested": 1}}}, "lineage 'data'"),
+        ({"pipeline_run_id": "it's"}, "quotes"),
+    ],
+)
+def test_unloggable_inputs_are_rejected_before_anything_is_created(
+    trained: tuple[str, float], uri: str, kwargs: dict, match: str
+) -> None:
+    model_dir, _ = trained
+    with pytest.raises(ValueError, match=match):
+        _register(model_dir, uri, decide(0.7, None, GATE), "run-1", **kwargs)
+    assert _versions(uri) == [] and _active_runs(uri) == 0
+
+
+def test_no_champion_scores_none(processed_dir: str, uri: str) -> None:
+    assert get_champion(uri, NAME) is None
+    assert score_champion_on(processed_dir, uri, NAME, TARGET) is None
+    assert "no registered versions" in summarize_latest(uri, NAME) and "champion: none" in summarize_latest(uri, NAME)
+
+
+def test_champion_of_another_domain_or_schema_is_refused(
+    trained: tuple[str, float], processed_dir: str, uri: str, tmp_path
+) -> None:
+    model_dir, _ = trained
+    _register(model_dir, uri, decide(0.7, None, GATE), "run-1")
+
+    with pytest.raises(ChampionIncompatibleError, match="scores domain 'book', not 'movie'"):
+        score_champion_on(processed_dir, uri, NAME, "movie")
+
+    # Re-preprocessed data whose vocabulary grew: the champion's indices would mean other values.
+    grown = tmp_path / "processed"
+    shutil.copytree(processed_dir, grown)
+    schema_path = grown / TARGET / "schema.json"
+    schema = json.loads(schema_path.read_text())
+    next(f for f in schema["fields"] if f["name"] == "writer")["vocab_size"] += 10
+    schema_path.write_text(json.dumps(schema))
+    with pytest.raises(ChampionIncompatibleError, match=r"fields differ: \['writer'\]"):
+        score_champion_on(str(grown), uri, NAME, TARGET)
