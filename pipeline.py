@@ -44,6 +44,7 @@ def create_pipeline(
     data_mount_path: str = "/data",
     mlflow_secret: str | None = None,
     training_retries: int = 2,
+    scheduled: bool = False,
 ):
     """Build the pipeline.
 
@@ -55,6 +56,9 @@ def create_pipeline(
         mlflow_secret: a Kubernetes Secret whose ``MLFLOW_TRACKING_URI`` (and optional S3 keys) become
             environment variables of the gate and register tasks; credentials never live in code.
         training_retries: retry policy of the training tasks (preemptible GPU nodes).
+        scheduled: for recurring runs: the data window ends at the run's scheduled time (KFP
+            placeholder), so a rerun of the same day trains on the same data. Otherwise the window
+            ends at the ``data_until`` parameter (ISO-8601; empty = all data).
     """
 
     def _common(task: dsl.PipelineTask, cpu: str, memory: str, cache: bool = True) -> dsl.PipelineTask:
@@ -113,6 +117,7 @@ def create_pipeline(
         tolerance: float = 0.005,
         model_name: str = "cdanet",
         mlflow_tracking_uri: str = "",
+        data_until: str = "",
         window_days: int = 0,
         beam_args: list = [],  # noqa: B006
     ):
@@ -132,7 +137,8 @@ def create_pipeline(
             C.preprocess(
                 config=cfg.outputs["config"], raw_uri=raw_uri, glove_uri=glove_uri,
                 # The scheduled time pins a recurring run's data window, so reruns of a day are reproducible.
-                data_until=dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER, window_days=window_days,
+                data_until=dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER if scheduled else data_until,
+                window_days=window_days,
                 beam_args=beam_args,
             ),
             "4", "8Gi",
@@ -267,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return orchestration.submit(create_pipeline(**_factory_kwargs(args)), host=args.host,
                                     experiment=args.experiment, run_name=args.run_name,
                                     service_account=args.service_account, params=_params(args.params))
-    return orchestration.schedule(create_pipeline(**_factory_kwargs(args)), host=args.host,
+    return orchestration.schedule(create_pipeline(**_factory_kwargs(args), scheduled=True), host=args.host,
                                   experiment=args.experiment, cron=args.cron, job_name=args.job_name,
                                   service_account=args.service_account, params=_params(args.params))
 

@@ -6,9 +6,11 @@ The runners only bind paths, images and parameters (TFX style); the pipeline its
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -47,6 +49,37 @@ def _check_params(pipeline_func: Any, params: Mapping[str, Any]) -> None:
 
 
 # ---- local ----------------------------------------------------------------------------------------
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STATUS = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
+
+
+class _TaskLog:
+    """A stdout stand-in: everything goes to the log file, task status lines also to the console.
+
+    kfp.local prints each task's full executor input/output; that belongs in a log, while the user
+    watching ``make run`` wants one line per finished task.
+    """
+
+    def __init__(self, log_file, out: Callable[[str], None], started: float) -> None:
+        self._log, self._out, self._started, self._pending = log_file, out, started, ""
+        self.failed: list[str] = []
+
+    def write(self, text: str) -> int:
+        self._log.write(text)
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            m = _STATUS.search(_ANSI.sub("", line))
+            if m:
+                task, state = m.groups()
+                if state != "SUCCESS":
+                    self.failed.append(task)
+                self._out(f"[cdanet] {time.time() - self._started:6.0f}s  {task:<18} {state}")
+        return len(text)
+
+    def flush(self) -> None:
+        self._log.flush()
+
 def run_local(
     pipeline_func: Any,
     *,
@@ -91,31 +124,56 @@ def run_local(
         **params,
     }
     _check_params(pipeline_func, arguments)
+    # kfp.local cannot default an optional (None) pipeline parameter, so bind the paper's values here;
+    # in a cluster the pipeline's own None default selects them in the configure step.
+    from cdanet.config import paper_config
+
+    paper = paper_config(dataset, arguments.get("target_domain") or None)
+    arguments.setdefault("alpha", paper.model.alpha)
+    arguments.setdefault("beta", paper.model.beta)
     model_name = arguments.get("model_name", "cdanet")
     # Inherited by every task subprocess: no analytics calls (there is no network), Beam on all cores.
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     pipeline_root = os.path.join(workdir, "pipeline_root")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
+    os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
+    log_path = os.path.join(workdir, "logs", time.strftime("pipeline-%Y%m%d-%H%M%S.log"))
     started = time.time()
-    out(f"[cdanet] running pipeline locally (kfp.local SubprocessRunner); artifacts under {pipeline_root}")
-    try:
-        import warnings
+    out(f"[cdanet] running the pipeline locally (kfp.local, SubprocessRunner); full task logs: {log_path}")
+    with open(log_path, "w") as log_file:
+        console = _TaskLog(log_file, out, started)
+        try:
+            import warnings
 
-        with warnings.catch_warnings():
-            # The SubprocessRunner warns that the project image is not a python:* image; locally the
-            # tasks run in this interpreter, which has the same packages as the image.
-            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-            pipeline_func(**arguments)
-    except Exception as e:  # kfp.local raises a RuntimeError naming the failed task
-        out(f"[cdanet] pipeline FAILED after {time.time() - started:.0f}s: {e}")
-        out("[cdanet] the failed task's log is printed above; no model was registered by this run.")
-        return 1
+            with warnings.catch_warnings(), contextlib.redirect_stdout(console):
+                # The SubprocessRunner warns that the project image is not a python:* image, and that
+                # resource settings do nothing locally: both are expected, the tasks run in this
+                # interpreter, which has the same packages as the image.
+                warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+                warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+                local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root,
+                           raise_on_error=True)
+                pipeline_func(**arguments)
+        except Exception as e:  # kfp.local raises naming the failed task
+            out(f"[cdanet] pipeline FAILED after {time.time() - started:.0f}s: {e}")
+            out(_failure_excerpt(log_path))
+            out(f"[cdanet] full log: {log_path}; no model was registered or promoted by this run.")
+            return 1
     out(f"[cdanet] pipeline finished in {time.time() - started:.0f}s")
     from cdanet.registry import summarize_latest
 
     out(summarize_latest(tracking_uri, model_name, pipeline_root=pipeline_root))
     return 0
+
+
+def _failure_excerpt(log_path: str, lines: int = 25) -> str:
+    """The end of the failed task's own output (its traceback), without kfp's JSON dumps."""
+    with open(log_path) as fh:
+        text = _ANSI.sub("", fh.read())
+    tb = text.rfind("Traceback (most recent call last)")
+    tail = text[tb:] if tb >= 0 else text
+    kept = [ln for ln in tail.splitlines() if ln.strip()][:lines * 4]
+    return "\n".join("    " + ln for ln in kept[-lines:])
 
 
 # ---- cluster ----------------------------------------------------------------------------------------

@@ -80,9 +80,12 @@ def test_resources_retries_caching_and_image(tmp_path):
 
 
 def test_scheduled_time_pins_the_data_window(tmp_path):
-    spec, _ = compiled(tmp_path)
+    spec, _ = compiled(tmp_path, scheduled=True)
     params = spec["root"]["dag"]["tasks"]["preprocess"]["inputs"]["parameters"]
     assert params["data_until"]["runtimeValue"]["constant"] == "{{$.pipeline_job_schedule_time_utc}}"
+    manual, _ = compiled(tmp_path)  # a manual run takes the window end from its data_until parameter
+    params = manual["root"]["dag"]["tasks"]["preprocess"]["inputs"]["parameters"]
+    assert params["data_until"]["componentInputParameter"] == "data_until"
 
 
 def test_kubernetes_platform_settings(tmp_path):

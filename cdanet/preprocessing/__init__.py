@@ -1,0 +1,33 @@
+"""Apache Beam preprocessing: raw Amazon / Taobao files -> the feature contract of ``cdanet.features``.
+
+Steps, each a composable ``PTransform`` (see ``docs/preprocessing.md``): parse with dead letters
+(:mod:`.io`, :mod:`.formats`), labels and duplicates (:mod:`.interactions`), k-core to the fixed
+point (:mod:`.kcore`), feature joins (:mod:`.join`), GloVe title vectors (:mod:`.glove`),
+chronological split (:mod:`.split`), vocabularies and encoding (:mod:`.vocab`); the driver
+:func:`run_preprocessing` (:mod:`.pipeline`) chains them and writes the outputs.
+"""
+
+from cdanet.preprocessing.domains import LAYOUTS, DomainLayout, FieldSource
+from cdanet.preprocessing.formats import Malformed, discover
+from cdanet.preprocessing.glove import GloveVectors, TitleVectors, read_glove, tokenize
+from cdanet.preprocessing.interactions import BinariseLabels, Deduplicate, LabelRule, TimeWindow
+from cdanet.preprocessing.io import ParseLines, ReadLineChunks, WriteDeadLetters
+from cdanet.preprocessing.join import JoinFeatures
+from cdanet.preprocessing.kcore import KCoreFilter, kcore_reference
+from cdanet.preprocessing.options import (
+    DEFAULT_K_CORE,
+    AmazonFieldMapping,
+    PreprocessingError,
+    PreprocessOptions,
+)
+from cdanet.preprocessing.pipeline import FeaturizeDomain, IngestDomain, default_beam_args, run_preprocessing
+from cdanet.preprocessing.split import ChronologicalSplit
+from cdanet.preprocessing.vocab import BuildVocabularies, EncodeFeatures
+
+__all__ = [
+    "DEFAULT_K_CORE", "LAYOUTS", "AmazonFieldMapping", "BinariseLabels", "BuildVocabularies", "ChronologicalSplit",
+    "Deduplicate", "DomainLayout", "EncodeFeatures", "FeaturizeDomain", "FieldSource", "GloveVectors",
+    "IngestDomain", "JoinFeatures", "KCoreFilter", "LabelRule", "Malformed", "ParseLines", "PreprocessOptions",
+    "PreprocessingError", "ReadLineChunks", "TimeWindow", "TitleVectors", "WriteDeadLetters", "default_beam_args",
+    "discover", "kcore_reference", "read_glove", "run_preprocessing", "tokenize",
+]
