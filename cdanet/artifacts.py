@@ -7,6 +7,14 @@ Layout (everything needed to rebuild the model without the training code's state
     <model_dir>/weights.pt             state_dict only: torch.load(..., weights_only=True) works
     <model_dir>/model.json             kind, class, domains, schema fingerprints, versions, extra
     <model_dir>/history.json           per-epoch training history of the stage that produced it
+    <model_dir>/vocab/<domain>/<field>.txt  the vocabularies the indices were encoded with (when known)
+
+The vocabularies are copied from the processed data the model was trained on (same format:
+line i = raw value of index i, line 0 = OOV marker), so the model can later score data that was
+preprocessed with other vocabularies (:func:`cdanet.data.remap_table`) and a serving caller can
+encode raw values (:attr:`LoadedModel.vocabularies`). Data written without vocabularies (the
+synthetic test data) gives a model directory without them; ``model.json["vocab_fingerprints"]``
+lists the domains that have them.
 
 Writes are atomic: the directory is assembled under a temporary name next to ``path`` and renamed
 into place, so a crash leaves either the previous model or nothing at ``path``, never half a model.
@@ -15,11 +23,12 @@ into place, so a crash leaves either the previous model or nothing at ``path``, 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,6 +36,13 @@ from torch import nn
 
 import cdanet
 from cdanet.config import ExperimentConfig
+from cdanet.data import (
+    Vocabulary,
+    load_vocabularies,
+    read_vocabularies,
+    vocab_fingerprint,
+    write_vocabularies,
+)
 from cdanet.features import DomainSchema, SchemaError
 
 FORMAT_VERSION = 1
@@ -35,6 +51,9 @@ MODEL_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
 SCHEMAS_DIR = "schemas"
 HISTORY_FILE = "history.json"
+VOCAB_DIR = "vocab"
+
+logger = logging.getLogger(__name__)
 
 KIND_TRANSLATION = "translation"
 KIND_AUGMENTATION = "augmentation"
@@ -46,12 +65,18 @@ class ModelDirError(ValueError):
 
 @dataclass
 class LoadedModel:
-    """A model rebuilt from a model directory, in eval mode."""
+    """A model rebuilt from a model directory, in eval mode.
+
+    ``vocabularies[domain][field]`` holds the raw values by index (``[0]`` is the OOV marker) of
+    every categorical field of the domains saved with vocabularies; empty for model directories
+    written without them.
+    """
 
     model: nn.Module
     cfg: ExperimentConfig
     schemas: dict[str, DomainSchema]
     meta: dict[str, Any]
+    vocabularies: dict[str, dict[str, Vocabulary]] = field(default_factory=dict)
 
 
 def model_kind(model: nn.Module, cfg: ExperimentConfig) -> str:
@@ -84,12 +109,15 @@ def save_model_dir(
     extra: dict[str, Any] | None = None,
     *,
     history: Sequence[Mapping[str, Any]] | None = None,
+    processed_root: str | None = None,
 ) -> str:
     """Write ``model`` as a model directory at ``path`` (replacing one that is there); return ``path``.
 
     ``schemas`` must hold every domain the model was built with; ``extra`` (JSON-serialisable)
     lands under ``model.json["extra"]`` (e.g. the training stage's best epoch and validation AUC);
     ``history`` (the stage's per-epoch entries) is written as ``history.json`` (``[]`` when absent).
+    ``processed_root``: the processed data the model was trained on; the vocabularies of every
+    domain that has them are checked against ``schemas`` and copied to ``vocab/<domain>/``.
     """
     path = os.path.abspath(path)
     kind = model_kind(model, cfg)
@@ -97,6 +125,7 @@ def save_model_dir(
     missing = [d for d in domains if d not in schemas]
     if missing:
         raise SchemaError(f"save_model_dir: no schema given for domain(s) {missing} of the model")
+    vocabs = {} if processed_root is None else _training_vocabularies(processed_root, {d: schemas[d] for d in domains})
     meta = {
         "format_version": FORMAT_VERSION,
         "kind": kind,
@@ -107,6 +136,7 @@ def save_model_dir(
         "eval_domains": list(getattr(model, "eval_domains", ())),
         "domains": domains,
         "schema_fingerprints": {d: schemas[d].fingerprint() for d in domains},
+        "vocab_fingerprints": {d: vocab_fingerprint(v) for d, v in vocabs.items()},
         "library_version": cdanet.__version__,
         "torch_version": torch.__version__,
         "extra": dict(extra or {}),
@@ -121,6 +151,8 @@ def save_model_dir(
         for d in domains:
             with open(os.path.join(tmp, SCHEMAS_DIR, f"{d}.json"), "w") as fh:
                 fh.write(schemas[d].to_json())
+        for d, v in vocabs.items():
+            write_vocabularies(os.path.join(tmp, VOCAB_DIR, d), v)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         torch.save(state, os.path.join(tmp, WEIGHTS_FILE))
         with open(os.path.join(tmp, HISTORY_FILE), "w") as fh:
@@ -132,6 +164,24 @@ def save_model_dir(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _training_vocabularies(
+    processed_root: str, schemas: Mapping[str, DomainSchema]
+) -> dict[str, dict[str, Vocabulary]]:
+    """The vocabularies under ``processed_root`` of the domains that have them, checked against ``schemas``."""
+    out: dict[str, dict[str, Vocabulary]] = {}
+    for d, schema in schemas.items():
+        on_disk = DomainSchema.load(os.path.join(processed_root, d))
+        # Vocabularies of another preprocessing run would silently relabel every index.
+        schema.check_compatible(on_disk, f"the processed data at {os.path.join(processed_root, d)}")
+        vocabs = load_vocabularies(processed_root, schema)
+        if vocabs is None:
+            logger.info("save_model_dir: %s has no vocabularies of domain %r; the model directory will not carry "
+                        "them", processed_root, d)
+        else:
+            out[d] = vocabs
+    return out
 
 
 def _swap_into_place(tmp: str, path: str) -> None:
@@ -198,6 +248,15 @@ def load_model_dir(
         if expected_schemas is not None and d in expected_schemas:
             expected_schemas[d].check_compatible(schema, f"the schema stored with the model at {path}")
         schemas[d] = schema
+    vocabularies: dict[str, dict[str, Vocabulary]] = {}
+    for d, fp in meta.get("vocab_fingerprints", {}).items():
+        if d not in schemas:
+            raise ModelDirError(f"{os.path.join(path, MODEL_FILE)} lists vocabularies of domain {d!r}, which has no schema")
+        vocabularies[d] = read_vocabularies(os.path.join(path, VOCAB_DIR, d), schemas[d])
+        if vocab_fingerprint(vocabularies[d]) != fp:
+            raise ModelDirError(
+                f"{os.path.join(path, VOCAB_DIR, d)} does not match the vocabulary fingerprint {fp} recorded in {MODEL_FILE}"
+            )
     model = _build(meta["kind"], cfg, schemas)
     weights_path = os.path.join(path, WEIGHTS_FILE)
     if not os.path.exists(weights_path):
@@ -209,4 +268,4 @@ def load_model_dir(
         raise ModelDirError(f"{weights_path} does not fit a {meta['class']} built from {CONFIG_FILE}: {e}") from e
     model.to(map_location)
     model.eval()
-    return LoadedModel(model=model, cfg=cfg, schemas=schemas, meta=meta)
+    return LoadedModel(model=model, cfg=cfg, schemas=schemas, meta=meta, vocabularies=vocabularies)

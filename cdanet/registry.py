@@ -24,6 +24,23 @@ JSON, whose numbers read back as doubles, so example and signature agree; float3
 parquet pass the signature and are scored in float32. Columns outside the signature (label,
 timestamp, raw ids) are ignored with a warning from MLflow, so whole processed rows can be scored.
 
+Indices are those of the model's OWN vocabularies (the preprocessing run it was trained on). The
+logged model directory carries them (``vocab/<domain>/<field>.txt``, line i = raw value of index i,
+line 0 = OOV) when training saw them, so a serving caller holding raw values encodes them with::
+
+    scorer = mlflow.pyfunc.load_model("models:/cdanet-book@champion").unwrap_python_model()
+    vocab = scorer.vocabularies["book"]                       # field -> raw values by index
+    frame["writer"] = cdanet.data.encode_values(vocab["writer"], raw_writers)   # unknown -> 0 (OOV)
+
+(``cdanet.artifacts.load_model_dir(path).vocabularies`` gives the same from a model directory.)
+
+Champion vs candidate (:func:`score_champion_on`): daily retraining rebuilds the vocabularies, so the
+champion may have been trained on another encoding of the same fields. Today's test rows are then
+re-encoded by raw value into the champion's vocabularies (:func:`cdanet.data.remap_table`; values
+the champion never saw become OOV) before it scores them; only a champion whose fields, field kinds
+or dense dims differ from today's, or one saved without vocabularies whose schema differs, is refused
+with :class:`ChampionIncompatibleError`.
+
 Registration (:func:`register_candidate`) is idempotent per pipeline run and all-or-nothing:
 
 * a model version carries the tag ``cdanet.pipeline_run_id``; a retry of the same pipeline run
@@ -77,7 +94,7 @@ from mlflow.tracking import MlflowClient
 
 import cdanet
 from cdanet.artifacts import load_model_dir
-from cdanet.data import table_to_batch
+from cdanet.data import Vocabulary, load_vocabularies, remap_table, structural_differences, table_to_batch
 from cdanet.evaluation import compute_metrics
 from cdanet.features import DomainSchema, FieldKind, SchemaError, load_schemas, split_files
 from cdanet.gate import GateDecision
@@ -188,6 +205,8 @@ class CDAnetPyfunc(mlflow.pyfunc.PythonModel):
         self.domain = loaded.cfg.target_domain
         self.schema = loaded.schemas[self.domain]
         self.meta = loaded.meta
+        # {domain: {field: raw values by index}}; empty for a model saved without vocabularies.
+        self.vocabularies: dict[str, dict[str, Vocabulary]] = loaded.vocabularies
         if self.domain not in getattr(self.model, "eval_domains", (self.domain,)):
             raise SchemaError(f"the logged model does not score its target domain {self.domain!r}")
 
@@ -671,11 +690,16 @@ def score_champion_on(
     """The champion's AUC on ``split`` of ``domain`` under ``processed_root``; None without a champion.
 
     Loads the version behind ``models:/<model_name>@champion`` as a pyfunc and scores every row of
-    the split (with the pyfunc, i.e. exactly as serving would), so the gate compares
-    candidate and champion on exactly the same rows. Raises :class:`ChampionIncompatibleError` when
-    the champion scores another domain or was trained on a different feature schema of ``domain``
-    (its indices would not mean the same values): a person must decide (retire the champion by
-    deleting the alias, or re-preprocess with the champion's vocabularies).
+    the split (with the pyfunc, i.e. exactly as serving would), so the gate compares candidate and
+    champion on exactly the same rows, each model in its own encoding:
+
+    * same schema fingerprint and same vocabularies: the rows are scored as they are;
+    * same fields, kinds and dense dims but other vocabularies (daily re-preprocessing): the rows
+      are re-encoded by raw value into the champion's vocabularies, values it never saw -> OOV 0;
+    * otherwise :class:`ChampionIncompatibleError`, saying what differs and how to proceed: the
+      champion scores another domain, its fields / kinds / dense dims differ, or vocabularies
+      needed for re-encoding are missing (a champion saved before model directories carried them,
+      or processed data without ``vocab/``).
     """
     champion = get_champion(tracking_uri, model_name)
     if champion is None:
@@ -691,19 +715,64 @@ def score_champion_on(
             f"champion {champion.model_uri} scores domain {scorer.domain!r}, not {domain!r}"
         )
     schema = load_schemas(processed_root, [domain])[domain]
-    try:
-        schema.check_compatible(scorer.schema, f"the schema champion version {champion.version} was trained on")
-    except SchemaError as e:
-        raise ChampionIncompatibleError(
-            f"{e}; the champion cannot score this data. Delete the {CHAMPION_ALIAS!r} alias of {model_name!r} "
-            "to let the floor alone judge the next candidate, or keep the vocabularies stable across runs"
-        ) from e
     table = _read_rows(processed_root, schema, split)
-    scores = pyfunc.predict(features_frame(table, schema))
+    rows, rows_schema = _in_champion_encoding(table, schema, processed_root, scorer, champion, split)
+    scores = pyfunc.predict(features_frame(rows, rows_schema))
     labels = table.column(schema.label_column).to_numpy()
     auc = compute_metrics(domain, labels, np.asarray(scores)).auc
     logger.info("registry: champion %s version %s has AUC %.4f on %s/%s", model_name, champion.version, auc, domain, split)
     return float(auc)
+
+
+def _in_champion_encoding(
+    table: pa.Table, schema: DomainSchema, processed_root: str, scorer: CDAnetPyfunc, champion: ChampionInfo,
+    split: str,
+) -> tuple[pa.Table, DomainSchema]:
+    """``table`` (encoded with the vocabularies under ``processed_root``) in the champion's encoding."""
+    domain = schema.domain
+    ours = load_vocabularies(processed_root, schema)
+    theirs = scorer.vocabularies.get(domain)
+    same_schema = schema.fingerprint() == scorer.schema.fingerprint()
+    what = f"champion version {champion.version} of {champion.name!r}"
+    proceed = (
+        f"To proceed, delete the alias to re-baseline (MlflowClient().delete_registered_model_alias("
+        f"{champion.name!r}, {CHAMPION_ALIAS!r})): the floor alone then judges the next candidate, which "
+        "becomes the champion if blessed"
+    )
+    if same_schema and ours is not None and theirs is not None and ours == theirs:
+        return table, schema
+    if same_schema and (ours is None or theirs is None):
+        logger.warning(
+            "registry: %s has the schema of %s/%s but %s no vocabularies; scoring its indices as they are "
+            "(equal sizes cannot prove equal meanings)", what, processed_root, domain,
+            "the processed data has" if ours is None else "the champion carries",
+        )
+        return table, schema
+    problems = structural_differences(schema, scorer.schema, names=("this data", "the champion"))
+    if problems:
+        raise ChampionIncompatibleError(
+            f"{what} cannot score {domain}/{split} of {processed_root}, whatever the vocabularies: "
+            + "; ".join(problems) + f". It was trained on other features. {proceed}."
+        )
+    if theirs is None or ours is None:
+        diff = f"schema fingerprint {schema.fingerprint()} of domain {domain!r} is not {scorer.schema.fingerprint()}"
+        try:
+            schema.check_compatible(scorer.schema, f"the schema {what} was trained on")
+        except SchemaError as e:  # always, as the fingerprints differ: it names the differing fields
+            diff = str(e)
+        cause = (
+            f"{what} was saved without vocabularies (a model directory written before they were stored, or "
+            "trained on data without vocab/ files)"
+            if theirs is None
+            else f"the processed data at {processed_root}/{domain} has no vocabularies (vocab/<field>.txt)"
+        )
+        raise ChampionIncompatibleError(
+            f"{diff}; {cause}, so the champion's indices cannot be mapped onto this data's. {proceed}, "
+            "or re-preprocess with the champion's vocabularies."
+        )
+    rows = remap_table(table, schema, ours, scorer.schema, theirs, source=f"{processed_root}/{domain}/{split}")
+    logger.info("registry: re-encoded %s/%s into the vocabularies of %s", domain, split, what)
+    return rows, scorer.schema
 
 
 def summarize_latest(tracking_uri: str, model_name: str, pipeline_root: str | None = None) -> str:

@@ -156,7 +156,8 @@ def run_experiment(
     predictions_path, metrics_path = result.write(output_dir)
     final_stage = list(stages.values())[-1]
     model_dir = save_model_dir(model, cfg, schemas, os.path.join(output_dir, MODEL_DIRNAME),
-                               extra=_stage_extra(final_stage), history=final_stage.history)
+                               extra=_stage_extra(final_stage), history=final_stage.history,
+                               processed_root=processed_root)
     _write_json(metrics_path, {
         "split": "test",
         "metrics": result.to_dict(),
@@ -181,7 +182,8 @@ def pretrain(
     model = _build_stage1(cfg, schemas)
     train, val = _load_for(model, cfg, processed_root, schemas, {})
     result = train_model(model, train, val, cfg, _stage1_name(cfg), checkpoint_dir)
-    save_model_dir(model, cfg, schemas, model_dir_out, extra=_stage_extra(result), history=result.history)
+    save_model_dir(model, cfg, schemas, model_dir_out, extra=_stage_extra(result), history=result.history,
+                   processed_root=processed_root)
     return result
 
 
@@ -213,7 +215,8 @@ def finetune(
     model = _build_stage2(cfg, schemas, translation)
     train, val = _load_for(model, cfg, processed_root, schemas, {})
     result = train_model(model, train, val, cfg, "finetune", checkpoint_dir)
-    save_model_dir(model, cfg, schemas, model_dir_out, extra=_stage_extra(result), history=result.history)
+    save_model_dir(model, cfg, schemas, model_dir_out, extra=_stage_extra(result), history=result.history,
+                   processed_root=processed_root)
     return result
 
 
