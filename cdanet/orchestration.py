@@ -124,13 +124,15 @@ def run_local(
         **params,
     }
     _check_params(pipeline_func, arguments)
-    # kfp.local cannot default an optional (None) pipeline parameter, so bind the paper's values here;
-    # in a cluster the pipeline's own None default selects them in the configure step.
-    from cdanet.config import paper_config
+    # The profile's values for the typed hyper-parameters, unless given. (This also works around
+    # kfp.local, which cannot default an optional (None) pipeline parameter such as alpha.)
+    from cdanet.config import PROFILES
 
-    paper = paper_config(dataset, arguments.get("target_domain") or None)
-    arguments.setdefault("alpha", paper.model.alpha)
-    arguments.setdefault("beta", paper.model.beta)
+    base = PROFILES[profile](dataset, arguments.get("target_domain") or None)
+    for key, value in {"alpha": base.model.alpha, "beta": base.model.beta, "num_experts": base.model.num_experts,
+                       "latent_dim": base.model.d, "max_epochs": base.train.max_epochs,
+                       "batch_size": base.train.batch_size, "learning_rate": base.train.learning_rate}.items():
+        arguments.setdefault(key, value)
     model_name = arguments.get("model_name", "cdanet")
     # Inherited by every task subprocess: no analytics calls (there is no network), Beam on all cores.
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -141,7 +143,9 @@ def run_local(
     started = time.time()
     out(f"[cdanet] running the pipeline locally (kfp.local, SubprocessRunner); full task logs: {log_path}")
     with open(log_path, "w") as log_file:
-        console = _TaskLog(log_file, out, started)
+        real_stdout = sys.stdout  # captured before the redirect below
+        console = _TaskLog(log_file, out if out is not print else (lambda m: print(m, file=real_stdout, flush=True)),
+                           started)
         try:
             import warnings
 
@@ -160,10 +164,53 @@ def run_local(
             out(f"[cdanet] full log: {log_path}; no model was registered or promoted by this run.")
             return 1
     out(f"[cdanet] pipeline finished in {time.time() - started:.0f}s")
-    from cdanet.registry import summarize_latest
-
-    out(summarize_latest(tracking_uri, model_name, pipeline_root=pipeline_root))
+    out(run_summary(tracking_uri, model_name, pipeline_root, log_path))
     return 0
+
+
+def _latest_run_dir(pipeline_root: str) -> str | None:
+    runs = [os.path.join(pipeline_root, d) for d in os.listdir(pipeline_root) if d.startswith("cdanet-training-")]
+    return max(runs, key=os.path.getmtime) if runs else None
+
+
+def run_summary(tracking_uri: str, model_name: str, pipeline_root: str, log_path: str) -> str:
+    """Metrics, the gate decision with its reasons, the registry state and where the artifacts are."""
+    from mlflow import MlflowClient
+
+    from cdanet.registry import TAG_BLESSED, TAG_REASONS, TAG_SUMMARY, get_champion
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    versions = client.search_model_versions(f"name = '{model_name}'", order_by=["version_number DESC"],
+                                            max_results=1)
+    lines = ["", "[cdanet] result"]
+    if versions:
+        version = client.get_model_version(model_name, versions[0].version)
+        metrics = client.get_run(version.run_id).data.metrics
+        for name in sorted(k for k in metrics if k.endswith("_test_auc")):
+            domain = name[: -len("_test_auc")]
+            lines.append(f"  test {domain:<8} AUC {metrics[name]:.4f}   logloss "
+                         f"{metrics.get(domain + '_test_logloss', float('nan')):.4f}")
+        tags = version.tags or {}
+        verdict = "blessed" if tags.get(TAG_BLESSED) == "true" else "rejected"
+        lines.append(f"  gate     {tags.get(TAG_SUMMARY) or verdict}")
+        lines += [f"           - {r}" for r in tags.get(TAG_REASONS, "").splitlines() if r.strip()]
+        lines.append(f"  registry model {model_name!r} version {version.version}"
+                     + (" (now @champion)" if verdict == "blessed" else " (not promoted)"))
+    else:
+        lines.append(f"  registry model {model_name!r}: no version was registered")
+    champion = get_champion(tracking_uri, model_name)
+    lines.append("           @champion -> " + (f"version {champion.version}" if champion else "none")
+                 + f"   ({tracking_uri}; browse with: mlflow ui --backend-store-uri {tracking_uri})")
+    run_dir = _latest_run_dir(pipeline_root)
+    if run_dir:
+        lines.append(f"  artifacts {run_dir}")
+        for label, rel in (("processed data", "preprocess/processed"), ("validation report", "validate/report"),
+                           ("model", "finetune/model"), ("training curves", "finetune/curves"),
+                           ("predictions", "evaluate/predictions")):
+            if os.path.exists(os.path.join(run_dir, rel)):
+                lines.append(f"           {label:<18} {os.path.join(run_dir, rel)}")
+    lines.append(f"  log      {log_path}")
+    return "\n".join(lines)
 
 
 def _failure_excerpt(log_path: str, lines: int = 25) -> str:

@@ -1,0 +1,123 @@
+"""Component wrappers called through ``python_func`` with real tiny artifacts (no kfp runtime)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+from kfp import dsl
+
+import components as C
+from cdanet.synthetic import write_synthetic_processed
+from cdanet.validation import DataValidationError
+
+
+def artifact(cls, tmp_path, name: str, directory: bool = False):
+    a = cls(name=name, uri=str(tmp_path / name), metadata={})
+    if directory:
+        os.makedirs(a.path, exist_ok=True)
+    return a
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("components")
+    processed = root / "processed"
+    write_synthetic_processed(str(processed), "amazon", n_users=150, rows_per_domain={"movie": 3000, "book": 6000})
+    raw = root / "raw"
+    raw.mkdir()
+    glove = root / "glove.txt"
+    glove.write_text("film 0.1 0.2\n")
+    config = artifact(dsl.Artifact, root, "config")
+    C.configure.python_func(
+        dataset="amazon", target_domain="", raw_uri=str(raw), glove_uri=str(glove), profile="tiny", alpha=None,
+        beta=None, num_experts=2, latent_dim=8, max_epochs=3, batch_size=128, learning_rate=0.005, seed=0,
+        extra_overrides=[], min_auc=0.5, tolerance=0.0, config=config,
+    )
+    return root, processed, config
+
+
+def test_configure_writes_a_validated_config(workspace):
+    _, _, config = workspace
+    frozen = json.loads(open(config.path).read())
+    assert frozen["experiment"]["target_domain"] == "movie" and frozen["min_auc"] == 0.5
+    assert config.metadata["alpha"] == 0.01  # the paper's Amazon value when alpha is not given
+
+
+def test_configure_rejects_invalid_parameters(tmp_path):
+    with pytest.raises(ValueError, match=r"min_auc must be in \[0, 1\]"):
+        C.configure.python_func(
+            dataset="amazon", target_domain="", raw_uri=str(tmp_path), glove_uri=str(tmp_path), profile="tiny",
+            alpha=None, beta=None, num_experts=2, latent_dim=8, max_epochs=1, batch_size=64, learning_rate=0.001,
+            seed=0, extra_overrides=[], min_auc=2.0, tolerance=0.0, config=artifact(dsl.Artifact, tmp_path, "c"),
+        )
+
+
+def test_validate_passes_clean_data_and_stops_on_corruption(workspace, tmp_path):
+    root, processed, config = workspace
+    processed_in = dsl.Dataset(name="processed", uri=str(processed))
+    report = artifact(dsl.HTML, tmp_path, "report.html")
+    C.validate.python_func(config=config, processed=processed_in, report=report)
+    assert "<html" in open(report.path).read().lower()
+
+    # Corrupt one label of the movie training split: the run must stop, naming the expectation.
+    bad = tmp_path / "bad"
+    os.system(f"cp -r {processed} {bad}")
+    path = sorted((bad / "movie").glob("train*.parquet"))[0]
+    table = pq.read_table(path)
+    labels = table.column("label").to_pylist()
+    labels[0] = 2
+    import pyarrow as pa
+
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels)), path)
+    report2 = artifact(dsl.HTML, tmp_path, "report2.html")
+    with pytest.raises(DataValidationError, match=r"movie.*train.*label"):
+        C.validate.python_func(config=config, processed=dsl.Dataset(name="p", uri=str(bad)), report=report2)
+    assert os.path.exists(report2.path), "the report is written before the run stops"
+
+
+@pytest.mark.slow
+def test_train_evaluate_gate_register_chain(workspace, tmp_path):
+    import mlflow
+
+    from cdanet.registry import get_champion
+
+    root, processed, config = workspace
+    processed_in = dsl.Dataset(name="processed", uri=str(processed))
+    pretrained = artifact(dsl.Model, tmp_path, "pretrained")
+    m1 = artifact(dsl.Metrics, tmp_path, "m1")
+    C.pretrain.python_func(config=config, processed=processed_in, pretrained=pretrained, metrics=m1)
+    assert m1.metadata["stage1_best_val_auc"] > 0.5
+    model = artifact(dsl.Model, tmp_path, "model")
+    m2, curves = artifact(dsl.Metrics, tmp_path, "m2"), artifact(dsl.HTML, tmp_path, "curves.html")
+    C.finetune.python_func(config=config, processed=processed_in, pretrained=pretrained, model=model,
+                           metrics=m2, curves=curves)
+    assert "data:image/png;base64," in open(curves.path).read()
+
+    metrics, roc = artifact(dsl.Metrics, tmp_path, "metrics"), artifact(dsl.ClassificationMetrics, tmp_path, "roc")
+    predictions = artifact(dsl.Dataset, tmp_path, "predictions", directory=True)
+    out = C.evaluate.python_func(processed=processed_in, model=model, metrics=metrics, roc=roc,
+                                 predictions=predictions)
+    assert out.target_auc == pytest.approx(metrics.metadata["movie_test_auc"])
+    assert roc.metadata["confusionMatrix"]["rows"] and roc.metadata["confidenceMetrics"]
+    assert any(f.endswith(".parquet") for f in os.listdir(predictions.path))
+
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    decision = artifact(dsl.Artifact, tmp_path, "decision")
+    gate_report = artifact(dsl.Markdown, tmp_path, "gate.md")
+    gated = C.gate.python_func(config=config, processed=processed_in, candidate_auc=out.target_auc,
+                               mlflow_tracking_uri=uri, model_name="cdanet-test", decision=decision,
+                               report=gate_report)
+    assert gated.blessed is True  # first model, above the 0.5 floor
+
+    for _ in range(2):  # a retried promote task must not create a second version
+        registered = artifact(dsl.Markdown, tmp_path, "registered.md")
+        C.register.python_func(config=config, processed=processed_in, model=model, metrics=metrics,
+                               decision=decision, mlflow_tracking_uri=uri, model_name="cdanet-test",
+                               pipeline_run_id="run-1", registered=registered)
+    assert "version 1: promoted to @champion" in open(registered.path).read()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    assert len(client.search_model_versions("name='cdanet-test'")) == 1
+    assert get_champion(uri, "cdanet-test").version == "1"
