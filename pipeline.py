@@ -41,7 +41,7 @@ def create_pipeline(
     use_gpu: bool = False,
     accelerator_type: str = "nvidia.com/gpu",
     data_pvc: str | None = None,
-    data_mount_path: str = "/data",
+    data_mount_path: str = "/data/raw",
     mlflow_secret: str | None = None,
     training_retries: int = 2,
     scheduled: bool = False,
@@ -200,7 +200,7 @@ def _factory_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", default=DEFAULT_IMAGE, help="the project's image for every task (default %(default)s)")
     p.add_argument("--gpu", action="store_true", help="request one GPU on the training tasks")
     p.add_argument("--accelerator-type", default="nvidia.com/gpu")
-    p.add_argument("--data-pvc", default=None, help=f"mount this PVC at /data on every task (e.g. {DATA_PVC})")
+    p.add_argument("--data-pvc", default=None, help=f"mount this PVC at /data/raw on every task (e.g. {DATA_PVC})")
     p.add_argument("--service-account", default=SERVICE_ACCOUNT,
                    help="Kubernetes service account of the run's pods (default %(default)s, see manifests/)")
     p.add_argument("--mlflow-secret", default=None,

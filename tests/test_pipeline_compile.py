@@ -92,7 +92,7 @@ def test_kubernetes_platform_settings(tmp_path):
     _, platform = compiled(tmp_path, data_pvc="cdanet-raw-data", mlflow_secret="mlflow-tracking")
     assert platform, "kfp-kubernetes settings are the second YAML document"
     executors = platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert all(e["pvcMount"][0]["mountPath"] == "/data" for e in executors.values())
+    assert all(e["pvcMount"][0]["mountPath"] == "/data/raw" for e in executors.values())
     secret_users = [n for n, e in executors.items() if "secretAsEnv" in e]
     assert any("gate" in n for n in secret_users) and any("register" in n for n in secret_users)
     _, none = compiled(tmp_path)
