@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import book_schema, movie_schema
 
 from cdanet.batch import random_batch
-from cdanet.features import DomainSchema, FieldKind, FieldSpec
 from cdanet.layers import (
     CGC,
     MLP,
@@ -26,26 +26,6 @@ from cdanet.layers import (
 )
 
 B, D, E = 16, 8, 4
-
-
-def movie_schema() -> DomainSchema:
-    return DomainSchema("amazon", "movie", (
-        FieldSpec("user_id", FieldKind.CATEGORICAL_ID, vocab_size=50),
-        FieldSpec("item_id", FieldKind.CATEGORICAL_ID, vocab_size=40),
-        FieldSpec("genre", FieldKind.CATEGORICAL, vocab_size=6),
-        FieldSpec("director", FieldKind.CATEGORICAL, vocab_size=9),
-        FieldSpec("title", FieldKind.DENSE_VECTOR, dim=6),
-    ))
-
-
-def book_schema() -> DomainSchema:
-    return DomainSchema("amazon", "book", (
-        FieldSpec("user_id", FieldKind.CATEGORICAL_ID, vocab_size=60),
-        FieldSpec("item_id", FieldKind.CATEGORICAL_ID, vocab_size=70),
-        FieldSpec("category", FieldKind.MULTI_HOT, vocab_size=12, max_len=3),
-        FieldSpec("writer", FieldKind.CATEGORICAL, vocab_size=11),
-        FieldSpec("title", FieldKind.DENSE_VECTOR, dim=5),
-    ))
 
 
 @pytest.fixture(autouse=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import schemas
 
 from cdanet.batch import Batch, random_batch
 from cdanet.config import tiny_config
-from cdanet.features import DomainSchema, FieldKind, FieldSpec
 from cdanet.losses import (
     augmentation_loss,
     bce,
@@ -19,24 +19,6 @@ from cdanet.losses import (
     translation_loss,
 )
 from cdanet.models import AugmentationNetwork, TranslationNetwork, build_model
-
-
-def schemas() -> dict[str, DomainSchema]:
-    movie = DomainSchema("amazon", "movie", (
-        FieldSpec("user_id", FieldKind.CATEGORICAL_ID, vocab_size=50),
-        FieldSpec("item_id", FieldKind.CATEGORICAL_ID, vocab_size=40),
-        FieldSpec("genre", FieldKind.CATEGORICAL, vocab_size=6),
-        FieldSpec("director", FieldKind.CATEGORICAL, vocab_size=9),
-        FieldSpec("title", FieldKind.DENSE_VECTOR, dim=6),
-    ))
-    book = DomainSchema("amazon", "book", (
-        FieldSpec("user_id", FieldKind.CATEGORICAL_ID, vocab_size=60),
-        FieldSpec("item_id", FieldKind.CATEGORICAL_ID, vocab_size=70),
-        FieldSpec("category", FieldKind.MULTI_HOT, vocab_size=12, max_len=3),
-        FieldSpec("writer", FieldKind.CATEGORICAL, vocab_size=11),
-        FieldSpec("title", FieldKind.DENSE_VECTOR, dim=5),
-    ))
-    return {"movie": movie, "book": book}
 
 
 def batches() -> dict[str, Batch]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import schemas
 
 from cdanet.batch import Batch, random_batch
 from cdanet.config import ABLATIONS, MODEL_NAMES, ConfigError, ExperimentConfig, tiny_config
-from cdanet.features import DomainSchema, FieldKind, FieldSpec, SchemaError
+from cdanet.features import SchemaError
 from cdanet.layers import MMoE as MMoELayer
 from cdanet.layers import SharedMLPExtractor
 from cdanet.losses import compute_loss
@@ -20,24 +21,6 @@ from cdanet.models import (
 )
 
 B = 24
-
-
-def schemas() -> dict[str, DomainSchema]:
-    movie = DomainSchema("amazon", "movie", (
-        FieldSpec("user_id", FieldKind.CATEGORICAL_ID, vocab_size=50),
-        FieldSpec("item_id", FieldKind.CATEGORICAL_ID, vocab_size=40),
-        FieldSpec("genre", FieldKind.CATEGORICAL, vocab_size=6),
-        FieldSpec("director", FieldKind.CATEGORICAL, vocab_size=9),
-        FieldSpec("title", FieldKind.DENSE_VECTOR, dim=6),
-    ))
-    book = DomainSchema("amazon", "book", (
-        FieldSpec("user_id", FieldKind.CATEGORICAL_ID, vocab_size=60),
-        FieldSpec("item_id", FieldKind.CATEGORICAL_ID, vocab_size=70),
-        FieldSpec("category", FieldKind.MULTI_HOT, vocab_size=12, max_len=3),
-        FieldSpec("writer", FieldKind.CATEGORICAL, vocab_size=11),
-        FieldSpec("title", FieldKind.DENSE_VECTOR, dim=5),
-    ))
-    return {"movie": movie, "book": book}
 
 
 def batches(seed: int = 1, n: int = B) -> dict[str, Batch]:
