@@ -7,6 +7,7 @@ time and the same code runs under ``kfp.local.SubprocessRunner`` and in a cluste
 compile-time setting: ``pipeline.create_pipeline(image=...)`` overrides it per task.
 """
 
+from components._image import DEFAULT_IMAGE
 from components.configure import configure
 from components.evaluate import evaluate
 from components.gate import gate
@@ -14,8 +15,6 @@ from components.preprocess import preprocess
 from components.register import register
 from components.train import finetune, pretrain
 from components.validate import validate
-
-from components._image import DEFAULT_IMAGE
 
 __all__ = [
     "DEFAULT_IMAGE",

@@ -1,7 +1,7 @@
 """Apache Beam preprocessing: raw files -> schema.json + parquet splits per domain."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Artifact, Markdown, Metrics, Output
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Output
 
 from components._image import COMPONENT_KWARGS
 

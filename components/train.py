@@ -1,7 +1,7 @@
 """The two training stages of CDAnet: translation pretraining, then augmentation fine-tuning."""
 
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Artifact, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from components._image import COMPONENT_KWARGS
 

@@ -1,7 +1,7 @@
 """Great Expectations data validation; a failing suite stops the run before training."""
 
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Artifact, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Output
 
 from components._image import COMPONENT_KWARGS
 
