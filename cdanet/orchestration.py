@@ -106,9 +106,10 @@ def run_local(
         if not os.path.exists(os.path.join(raw_root, "manifest.json")):
             from cdanet.simulate import simulate
 
-            out(f"[cdanet] no --raw given: simulating a {scale} {dataset} dataset in the real raw formats "
-                f"under {raw_root}")
-            simulate(raw_root, dataset=dataset, scale=scale, seed=0)
+            # Both families at once, so that a later run with the other --dataset finds its files.
+            out(f"[cdanet] no --raw given: simulating a {scale} dataset (Amazon and Taobao) in the real "
+                f"raw formats under {raw_root}")
+            simulate(raw_root, dataset="both", scale=scale, seed=0)
         raw_dir = os.path.join(raw_root, dataset)
         glove = glove or os.path.join(raw_root, SIM_GLOVE)
     raw_dir = os.path.abspath(raw_dir)
@@ -133,7 +134,9 @@ def run_local(
                        "latent_dim": base.model.d, "max_epochs": base.train.max_epochs,
                        "batch_size": base.train.batch_size, "learning_rate": base.train.learning_rate}.items():
         arguments.setdefault(key, value)
-    model_name = arguments.get("model_name", "cdanet")
+    # One registered model per dataset and target: a movie model is never gated against an ad champion.
+    arguments.setdefault("model_name", f"cdanet-{dataset}-{base.target_domain}")
+    model_name = arguments["model_name"]
     # Inherited by every task subprocess: no analytics calls (there is no network), Beam on all cores.
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -48,7 +48,7 @@ def test_first_run_promotes_a_champion_that_scores_rows(two_runs):
     uri = "sqlite:///" + str(workdir / "mlflow.db")
     mlflow.set_tracking_uri(uri)
     try:
-        champion = mlflow.pyfunc.load_model("models:/cdanet@champion")
+        champion = mlflow.pyfunc.load_model("models:/cdanet-amazon-movie@champion")
     finally:
         mlflow.set_tracking_uri(None)
     run_dir = sorted(glob.glob(str(workdir / "pipeline_root" / "cdanet-training-*")))[0]
@@ -74,8 +74,8 @@ def test_worse_second_model_is_rejected_and_champion_untouched(two_runs):
     workdir, _, (code, out) = two_runs
     assert code == 0, "\n".join(out)
     uri = "sqlite:///" + str(workdir / "mlflow.db")
-    assert get_champion(uri, "cdanet").version == "1"
-    second = MlflowClient(tracking_uri=uri).get_model_version("cdanet", "2")
+    assert get_champion(uri, "cdanet-amazon-movie").version == "1"
+    second = MlflowClient(tracking_uri=uri).get_model_version("cdanet-amazon-movie", "2")
     assert second.tags[TAG_BLESSED] == "false"
     assert "champion" in second.tags[TAG_REASONS]
     assert "(not promoted)" in "\n".join(out)
