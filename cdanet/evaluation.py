@@ -7,7 +7,6 @@ lists so the pipeline can log them to KFP ``ClassificationMetrics`` without this
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 import torch
 from sklearn.metrics import log_loss, roc_auc_score, roc_curve
 
+from cdanet.atomic import write_json
 from cdanet.data import DomainData
 
 PREDICTIONS_FILENAME = "predictions.parquet"
@@ -141,7 +141,7 @@ class EvaluationResult:
         pred_path = os.path.join(output_dir, PREDICTIONS_FILENAME)
         metrics_path = os.path.join(output_dir, METRICS_FILENAME)
         _atomic_write_parquet(self.predictions_table(), pred_path)
-        _atomic_write_json({"split": self.split, "metrics": self.to_dict()}, metrics_path)
+        write_json(metrics_path, {"split": self.split, "metrics": self.to_dict()})
         return pred_path, metrics_path
 
 
@@ -151,11 +151,6 @@ def _atomic_write_parquet(table: pa.Table, path: str) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_write_json(obj: object, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def predict_scores(

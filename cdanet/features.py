@@ -35,6 +35,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from cdanet.atomic import write_text
+
 SCHEMA_FILENAME = "schema.json"
 STATS_FILENAME = "stats.json"
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -252,12 +254,7 @@ class DomainSchema:
 
     def save(self, domain_dir: str) -> str:
         os.makedirs(domain_dir, exist_ok=True)
-        path = os.path.join(domain_dir, SCHEMA_FILENAME)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(self.to_json())
-        os.replace(tmp, path)
-        return path
+        return write_text(os.path.join(domain_dir, SCHEMA_FILENAME), self.to_json())
 
     @classmethod
     def load(cls, domain_dir: str) -> DomainSchema:

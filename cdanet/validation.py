@@ -51,6 +51,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
+from cdanet.atomic import write_text
 from cdanet.features import SPLITS, DomainSchema, FieldKind, FieldSpec, load_schemas, split_files
 
 logger = logging.getLogger(__name__)
@@ -523,18 +524,11 @@ def validate_processed(
         html_path=os.path.join(report_dir, SUMMARY_HTML),
         data_docs_index=index if os.path.exists(index) else None,
     )
-    _write_atomic(report.html_path, render_html(report, schemas, sources))
-    _write_atomic(os.path.join(report_dir, SUMMARY_JSON), json.dumps(report.to_dict(), indent=2))
+    write_text(report.html_path, render_html(report, schemas, sources))
+    write_text(os.path.join(report_dir, SUMMARY_JSON), json.dumps(report.to_dict(), indent=2))
     failed = len(report.failures)
     logger.info("data validation: %d expectation(s), %d failed; report %s", len(results), failed, report.html_path)
     return report
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 # ---- HTML ---------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cdanet.atomic import write_text
 from cdanet.simulate import amazon, taobao
 from cdanet.simulate.rawfile import FileReport, TextTable, write_lines, write_table
 from cdanet.simulate.sizes import ALL_DOMAINS, DOMAINS, SCALES, resolve_sizes
@@ -79,12 +80,7 @@ class SimulationManifest:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def save(self, output_dir: str) -> str:
-        path = os.path.join(output_dir, MANIFEST_FILENAME)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(self.to_json())
-        os.replace(tmp, path)
-        return path
+        return write_text(os.path.join(output_dir, MANIFEST_FILENAME), self.to_json())
 
     @classmethod
     def load(cls, output_dir: str) -> SimulationManifest:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from cdanet import atomic
 from cdanet.studies.oracle import OracleAUC
 from cdanet.studies.plan import StudyPlan
 from cdanet.studies.runner import RunRecord
@@ -243,10 +244,7 @@ def write_csv(df: pd.DataFrame, path: str) -> str:
 
 def write_text(text: str, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as fh:
-        fh.write(text)
-    os.replace(path + ".tmp", path)
-    return path
+    return atomic.write_text(path, text)
 
 
 def study_markdown(study: str, df: pd.DataFrame, dataset: str,

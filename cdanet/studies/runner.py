@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cdanet.atomic import write_json
 from cdanet.studies.plan import Run
 
 logger = logging.getLogger(__name__)
@@ -117,10 +118,8 @@ def load_cached(run: Run, run_dir: str) -> RunRecord | None:
 
 def _save(run: Run, record: RunRecord, run_dir: str) -> None:
     os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, RECORD_FILENAME)
-    with open(path + ".tmp", "w") as fh:
-        json.dump({"config": run.config, "record": json.loads(record.to_json())}, fh, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    write_json(os.path.join(run_dir, RECORD_FILENAME),
+               {"config": run.config, "record": json.loads(record.to_json())})
 
 
 def format_record(record: RunRecord) -> str:

@@ -17,7 +17,6 @@ baselines              pretrain only, i.e. the baseline's single training stage 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from cdanet.artifacts import KIND_TRANSLATION, LoadedModel, load_model_dir, read_model_config, save_model_dir
+from cdanet.atomic import write_json
 from cdanet.config import ConfigError, ExperimentConfig
 from cdanet.data import DomainData, load_split, stable_seed
 from cdanet.evaluation import EvaluationResult, evaluate
@@ -158,7 +158,7 @@ def run_experiment(
     model_dir = save_model_dir(model, cfg, schemas, os.path.join(output_dir, MODEL_DIRNAME),
                                extra=_stage_extra(final_stage), history=final_stage.history,
                                processed_root=processed_root)
-    _write_json(metrics_path, {
+    write_json(metrics_path, {
         "split": "test",
         "metrics": result.to_dict(),
         "target_domain": cfg.target_domain,
@@ -166,7 +166,7 @@ def run_experiment(
         "ablation": cfg.model.ablation,
         "stages": {name: _stage_extra(r) for name, r in stages.items()},
     })
-    _write_json(os.path.join(output_dir, HISTORY_FILENAME), {name: r.history for name, r in stages.items()})
+    write_json(os.path.join(output_dir, HISTORY_FILENAME), {name: r.history for name, r in stages.items()})
     logger.info("test: %s", ", ".join(f"{d} AUC {m.auc:.4f} logloss {m.logloss:.4f}" for d, m in result.domains.items()))
     return ExperimentResult(cfg, stages, result, output_dir, model_dir, predictions_path, metrics_path)
 
@@ -256,9 +256,3 @@ def evaluate_model_dir(
         result.write(predictions_dir)
     return result
 
-
-def _write_json(path: str, obj: object) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-    os.replace(tmp, path)
