@@ -25,10 +25,11 @@ import time
 import torch
 
 from cdanet.batch import Batch, random_batch
-from cdanet.config import paper_config
+from cdanet.config import EMBEDDING_COMBINERS, paper_config
 from cdanet.features import DomainSchema, FieldKind, FieldSpec
 from cdanet.losses import compute_loss
 from cdanet.models import AugmentationNetwork, build_model
+from cdanet.training.optim import make_optimizer, retain_heap
 
 MODEL_CHOICES = ("cdanet", "cdanet_stage2", "mlp", "share_middle", "star", "ddtcdr", "mmoe", "ple")
 
@@ -51,9 +52,12 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, float | str]:
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.retain_heap:
+        retain_heap()  # as the trainer does on CPU
     schemas = bench_schemas(args.users, args.items, args.title_dim)
     cfg = paper_config("amazon", model="cdanet" if name == "cdanet_stage2" else name)
     cfg.model.d = cfg.model.embedding_dim = cfg.model.tower_hidden = args.d
+    cfg.model.embedding_combiner = args.combiner
     model = build_model(cfg, schemas)
     if name == "cdanet_stage2":
         model = AugmentationNetwork.from_translation(model)
@@ -62,7 +66,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, float | str]:
     steps: list[dict[str, Batch]] = [
         {d: random_batch(schemas[d], args.batch_size, gen) for d in model.train_domains} for _ in range(4)
     ]
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=args.fused_adam)
+    opt = make_optimizer(model, 1e-3, 0.0, torch.device("cpu"))  # the trainer's optimiser
 
     def step(i: int) -> None:
         opt.zero_grad(set_to_none=True)
@@ -102,8 +106,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--users", type=int, default=30_000)
     p.add_argument("--items", type=int, default=16_000)
     p.add_argument("--title-dim", type=int, default=50)
-    p.add_argument("--no-fused-adam", dest="fused_adam", action="store_false",
-                   help="use the foreach Adam instead of the fused CPU kernel")
+    p.add_argument("--combiners", nargs="+", default=["linear"], choices=list(EMBEDDING_COMBINERS),
+                   help="embedding combiners to measure (model.embedding_combiner); each model runs with each")
+    p.add_argument("--no-retain-heap", dest="retain_heap", action="store_false",
+                   help="let glibc return freed memory to the OS (the trainer's train.retain_heap=false)")
+    p.add_argument("--combiner", help=argparse.SUPPRESS)  # internal: the child's combiner
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one model, print JSON
     args = p.parse_args(argv)
 
@@ -112,28 +119,31 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     passthrough = list(argv if argv is not None else sys.argv[1:])
-    if "--models" in passthrough:  # each child gets --one NAME instead
-        i = passthrough.index("--models")
-        j = i + 1
-        while j < len(passthrough) and not passthrough[j].startswith("--"):
-            j += 1
-        del passthrough[i:j]
+    for flag in ("--models", "--combiners"):  # each child gets --one NAME --combiner C instead
+        if flag in passthrough:
+            i = passthrough.index(flag)
+            j = i + 1
+            while j < len(passthrough) and not passthrough[j].startswith("--"):
+                j += 1
+            del passthrough[i:j]
     print(f"# load average before: {os.getloadavg()} on {os.cpu_count()} CPUs, torch {torch.__version__}")
     print(f"# batch {args.batch_size}/domain, d={args.d}, {args.users} users, {args.items} items, "
-          f"title {args.title_dim}-d, Adam fused={args.fused_adam}, median of {args.steps} steps after "
+          f"title {args.title_dim}-d, fused Adam, retain_heap={args.retain_heap}, median of {args.steps} steps after "
           f"{args.warmup} warm-up")
-    header = f"{'model':<14}{'domains':>8}{'params(M)':>11}{'ms/step':>10}{'samples/s':>12}{'best/s':>10}{'peakRSS(MB)':>13}"
+    header = f"{'model':<28}{'domains':>8}{'params(M)':>11}{'ms/step':>10}{'samples/s':>12}{'best/s':>10}{'peakRSS(MB)':>13}"
     print(header)
     print("-" * len(header))
     for name in args.models:
-        out = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), *passthrough, "--one", name],
-            check=True, capture_output=True, text=True,
-        )
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{r['model']:<14}{r['domains']:>8}{r['params_m']:>11.2f}{r['ms_per_step']:>10.1f}"
-              f"{r['samples_per_s']:>12,.0f}{r['best_samples_per_s']:>10,.0f}{r['peak_rss_mb']:>13.0f}",
-              flush=True)
+        for combiner in args.combiners:
+            out = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), *passthrough, "--one", name, "--combiner", combiner],
+                check=True, capture_output=True, text=True,
+            )
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            label = r["model"] if len(args.combiners) == 1 else f"{r['model']}[{combiner}]"
+            print(f"{label:<28}{r['domains']:>8}{r['params_m']:>11.2f}{r['ms_per_step']:>10.1f}"
+                  f"{r['samples_per_s']:>12,.0f}{r['best_samples_per_s']:>10,.0f}{r['peak_rss_mb']:>13.0f}",
+                  flush=True)
     print(f"# load average after: {os.getloadavg()}")
     print("# reproduce: .venv/bin/python benchmarks/bench_models.py " + " ".join(sys.argv[1:]))
 

@@ -34,7 +34,7 @@ ABLATIONS: tuple[str, ...] = (
 
 EPOCH_BASES: tuple[str, ...] = ("larger", "target")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-EMBEDDING_COMBINERS: tuple[str, ...] = ("concat", "sum")
+EMBEDDING_COMBINERS: tuple[str, ...] = ("linear", "concat", "sum")
 
 
 class ConfigError(ValueError):
@@ -47,8 +47,8 @@ class ModelConfig:
 
     name: str = "cdanet"
     d: int = 64  # latent size d of h and z (Eq. 1-4)
-    embedding_dim: int = 64  # per-field embedding size before H_d maps the concatenation to d
-    embedding_combiner: str = "concat"  # how H_d merges field embeddings: concat -> linear, or sum
+    embedding_dim: int = 64  # per-field vector size of the concat and sum combiners (linear uses d)
+    embedding_combiner: str = "linear"  # how H_d maps fields to h: linear (sum of d-dim field vectors), concat, sum
     num_experts: int = 2  # K (Eq. 2-4)
     expert_layers: int = 2  # L: layers of each expert MLP R^d -> R^d
     gate_layers: int = 2  # layers of the gate MLP G_d before W_gate
@@ -88,6 +88,7 @@ class TrainConfig:
     eval_batch_size: int = 65536
     train_fraction: float = 1.0  # Fig. 5 sparsity study: fraction of the training split used
     progress: bool = True
+    retain_heap: bool = True  # CPU on glibc: keep freed heap memory in the process (cdanet.training.optim.retain_heap)
 
 
 @dataclass

@@ -38,16 +38,50 @@ def gen() -> torch.Generator:
 
 
 class TestDomainEmbedding:
-    @pytest.mark.parametrize("combiner", ["concat", "sum"])
+    @pytest.mark.parametrize("combiner", ["linear", "concat", "sum"])
     @pytest.mark.parametrize("schema_fn", [movie_schema, book_schema])
     def test_shapes(self, combiner: str, schema_fn) -> None:
         schema = schema_fn()
         emb = DomainEmbedding(schema, d=D, embedding_dim=E, combiner=combiner)
         batch = random_batch(schema, B, gen())
-        assert emb.field_embeddings(batch.features).shape == (B, 5, E)
+        width = D if combiner == "linear" else E
+        assert emb.field_embeddings(batch.features).shape == (B, 5, width)
         h = emb(batch.features)
         assert h.shape == (B, D) and h.dtype == torch.float32
-        assert emb.proj.in_features == (5 * E if combiner == "concat" else E)
+        if combiner == "linear":
+            assert emb.proj is None and emb.weight.shape == (emb.num_rows, D)
+        else:
+            assert emb.proj.in_features == (5 * E if combiner == "concat" else E)
+
+    @pytest.mark.parametrize("combiner", ["linear", "sum"])
+    def test_pooled_combiners_sum_the_field_vectors(self, combiner: str) -> None:
+        schema = book_schema()  # has a multi-hot field, so the pooling weights are exercised
+        emb = DomainEmbedding(schema, d=D, embedding_dim=E, combiner=combiner)
+        batch = random_batch(schema, B, gen())
+        summed = emb.field_embeddings(batch.features).sum(dim=1)
+        if combiner == "linear":  # h = W x + b: the field vectors' sum plus one bias
+            with torch.no_grad():
+                emb.bias.normal_()
+            torch.testing.assert_close(emb(batch.features), summed + emb.bias)
+        else:
+            torch.testing.assert_close(emb(batch.features), emb.proj(summed))
+
+    @pytest.mark.parametrize("pool", [False, True])
+    def test_lookup_gradient_equals_torch_embedding(self, pool: bool) -> None:
+        from cdanet.layers.embeddings import _Lookup
+
+        weight = torch.randn(20, 3, dtype=torch.float64, requires_grad=True)
+        idx = torch.randint(0, 20, (50, 4))
+        idx[:5] = 7  # repeated rows must accumulate
+        slot_weights = torch.rand(50, 4, dtype=torch.float64) if pool else None
+        grad_out = torch.randn(50, 3, dtype=torch.float64) if pool else torch.randn(50, 4, 3, dtype=torch.float64)
+        ours = _Lookup.apply(weight, idx, slot_weights, pool)
+        ref = (F.embedding_bag(idx, weight, mode="sum", per_sample_weights=slot_weights) if pool
+               else F.embedding(idx, weight))
+        torch.testing.assert_close(ours, ref)
+        (g_ours,) = torch.autograd.grad(ours, weight, grad_out)
+        (g_ref,) = torch.autograd.grad(ref, weight, grad_out)
+        torch.testing.assert_close(g_ours, g_ref)
 
     def test_table_rows_per_field(self) -> None:
         schema = book_schema()
@@ -55,7 +89,7 @@ class TestDomainEmbedding:
         assert emb.num_rows == 60 + 70 + 12 + 11
         for f in schema.fields:
             if f.is_categorical:
-                assert emb.table(f.name).shape == (f.vocab_size, E)
+                assert emb.table(f.name).shape == (f.vocab_size, emb.width)
         assert set(emb.dense) == {"title"}
         with pytest.raises(KeyError, match="genre"):
             emb.table("genre")
@@ -80,7 +114,7 @@ class TestDomainEmbedding:
         expected = torch.stack([
             table[3],
             (table[2] + table[5]) / 2,
-            torch.zeros(E),
+            torch.zeros(emb.width),
             (2 * table[7] + table[4]) / 3,
         ])
         torch.testing.assert_close(pooled, expected)
@@ -90,8 +124,8 @@ class TestDomainEmbedding:
         start = 60 + 70 + 11  # fused rows: the categorical fields in schema order, then multi-hot
         assert emb.field_order == ("user_id", "item_id", "writer", "category", "title")
         assert torch.all(grad[start] == 0)
-        torch.testing.assert_close(grad[start + 3], torch.ones(E))
-        torch.testing.assert_close(grad[start + 7], torch.full((E,), 2 / 3))
+        torch.testing.assert_close(grad[start + 3], torch.ones(emb.width))
+        torch.testing.assert_close(grad[start + 7], torch.full((emb.width,), 2 / 3))
 
     def test_only_own_domain_fields(self) -> None:
         movie_emb = DomainEmbedding(movie_schema(), d=D, embedding_dim=E)
@@ -312,3 +346,7 @@ class TestStar:
     def test_bad_config(self) -> None:
         with pytest.raises(ValueError, match="widths"):
             StarFCN(("movie",), [D])
+
+    def test_equals_eq4_for_three_experts(self) -> None:
+        f, g = torch.randn(3, B, D), torch.softmax(torch.randn(B, 3), dim=1)
+        torch.testing.assert_close(mix_experts(f, g), torch.einsum("kbd,bk->bd", f, g))

@@ -115,6 +115,17 @@ class ExpertBank(nn.Module):
 def mix_experts(experts: Tensor, gates: Tensor) -> Tensor:
     """Gate-weighted sum of expert outputs (paper Eq. 4): ``z = sum_i g^i f^i``.
 
+    Written as K broadcast multiply-adds rather than an einsum: the einsum lowers to a batched
+    ``B x D x K`` by ``B x K x 1`` matmul, whose B tiny GEMMs (forward and backward) cost ~5 ms per
+    CDAnet step at B = 8192, against well under 1 ms for the elementwise form.
+
     Shapes: experts ``K x B x D``, gates ``B x K`` -> ``B x D``.
     """
-    return torch.einsum("kbd,bk->bd", experts, gates)
+    # unbind, not experts[k]: the backward of unbind stacks the K gradients, while that of each
+    # experts[k] would zero-fill a whole K x B x D tensor.
+    mixed = None
+    for k, f in enumerate(experts.unbind(0)):
+        term = f * gates[:, k : k + 1]
+        mixed = term if mixed is None else mixed + term
+    assert mixed is not None  # K >= 1
+    return mixed

@@ -34,6 +34,7 @@ from cdanet.training.checkpoint import (
     run_identity,
     save_checkpoint,
 )
+from cdanet.training.optim import make_optimizer, retain_heap
 
 logger = logging.getLogger(__name__)
 
@@ -134,17 +135,6 @@ def stage_hyperparameters(cfg: ExperimentConfig, stage: str) -> tuple[float, int
             t.finetune_max_epochs if t.finetune_max_epochs is not None else t.max_epochs,
         )
     return t.learning_rate, t.max_epochs
-
-
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Adam:
-    """Adam; the fused kernel where torch has one for ``device``.
-
-    The fused kernel updates each tensor in one pass instead of ~10 elementwise ops: on CPU it is
-    ~7x faster on the embedding tables, which dominate the parameter count (dense Adam, as in the paper).
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -251,6 +241,8 @@ def train_model(
     device = resolve_device(t.device)
     if t.num_threads > 0:
         torch.set_num_threads(t.num_threads)
+    if t.retain_heap and device.type == "cpu":
+        retain_heap()
     use_bf16 = t.mixed_precision and device.type == "cuda"
     if t.mixed_precision and not use_bf16:
         logger.warning("train.mixed_precision needs CUDA; training in float32 on %s", device)
