@@ -157,7 +157,9 @@ def create_pipeline(
             "4", "16Gi",
         ))
         ev = _common(
-            C.evaluate(processed=pre.outputs["processed"], model=stage2.outputs["model"]), "2", "8Gi", cache=False
+            C.evaluate(processed=pre.outputs["processed"], model=stage2.outputs["model"],
+                       pretrained=stage1.outputs["pretrained"]),
+            "2", "8Gi", cache=False,
         )
         # The gate reads the registry's current champion, so it must never be served from cache.
         gt = _mlflow(_common(

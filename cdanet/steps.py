@@ -241,8 +241,16 @@ class EvaluationOutput:
     confusion_matrix: list[list[int]]
 
 
-def evaluate(model_dir: str, processed_dir: str, predictions_dir: str, threshold: float | None = None) -> EvaluationOutput:
-    """Test AUC/logloss per scored domain; ROC and confusion matrix of the target domain."""
+def evaluate(model_dir: str, processed_dir: str, predictions_dir: str, threshold: float | None = None,
+             pretrained_dir: str | None = None) -> EvaluationOutput:
+    """Test AUC/logloss per domain; ROC and confusion matrix of the target domain.
+
+    ``model_dir`` is the candidate (the augmentation network scores the target domain only), giving
+    ``<target>_test_auc`` / ``_logloss``. With ``pretrained_dir`` (the stage-1 translation network,
+    which scores both domains through its vanilla towers R_s, R_t) the source domain gets test
+    metrics too: ``stage1_<domain>_test_auc`` / ``_logloss`` for both domains, its predictions in
+    ``<predictions_dir>/stage1/``.
+    """
     from cdanet.training import evaluate_model_dir
 
     result = evaluate_model_dir(model_dir, processed_dir, split="test", predictions_dir=predictions_dir)
@@ -250,6 +258,12 @@ def evaluate(model_dir: str, processed_dir: str, predictions_dir: str, threshold
     for domain, m in result.domains.items():
         metrics[f"{domain}_test_auc"] = float(m.auc)
         metrics[f"{domain}_test_logloss"] = float(m.logloss)
+    if pretrained_dir:
+        stage1 = evaluate_model_dir(pretrained_dir, processed_dir, split="test",
+                                    predictions_dir=os.path.join(predictions_dir, "stage1"))
+        for domain, m in stage1.domains.items():
+            metrics[f"stage1_{domain}_test_auc"] = float(m.auc)
+            metrics[f"stage1_{domain}_test_logloss"] = float(m.logloss)
     target = result.target_domain
     roc = result.roc(target)
     # Without a chosen threshold, the confusion matrix uses the target's positive rate as the cut-off.

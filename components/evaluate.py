@@ -12,16 +12,17 @@ from components._image import COMPONENT_KWARGS
 def evaluate(
     processed: Input[Dataset],
     model: Input[Model],
+    pretrained: Input[Model],
     metrics: Output[Metrics],
     roc: Output[ClassificationMetrics],
     predictions: Output[Dataset],
 ) -> NamedTuple("EvalOutputs", [("target_auc", float)]):
-    """AUC and logloss per domain on the test split; the ROC curve and confusion matrix of the target domain."""
+    """Test AUC and logloss: the candidate's on the target, the stage-1 model's on both domains; target ROC."""
     from collections import namedtuple
 
     from cdanet import steps
 
-    result = steps.evaluate(model.path, processed.path, predictions.path)
+    result = steps.evaluate(model.path, processed.path, predictions.path, pretrained_dir=pretrained.path)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
     roc.log_roc_curve(result.fpr, result.tpr, result.thresholds)

@@ -98,9 +98,13 @@ def test_train_evaluate_gate_register_chain(workspace, tmp_path):
 
     metrics, roc = artifact(dsl.Metrics, tmp_path, "metrics"), artifact(dsl.ClassificationMetrics, tmp_path, "roc")
     predictions = artifact(dsl.Dataset, tmp_path, "predictions", directory=True)
-    out = C.evaluate.python_func(processed=processed_in, model=model, metrics=metrics, roc=roc,
-                                 predictions=predictions)
+    out = C.evaluate.python_func(processed=processed_in, model=model, pretrained=pretrained, metrics=metrics,
+                                 roc=roc, predictions=predictions)
     assert out.target_auc == pytest.approx(metrics.metadata["movie_test_auc"])
+    assert "book_test_auc" not in metrics.metadata  # the augmentation network scores the target only
+    for domain in ("movie", "book"):  # the stage-1 translation network scores both
+        assert 0.0 <= metrics.metadata[f"stage1_{domain}_test_auc"] <= 1.0
+    assert os.path.exists(os.path.join(predictions.path, "stage1", "predictions.parquet"))
     assert roc.metadata["confusionMatrix"]["rows"] and roc.metadata["confidenceMetrics"]
     assert any(f.endswith(".parquet") for f in os.listdir(predictions.path))
 

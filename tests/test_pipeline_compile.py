@@ -36,7 +36,7 @@ def test_tasks_and_dependencies(tmp_path):
     assert deps["validate"] == {"configure", "preprocess"}
     assert "validate" in deps["pretrain"]  # training never starts on data that failed validation
     assert "pretrain" in deps["finetune"]
-    assert deps["evaluate"] == {"preprocess", "finetune"}
+    assert deps["evaluate"] == {"preprocess", "pretrain", "finetune"}  # stage 1 scores the source domain
     assert "evaluate" in deps["gate"]
 
 

@@ -42,6 +42,7 @@ def test_first_run_promotes_a_champion_that_scores_rows(two_runs):
     assert code == 0, "\n".join(out)
     text = "\n".join(out)
     assert "test movie    AUC" in text and "(now @champion)" in text
+    assert "test book     AUC" in text and "(stage-1 translation network)" in text
     for task in ("configure", "preprocess", "validate", "pretrain", "finetune", "evaluate", "gate"):
         assert any(f"{task} " in line and "SUCCESS" in line for line in out), task
 
@@ -62,7 +63,8 @@ def test_first_run_promotes_a_champion_that_scores_rows(two_runs):
         assert os.path.exists(os.path.join(run_dir, rel)), rel
     assert glob.glob(os.path.join(run_dir, "evaluate", "predictions", "*.parquet"))
     executor_output = open(os.path.join(run_dir, "evaluate", "executor_output.json")).read()
-    for key in ('"movie_test_auc"', '"movie_test_logloss"', '"confusionMatrix"', '"confidenceMetrics"'):
+    for key in ('"movie_test_auc"', '"movie_test_logloss"', '"stage1_book_test_auc"', '"confusionMatrix"',
+                '"confidenceMetrics"'):
         assert key in executor_output, key
 
 
