@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import torch
 from sklearn.metrics import log_loss, roc_auc_score, roc_curve
 
-from cdanet.atomic import write_json
+from cdanet.atomic import replacing, write_json
 from cdanet.data import DomainData
 
 PREDICTIONS_FILENAME = "predictions.parquet"
@@ -146,9 +146,8 @@ class EvaluationResult:
 
 
 def _atomic_write_parquet(table: pa.Table, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 

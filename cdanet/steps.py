@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cdanet import __version__
+from cdanet.atomic import write_text
 from cdanet.config import DATASETS, PROFILES, ConfigError, ExperimentConfig
 from cdanet.features import STATS_FILENAME
 
@@ -226,8 +227,7 @@ def write_curves_html(histories: Mapping[str, list[dict]], target: str, path: st
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     png = base64.b64encode(buf.getvalue()).decode()
-    with open(path, "w") as fh:
-        fh.write(f"<html><body><h3>CDAnet training curves</h3><img src='data:image/png;base64,{png}'/></body></html>")
+    write_text(path, f"<html><body><h3>CDAnet training curves</h3><img src='data:image/png;base64,{png}'/></body></html>")
 
 
 # ---- evaluate -----------------------------------------------------------------------------------------

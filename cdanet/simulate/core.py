@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cdanet.atomic import write_text
+from cdanet.atomic import replacing, write_text
 from cdanet.simulate import amazon, taobao
 from cdanet.simulate.rawfile import FileReport, TextTable, write_lines, write_table
 from cdanet.simulate.sizes import ALL_DOMAINS, DOMAINS, SCALES, resolve_sizes
@@ -118,8 +118,8 @@ def _write_ground_truth(output_dir: str, domain: str, user: pa.Array, item: pa.A
     })
     path = ground_truth_path(output_dir, domain)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    pq.write_table(table, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    with replacing(path) as tmp:
+        pq.write_table(table, tmp)
     return os.path.relpath(path, output_dir)
 
 

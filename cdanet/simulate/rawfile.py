@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cdanet.atomic import replacing
+
 Render = Callable[[np.ndarray], list[str]]
 
 _NON_NUMERIC = ("abc", "n/a", "five", "12x", "--")
@@ -193,9 +195,8 @@ def write_table(out_dir: str, table: TextTable, rng: np.random.Generator, malfor
     path = os.path.join(out_dir, relpath)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     inserts, malformed, n_dup = plan_injections(table, rng, malformed_fraction, duplicate_fraction)
-    tmp = path + ".tmp"
     lines = 0
-    with open(tmp, "wb") as raw:
+    with replacing(path) as tmp, open(tmp, "wb") as raw:
         out = gzip_module.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) if gzip else raw
         try:
             if table.header is not None:
@@ -222,7 +223,6 @@ def write_table(out_dir: str, table: TextTable, rng: np.random.Generator, malfor
         finally:
             if out is not raw:
                 out.close()
-    os.replace(tmp, path)
     return FileReport(relpath=relpath, lines=lines, data_rows=table.n_rows, header=table.header is not None,
                       bytes=os.path.getsize(path), duplicates=n_dup, malformed=malformed)
 
@@ -231,10 +231,8 @@ def write_lines(out_dir: str, relpath: str, lines: Sequence[str]) -> FileReport:
     """A plain text file without injections (the GloVe file)."""
     path = os.path.join(out_dir, relpath)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
         for start in range(0, len(lines), _ROWS_PER_CHUNK):
             fh.write(("\n".join(lines[start:start + _ROWS_PER_CHUNK]) + "\n").encode())
-    os.replace(tmp, path)
     return FileReport(relpath=relpath, lines=len(lines), data_rows=len(lines), header=False,
                       bytes=os.path.getsize(path))

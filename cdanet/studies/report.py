@@ -167,8 +167,8 @@ def _panel(ax: Axes, groups: pd.DataFrame, x: str, line_key: str, labels: Mappin
 
 def _save_png(fig: Figure, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path + ".tmp.png", dpi=110, bbox_inches="tight")
-    os.replace(path + ".tmp.png", path)
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     return path
 
 
@@ -237,8 +237,8 @@ def png_html(png_paths: Sequence[str], title: str, notes: Sequence[str] = ()) ->
 
 def write_csv(df: pd.DataFrame, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    df.to_csv(path + ".tmp", index=False)
-    os.replace(path + ".tmp", path)
+    with atomic.replacing(path) as tmp:
+        df.to_csv(tmp, index=False)
     return path
 
 

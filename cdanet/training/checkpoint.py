@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from cdanet.atomic import replacing
 from cdanet.config import ExperimentConfig
 from cdanet.features import DomainSchema
 
@@ -70,13 +71,8 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (temp file in the same directory + ``os.replace``)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    with replacing(path) as tmp:
         torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_checkpoint(path: str, identity: Mapping[str, Any], map_location: torch.device | str) -> dict[str, Any] | None:
