@@ -116,7 +116,7 @@ def translation_objective(net: TranslationNetwork, batches: Mapping[str, Batch])
     s, t = net.source, net.target
     z = net.latents(batches, (s, t))
     y = {s: batches[s].label, t: batches[t].label}
-    with _grad_if(max(alpha, beta)):
+    with _grad_if(alpha):  # W z feeds only L^cross; L^orth reads W and z directly (Gram form)
         wz = {d: net.translate(d, z[d]) for d in (s, t)}
     vani, cross = {}, {}
     for d in (s, t):

@@ -189,14 +189,12 @@ def run_summary(tracking_uri: str, model_name: str, pipeline_root: str, log_path
     if versions:
         version = client.get_model_version(model_name, versions[0].version)
         metrics = client.get_run(version.run_id).data.metrics
-        for name in sorted(k for k in metrics if k.endswith("_test_auc") and not k.startswith("stage1_")):
-            domain = name[: -len("_test_auc")]
-            lines.append(f"  test {domain:<8} AUC {metrics[name]:.4f}   logloss "
-                         f"{metrics.get(domain + '_test_logloss', float('nan')):.4f}   (candidate)")
-        for name in sorted(k for k in metrics if k.startswith("stage1_") and k.endswith("_test_auc")):
-            domain = name[len("stage1_"): -len("_test_auc")]
-            lines.append(f"  test {domain:<8} AUC {metrics[name]:.4f}   logloss "
-                         f"{metrics.get(f'stage1_{domain}_test_logloss', float('nan')):.4f}   (stage-1 translation network)")
+        # <domain>_test_auc is the candidate's, stage1_<domain>_test_auc the translation network's.
+        stems = sorted((k.startswith("stage1_"), k[: -len("_test_auc")]) for k in metrics if k.endswith("_test_auc"))
+        for stage1, stem in stems:
+            domain, who = stem.removeprefix("stage1_"), "stage-1 translation network" if stage1 else "candidate"
+            lines.append(f"  test {domain:<8} AUC {metrics[stem + '_test_auc']:.4f}   logloss "
+                         f"{metrics.get(stem + '_test_logloss', float('nan')):.4f}   ({who})")
         tags = version.tags or {}
         verdict = "blessed" if tags.get(TAG_BLESSED) == "true" else "rejected"
         lines.append(f"  gate     {tags.get(TAG_SUMMARY) or verdict}")

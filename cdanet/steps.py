@@ -253,17 +253,15 @@ def evaluate(model_dir: str, processed_dir: str, predictions_dir: str, threshold
     """
     from cdanet.training import evaluate_model_dir
 
-    result = evaluate_model_dir(model_dir, processed_dir, split="test", predictions_dir=predictions_dir)
-    metrics: dict[str, float] = {}
-    for domain, m in result.domains.items():
-        metrics[f"{domain}_test_auc"] = float(m.auc)
-        metrics[f"{domain}_test_logloss"] = float(m.logloss)
+    scored = {"": evaluate_model_dir(model_dir, processed_dir, split="test", predictions_dir=predictions_dir)}
     if pretrained_dir:
-        stage1 = evaluate_model_dir(pretrained_dir, processed_dir, split="test",
-                                    predictions_dir=os.path.join(predictions_dir, "stage1"))
-        for domain, m in stage1.domains.items():
-            metrics[f"stage1_{domain}_test_auc"] = float(m.auc)
-            metrics[f"stage1_{domain}_test_logloss"] = float(m.logloss)
+        scored["stage1_"] = evaluate_model_dir(pretrained_dir, processed_dir, split="test",
+                                               predictions_dir=os.path.join(predictions_dir, "stage1"))
+    metrics = {
+        f"{prefix}{domain}_test_{name}": float(getattr(m, name))
+        for prefix, res in scored.items() for domain, m in res.domains.items() for name in ("auc", "logloss")
+    }
+    result = scored[""]
     target = result.target_domain
     roc = result.roc(target)
     # Without a chosen threshold, the confusion matrix uses the target's positive rate as the cut-off.
