@@ -123,9 +123,8 @@ def mix_experts(experts: Tensor, gates: Tensor) -> Tensor:
     """
     # unbind, not experts[k]: the backward of unbind stacks the K gradients, while that of each
     # experts[k] would zero-fill a whole K x B x D tensor.
-    mixed = None
-    for k, f in enumerate(experts.unbind(0)):
-        term = f * gates[:, k : k + 1]
-        mixed = term if mixed is None else mixed + term
-    assert mixed is not None  # K >= 1
+    per_expert = experts.unbind(0)
+    mixed = per_expert[0] * gates[:, :1]
+    for k in range(1, len(per_expert)):
+        mixed = mixed + per_expert[k] * gates[:, k : k + 1]
     return mixed

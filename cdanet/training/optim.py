@@ -21,7 +21,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: tor
     The fused kernel updates each tensor in one pass instead of ~10 elementwise ops: on CPU it is
     ~7x faster on the embedding tables, which hold nearly all parameters. Dense Adam, as in the
     paper: every table row is updated every step. A lazy (row-wise) update of the looked-up rows only
-    was measured and is not used: with torch's CPU gather/scatter ops it costs as much as the fused
+    was measured and is not used: with torch's CPU gather/scatter ops it cost about twice the fused
     dense update (``docs/architecture.md``, "Training speed").
     """
     params = [p for p in model.parameters() if p.requires_grad]
