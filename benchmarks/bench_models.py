@@ -5,6 +5,12 @@ Measures one optimisation step (forward, loss, backward, Adam step) on pre-gener
 the rows of every domain a step trains on (two domains for cross-domain models). Each model runs in
 its own subprocess so that its peak RSS (``ru_maxrss``) is its own.
 
+Each model's FLOPs per step (forward and backward, counted once with
+:class:`torch.utils.flop_counter.FlopCounterMode`) give its effective GFLOP/s. Before and after the
+models, a probe measures what the machine delivers at that moment: the sgemm rate at the models'
+typical shape (8192 x 64 times 64 x 64) and the memory bandwidth of a 64 MB copy. On a shared host both
+drift by tens of percent within minutes, so compare figures against the probe of the same run.
+
 Sizes (both domains, each with its own fields): 30k users, 16k items, a 50-d title vector, and two
 categorical fields (movie: genre 30, director 3k; book: category 30, writer 3k); d = 64.
 
@@ -23,6 +29,7 @@ import sys
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from cdanet.batch import Batch, random_batch
 from cdanet.config import EMBEDDING_COMBINERS, paper_config
@@ -73,6 +80,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, float | str]:
         compute_loss(model, steps[i % len(steps)]).total.backward()
         opt.step()
 
+    with FlopCounterMode(display=False) as flops:  # one untimed step: its matmul FLOPs, fwd + bwd
+        step(0)
     for i in range(args.warmup):
         step(i)
     times = []
@@ -89,10 +98,33 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, float | str]:
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "ms_per_step": 1e3 * median,
         "samples_per_s": rows / median,
+        "gflop_per_step": flops.get_total_flops() / 1e9,
         "best_samples_per_s": rows / times[0],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
     }
+
+
+def machine_probe(threads: int) -> tuple[float, float]:
+    """What the host delivers now: (sgemm GFLOP/s at 8192x64 @ 64x64, copy bandwidth GB/s of 64 MB)."""
+    if threads:
+        torch.set_num_threads(threads)
+    a, w = torch.randn(8192, 64), torch.randn(64, 64)
+    src, dst = torch.randn(16 << 20), torch.empty(16 << 20)
+
+    def median_s(fn, n: int) -> float:
+        for _ in range(3):
+            fn()
+        ts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return sorted(ts)[n // 2]
+
+    gemm = 2 * 8192 * 64 * 64 / median_s(lambda: a.mm(w), 200) / 1e9
+    copy = 2 * src.numel() * 4 / median_s(lambda: dst.copy_(src), 30) / 1e9  # bytes read + written
+    return gemm, copy
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,7 +162,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# batch {args.batch_size}/domain, d={args.d}, {args.users} users, {args.items} items, "
           f"title {args.title_dim}-d, fused Adam, retain_heap={args.retain_heap}, median of {args.steps} steps after "
           f"{args.warmup} warm-up")
-    header = f"{'model':<28}{'domains':>8}{'params(M)':>11}{'ms/step':>10}{'samples/s':>12}{'best/s':>10}{'peakRSS(MB)':>13}"
+    gemm, copy = machine_probe(args.threads)
+    print(f"# machine probe before: sgemm {gemm:.0f} GFLOP/s, copy {copy:.1f} GB/s")
+    header = (f"{'model':<28}{'domains':>8}{'params(M)':>11}{'ms/step':>10}{'samples/s':>12}{'best/s':>10}"
+              f"{'GFLOP/step':>12}{'GFLOP/s':>9}{'peakRSS(MB)':>13}")
     print(header)
     print("-" * len(header))
     for name in args.models:
@@ -142,9 +177,11 @@ def main(argv: list[str] | None = None) -> None:
             r = json.loads(out.stdout.strip().splitlines()[-1])
             label = r["model"] if len(args.combiners) == 1 else f"{r['model']}[{combiner}]"
             print(f"{label:<28}{r['domains']:>8}{r['params_m']:>11.2f}{r['ms_per_step']:>10.1f}"
-                  f"{r['samples_per_s']:>12,.0f}{r['best_samples_per_s']:>10,.0f}{r['peak_rss_mb']:>13.0f}",
+                  f"{r['samples_per_s']:>12,.0f}{r['best_samples_per_s']:>10,.0f}{r['gflop_per_step']:>12.3g}"
+                  f"{r['gflop_per_step'] / r['ms_per_step'] * 1e3:>9.3g}{r['peak_rss_mb']:>13.0f}",
                   flush=True)
-    print(f"# load average after: {os.getloadavg()}")
+    gemm, copy = machine_probe(args.threads)
+    print(f"# machine probe after: sgemm {gemm:.0f} GFLOP/s, copy {copy:.1f} GB/s; load average {os.getloadavg()}")
     print("# reproduce: .venv/bin/python benchmarks/bench_models.py " + " ".join(sys.argv[1:]))
 
 

@@ -1,0 +1,34 @@
+"""Smoke test of the training-throughput benchmark at tiny sizes, so that the script cannot rot.
+
+The figures themselves are not asserted beyond being measured (positive, finite): speed targets live
+in the benchmark's printed output, not in timed tests.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_models.py"
+
+
+def test_bench_models_prints_a_row_per_model_and_the_machine_probe() -> None:
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--models", "cdanet", "mlp", "--steps", "2", "--warmup", "1",
+         "--threads", "1", "--users", "200", "--items", "100", "--batch-size", "32", "--d", "8"],
+        check=True, capture_output=True, text=True, timeout=300,
+    ).stdout
+    lines = out.splitlines()
+    assert any(line.startswith("# machine probe before: sgemm") for line in lines), out
+    assert any(line.startswith("# machine probe after: sgemm") for line in lines), out
+    rows = {line.split()[0]: line.split() for line in lines if line.split() and line.split()[0] in ("cdanet", "mlp")}
+    assert set(rows) == {"cdanet", "mlp"}, out
+    # columns: model domains params(M) ms/step samples/s best/s GFLOP/step GFLOP/s peakRSS(MB)
+    assert rows["cdanet"][1] == "2" and rows["mlp"][1] == "1"
+    for cols in rows.values():
+        samples, gflop = float(cols[4].replace(",", "")), float(cols[6])
+        assert samples > 0 and float(cols[8]) > 0
+        assert gflop > 0
+    # The translation network does strictly more matmul work per row than the single-domain MLP.
+    assert float(rows["cdanet"][6]) > float(rows["mlp"][6])
