@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_models.py"
 
 
+@pytest.mark.slow
 def test_bench_models_prints_a_row_per_model_and_the_machine_probe() -> None:
     out = subprocess.run(
         [sys.executable, str(BENCH), "--models", "cdanet", "mlp", "--steps", "2", "--warmup", "1",
@@ -32,3 +35,21 @@ def test_bench_models_prints_a_row_per_model_and_the_machine_probe() -> None:
         assert gflop > 0
     # The translation network does strictly more matmul work per row than the single-domain MLP.
     assert float(rows["cdanet"][6]) > float(rows["mlp"][6])
+
+
+@pytest.mark.slow
+def test_step_breakdown_prints_every_part_and_the_flop_bound() -> None:
+    out = subprocess.run(
+        [sys.executable, str(BENCH.parent / "bench_step_breakdown.py"), "--rounds", "1", "--threads", "1",
+         "--batch-size", "64"],
+        check=True, capture_output=True, text=True, timeout=300,
+    ).stdout
+    ms = {}
+    for line in out.splitlines():
+        if line.endswith(" ms") and not line.startswith("#"):
+            name, value = line[:28].strip(), float(line[28:].split()[0])
+            ms[name] = value
+    assert set(ms) == {"step", "forward + backward", "optimizer step", "forward (no graph)",
+                       "extractor..loss fwd+bwd", "same at 16 rows/domain"}, out
+    assert all(v > 0 for v in ms.values()), out
+    assert "GFLOP of matmuls per step" in out and "embedding layer (fwd+bwd, by subtraction)" in out
