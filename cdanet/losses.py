@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,31 @@ def cross_loss(tower: Callable[[Tensor], Tensor], translator: Callable[[Tensor],
     return bce(tower(translator(z)), labels)
 
 
+class _GramPairing(torch.autograd.Function):
+    """``<A, Z^T Z> / B`` with a one-GEMM backward.
+
+    Autograd of ``(A * (Z.t() @ Z)).sum()`` differentiates the GEMM ``Z^T Z`` as a product of two
+    independent matrices: two ``d x B x d`` GEMMs for Z's gradient. With both factors the same Z, the
+    gradient is ``Z (A + A^T) / B``: one ``B x d x d`` GEMM. ``A``'s gradient is ``Z^T Z / B``, which
+    the forward already has.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, z: Tensor) -> Tensor:
+        gram = z.t() @ z
+        ctx.save_for_backward(a, z, gram)
+        return (a * gram).sum() / z.shape[0]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        a, z, gram = ctx.saved_tensors
+        scale = grad / z.shape[0]
+        grad_a = gram * scale if ctx.needs_input_grad[0] else None
+        grad_z = (z @ (a + a.t())) * scale if ctx.needs_input_grad[1] else None
+        return grad_a, grad_z
+
+
 def orth_loss(weight: Tensor, z: Tensor) -> Tensor:
     """One domain's term of Eq. 7: ``||W^T (W z) - z||^2``, summed over d, mean over the batch.
 
@@ -57,13 +82,13 @@ def orth_loss(weight: Tensor, z: Tensor) -> Tensor:
 
     Computed in Gram form: with ``M = W^T W`` and ``A = (M - I)^T (M - I)`` (d x d),
     ``||(M - I) z_i||^2 = z_i^T A z_i``, so the batch mean is ``<A, Z^T Z> / B``. Same value and
-    gradients as the row-wise form, with one ``B x d x d`` GEMM forward and one backward instead of
-    one and two, and no ``B x d`` temporaries (``tests/test_losses.py`` checks both against the
-    row-wise form).
+    gradients as the row-wise form, with one ``B x d x d`` GEMM forward and one backward (see
+    :class:`_GramPairing`) instead of two and four, and no ``B x d`` temporaries
+    (``tests/test_losses.py`` checks both against the row-wise form).
     """
     eye = torch.eye(weight.shape[1], dtype=weight.dtype, device=weight.device)
     residual = weight.t() @ weight - eye  # M - I, d x d
-    return (residual.t() @ residual * (z.t() @ z)).sum() / z.shape[0]
+    return _GramPairing.apply(residual.t() @ residual, z)
 
 
 def translation_loss(vani_s: Tensor, vani_t: Tensor, cross_s: Tensor, cross_t: Tensor, orth: Tensor,
@@ -116,19 +141,23 @@ def translation_objective(net: TranslationNetwork, batches: Mapping[str, Batch])
     s, t = net.source, net.target
     z = net.latents(batches, (s, t))
     y = {s: batches[s].label, t: batches[t].label}
-    with _grad_if(alpha):  # W z feeds only L^cross; L^orth reads W and z directly (Gram form)
-        wz = {d: net.translate(d, z[d]) for d in (s, t)}
     vani, cross = {}, {}
     for d in (s, t):
         o = net.other(d)
+        tower = net.towers[d]
+        # R_d's first layer on W_o z_o, with W_o folded into the layer's weight (Tower.first): the
+        # translated latents feed only L^cross, so they are never materialised.
+        with _grad_if(alpha):
+            cross_rows = tower.first(z[o], input_map=net.translators[o].weight)
         if alpha > 0:
-            # R_d on [z_d ; W_o z_o]: d's vanilla rows (Eq. 8) and o's cross rows (Eq. 5/6).
-            logits = net.tower(d, torch.cat([z[d], wz[o]]))
+            # R_d on [z_d ; W_o z_o] after the first layer: d's vanilla rows (Eq. 8) and o's cross
+            # rows (Eq. 5/6) in one pass.
+            logits = tower.rest(torch.cat([tower.first(z[d]), cross_rows]))
             vani[d], cross[o] = bce(logits[: len(y[d])], y[d]), bce(logits[len(y[d]):], y[o])
         else:
-            vani[d] = bce(net.tower(d, z[d]), y[d])
+            vani[d] = bce(tower(z[d]), y[d])
             with torch.no_grad():
-                cross[o] = bce(net.tower(d, wz[o]), y[o])
+                cross[o] = bce(tower.rest(cross_rows), y[o])
     with _grad_if(beta):
         orth = orth_loss(net.translators[s].weight, z[s]) + orth_loss(net.translators[t].weight, z[t])
     total = translation_loss(vani[s], vani[t], cross[s], cross[t], orth, alpha, beta)
@@ -142,8 +171,7 @@ def augmentation_objective(net: AugmentationNetwork, batches: Mapping[str, Batch
     _, beta = loss_weights(net.cfg.model)
     batch = batches[net.target]
     z = net.latent(batch)
-    wz = net.translator(z)
-    aug = bce(net.tower(torch.cat([z, wz], dim=1)), batch.label)
+    aug = bce(net.score(z), batch.label)
     with _grad_if(beta):
         orth = orth_loss(net.translator.weight, z)
     total = aug + beta * orth

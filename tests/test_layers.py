@@ -178,6 +178,23 @@ class TestMLPAndTower:
         with pytest.raises(ValueError, match="depth"):
             Tower(D, 6, 0)
 
+    @pytest.mark.parametrize("depth", [1, 2, 3])
+    def test_tower_first_with_an_input_map_equals_the_tower_on_the_mapped_rows(self, depth: int) -> None:
+        tower = Tower(2 * D, 6, depth).double()
+        x = torch.randn(B, D, dtype=torch.float64, requires_grad=True)
+        m = torch.randn(2 * D, D, dtype=torch.float64, requires_grad=True)  # e.g. [I ; W] of Eq. 10
+        torch.testing.assert_close(tower.rest(tower.first(x @ m.t())), tower(x @ m.t()))
+        folded = tower.rest(tower.first(x, input_map=m))
+        mapped = tower(x @ m.t())
+        torch.testing.assert_close(folded, mapped)
+        params = (x, m, *tower.parameters())
+        g = torch.randn(B, dtype=torch.float64)
+        for got, expected in zip(torch.autograd.grad(folded, params, g), torch.autograd.grad(mapped, params, g),
+                                 strict=True):
+            torch.testing.assert_close(got, expected)
+        assert set(tower.state_dict()) == {f"body.net.{2 * i}.{p}" for i in range(depth - 1) for p in ("weight", "bias")} | {
+            "logit.weight", "logit.bias"}
+
 
 class TestExpertBank:
     def test_equals_independent_mlps(self) -> None:

@@ -9,6 +9,7 @@ from helpers import schemas
 from cdanet.batch import Batch, random_batch
 from cdanet.config import tiny_config
 from cdanet.losses import (
+    _GramPairing,
     augmentation_loss,
     bce,
     compute_loss,
@@ -76,6 +77,13 @@ class TestEquationFunctions:
         rows = (z @ w.t() @ w - z).pow(2).sum(dim=1).mean()  # Eq. 7 row by row
         for got, expected in zip(gram, torch.autograd.grad(rows, (w, z)), strict=True):
             torch.testing.assert_close(got, expected)
+
+    def test_gram_pairing_gradients_for_any_square_matrix(self) -> None:
+        # orth_loss passes a symmetric A; the one-GEMM backward Z (A + A^T) / B holds for any A.
+        a = torch.randn(5, 5, dtype=torch.float64, requires_grad=True)
+        z = torch.randn(9, 5, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(_GramPairing.apply, (a, z))
+        close(_GramPairing.apply(a, z), (z @ a * z).sum() / 9)
 
     def test_cross_loss_uses_translated_latent_and_other_tower(self) -> None:
         z, y = torch.tensor([[1.0, -1.0], [0.5, 0.5]]), torch.tensor([1.0, 0.0])

@@ -172,6 +172,16 @@ class TestStageTransfer:
         assert not torch.equal(first.weight[:, :d], old_first.weight)
         assert aug.tower.depth == net.towers["movie"].depth
 
+    def test_score_folds_the_augmentation_into_the_tower(self) -> None:
+        aug = AugmentationNetwork.from_translation(self.trained_stage1()).double()
+        z = torch.randn(B, aug.cfg.model.d, dtype=torch.float64, requires_grad=True)
+        folded, explicit = aug.score(z), aug.tower(aug.augment(z))  # R^aug(z ⊕ W z), Eq. 10-11
+        torch.testing.assert_close(folded, explicit)
+        params = (z, aug.translator.weight, *aug.tower.parameters())
+        for got, expected in zip(torch.autograd.grad(folded.sum(), params), torch.autograd.grad(explicit.sum(), params),
+                                 strict=True):
+            torch.testing.assert_close(got, expected)
+
     def test_deep_copy(self) -> None:
         net = self.trained_stage1()
         snapshot = {k: v.clone() for k, v in net.state_dict().items()}

@@ -48,6 +48,10 @@ class Tower(nn.Module):
     ``depth`` counts the logit layer, as the paper does ("the prediction tower has 2 layers including
     the logit mapping layer"), so ``depth=1`` is logistic regression on the input.
 
+    ``forward(x) == rest(first(x))``. :meth:`first` can fold a linear map of the input into the first
+    layer's weight: CDAnet scores translated latents ``W z`` (Eq. 5-6) and augmented latents
+    ``z ⊕ W z`` (Eq. 10) this way without materialising them.
+
     Shapes: ``B x in_dim -> B`` (pre-sigmoid logits).
     """
 
@@ -58,6 +62,30 @@ class Tower(nn.Module):
         self.body = MLP(in_dim, [hidden] * (depth - 1), dropout)
         self.logit = nn.Linear(self.body.out_dim, 1)
         self.in_dim, self.depth = in_dim, depth
+        # The body's modules, or the logit layer for depth 1, as a tuple: a tuple is not registered as
+        # a submodule, so the parameters stay under body.* / logit.* only and state dicts are unchanged.
+        self._layers: tuple[nn.Module, ...] = tuple(self.body.net) or (self.logit,)
+
+    def first(self, x: Tensor, input_map: Tensor | None = None) -> Tensor:
+        """The first layer's affine map (before its activation), optionally of ``x @ M^T``.
+
+        With ``input_map`` M (``in_dim x m``), returns ``L1(x @ M^T) = x @ (W1 M)^T + b1``: the small
+        ``W1 M`` product replaces a ``B x m x in_dim`` GEMM forward and two backward.
+
+        Shapes: ``B x in_dim`` (``B x m`` with ``input_map``) -> ``B x width`` of the first layer.
+        """
+        first = self._layers[0]
+        assert isinstance(first, nn.Linear)
+        weight = first.weight if input_map is None else first.weight @ input_map
+        return F.linear(x, weight, first.bias)
+
+    def rest(self, a: Tensor) -> Tensor:
+        """Everything after :meth:`first`: ``B x width -> B`` logits."""
+        if self.depth == 1:
+            return a.squeeze(-1)
+        for layer in self._layers[1:]:
+            a = layer(a)
+        return self.logit(a).squeeze(-1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.logit(self.body(x)).squeeze(-1)

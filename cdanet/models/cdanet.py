@@ -152,6 +152,18 @@ class AugmentationNetwork(DomainModel):
         """``z_t^aug = z_t ⊕ W_t z_t`` (Eq. 10): ``B x d -> B x 2d``."""
         return torch.cat([z, self.translator(z)], dim=1)
 
+    def score(self, z: Tensor) -> Tensor:
+        """``R^aug(z_t ⊕ W_t z_t)`` (Eq. 10-11) without materialising the augmented latent: ``B x d -> B``.
+
+        ``z ⊕ W z = z @ [I ; W]^T``, so the tower's first layer takes ``[I ; W]`` as its input map
+        (:meth:`~cdanet.layers.Tower.first`): ``W1 [z ; W z] = (W1_a + W1_b W) z``, one ``B x d``
+        GEMM to the first layer's width instead of ``W z`` plus a ``B x 2d`` one. Equals
+        ``tower(augment(z))``.
+        """
+        w = self.translator.weight
+        augment_map = torch.cat([torch.eye(w.shape[1], dtype=w.dtype, device=w.device), w])  # 2d x d
+        return self.tower.rest(self.tower.first(z, input_map=augment_map))
+
     def forward(self, batches: Mapping[str, Batch]) -> dict[str, Tensor]:
         (t,) = self.present(batches)
-        return {t: self.tower(self.augment(self.latent(batches[t])))}
+        return {t: self.score(self.latent(batches[t]))}
