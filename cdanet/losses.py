@@ -71,7 +71,8 @@ class _GramPairing(torch.autograd.Function):
         a, z, gram = ctx.saved_tensors
         scale = grad / z.shape[0]
         grad_a = gram * scale if ctx.needs_input_grad[0] else None
-        grad_z = (z @ (a + a.t())) * scale if ctx.needs_input_grad[1] else None
+        # .to: under autocast the forward's A and Z may differ in dtype; the backward runs without it.
+        grad_z = (z @ (a + a.t()).to(z.dtype)) * scale if ctx.needs_input_grad[1] else None
         return grad_a, grad_z
 
 

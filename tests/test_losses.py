@@ -85,6 +85,17 @@ class TestEquationFunctions:
         assert torch.autograd.gradcheck(_GramPairing.apply, (a, z))
         close(_GramPairing.apply(a, z), (z @ a * z).sum() / 9)
 
+    def test_gram_pairing_backward_with_autocast_dtypes(self) -> None:
+        # Under autocast A (from W's matmuls) can be half while Z stays float32; the backward runs
+        # without autocast and must still produce each input's own dtype.
+        a = torch.randn(4, 4, dtype=torch.float16, requires_grad=True)
+        z = torch.randn(6, 4, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.float16):
+            value = _GramPairing.apply(a, z)
+        value.float().backward()
+        assert z.grad is not None and z.grad.dtype == torch.float32 and torch.isfinite(z.grad).all()
+        assert a.grad is not None and a.grad.dtype == torch.float16
+
     def test_cross_loss_uses_translated_latent_and_other_tower(self) -> None:
         z, y = torch.tensor([[1.0, -1.0], [0.5, 0.5]]), torch.tensor([1.0, 0.0])
         loss = cross_loss(lambda x: x.sum(1), lambda v: 2 * v + torch.tensor([1.0, 0.0]), z, y)
