@@ -3,7 +3,9 @@
 Runs ``python pipeline.py run`` on simulated data of each requested scale in a fresh work folder
 (simulation is timed separately, it is not a pipeline step), then reads the task start/finish times
 from the run's log. Peak memory is the largest resident set of any process of the run (the task
-subprocesses and their Beam workers), from ``getrusage(RUSAGE_CHILDREN)``.
+subprocesses and their Beam workers), from ``getrusage(RUSAGE_CHILDREN)``. For the two training
+steps it also reads the trainer's per-epoch lines: the number of epochs run, the best epoch and the
+median training throughput (samples/s) over the epochs.
 
     .venv/bin/python benchmarks/bench_pipeline.py --scales tiny small
     .venv/bin/python benchmarks/bench_pipeline.py --scales movie --param max_epochs=5
@@ -16,6 +18,7 @@ import glob
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,6 +27,7 @@ from datetime import datetime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EPOCH = re.compile(r"(pretrain|finetune) epoch (\d+)/\d+: .*\(best [\d.]+ @ (\d+)\), (\d+) samples/s")
 _EVENT = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - INFO - (?:Executing task '([\w-]+)'|Task '([\w-]+)' finished)")
 
 
@@ -61,8 +65,23 @@ def run_scale(scale: str, params: list[str], workdir: str) -> dict[str, object]:
     log = sorted(glob.glob(os.path.join(workdir, "logs", "pipeline-*.log")))[-1]
     auc = re.search(r"test movie\s+AUC (\d\.\d+)", proc.stdout)
     return {"scale": scale, "simulate_s": simulate_s, "pipeline_s": total_s, "steps": step_times(log),
+            "training": training_epochs(log),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
             "movie_test_auc": float(auc.group(1)) if auc else float("nan")}
+
+
+def training_epochs(log_path: str) -> dict[str, dict[str, float]]:
+    """Per training step: epochs run, best epoch and median samples/s, from the trainer's epoch lines."""
+    rates: dict[str, list[float]] = {}
+    best: dict[str, int] = {}
+    with open(log_path) as fh:
+        for line in fh:
+            m = _EPOCH.search(_ANSI.sub("", line))
+            if m:
+                rates.setdefault(m.group(1), []).append(float(m.group(4)))
+                best[m.group(1)] = int(m.group(3))
+    return {stage: {"epochs": len(r), "best_epoch": best[stage], "median_samples_per_s": statistics.median(r)}
+            for stage, r in rates.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         cells = "  ".join(f"{r['steps'].get(s, float('nan')):>10.1f}" for s in steps)
         print(f"{r['scale']:<8} {r['simulate_s']:>8.1f}  {cells}   {r['pipeline_s']:>8.1f}  "
               f"{r['peak_rss_mb']:>11.0f}  {r['movie_test_auc']:.4f}")
+    for r in results:
+        for stage, t in r["training"].items():
+            print(f"# {r['scale']} {stage}: {t['epochs']} epochs (best {t['best_epoch']}), "
+                  f"median {t['median_samples_per_s']:,.0f} samples/s")
     print(f"# load average after: {os.getloadavg()}")
     print("# seconds; peak RSS is cumulative over the scales run (the largest process so far)")
     print(f"# reproduce: .venv/bin/python benchmarks/bench_pipeline.py --scales {' '.join(args.scales)}"

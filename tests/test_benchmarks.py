@@ -53,3 +53,24 @@ def test_step_breakdown_prints_every_part_and_the_flop_bound() -> None:
                        "extractor..loss fwd+bwd", "same at 16 rows/domain"}, out
     assert all(v > 0 for v in ms.values()), out
     assert "GFLOP of matmuls per step" in out and "embedding layer (fwd+bwd, by subtraction)" in out
+
+
+def test_bench_pipeline_reads_epochs_and_throughput_from_the_trainer_log(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        from bench_pipeline import training_epochs
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    log = tmp_path / "pipeline.log"
+    prefix = "    [KFP Executor 2026-11-28 20:08:29,936 INFO]: "
+    log.write_text(
+        prefix + "pretrain epoch 1/30: loss 1.18, val movie AUC 0.5971 (best 0.5971 @ 1), 139937 samples/s, 1.2s\n"
+        + prefix + "pretrain epoch 2/30: loss 0.97, val movie AUC 0.6589 (best 0.6589 @ 2), 133472 samples/s, 1.3s\n"
+        + prefix + "pretrain epoch 3/30: loss 0.89, val movie AUC 0.6475 (best 0.6589 @ 2), 100000 samples/s, 1.3s\n"
+        + prefix + "\x1b[32mfinetune epoch 1/30: loss 0.54, val movie AUC 0.6586 (best 0.6586 @ 1), 94424 samples/s, 0.3s\n"
+        + "unrelated line with 5 samples/s\n"
+    )
+    assert training_epochs(str(log)) == {
+        "pretrain": {"epochs": 3, "best_epoch": 2, "median_samples_per_s": 133472.0},
+        "finetune": {"epochs": 1, "best_epoch": 1, "median_samples_per_s": 94424.0},
+    }
