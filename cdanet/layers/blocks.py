@@ -48,7 +48,7 @@ class Tower(nn.Module):
     ``depth`` counts the logit layer, as the paper does ("the prediction tower has 2 layers including
     the logit mapping layer"), so ``depth=1`` is logistic regression on the input.
 
-    ``forward(x) == rest(first(x))``. :meth:`first` can fold a linear map of the input into the first
+    ``forward(x)`` is ``rest(first(x))``. :meth:`first` can fold a linear map of the input into the first
     layer's weight: CDAnet scores translated latents ``W z`` (Eq. 5-6) and augmented latents
     ``z ⊕ W z`` (Eq. 10) this way without materialising them.
 
@@ -88,7 +88,7 @@ class Tower(nn.Module):
         return self.logit(a).squeeze(-1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.logit(self.body(x)).squeeze(-1)
+        return self.rest(self.first(x))
 
 
 class ExpertBank(nn.Module):
