@@ -35,6 +35,7 @@ ABLATIONS: tuple[str, ...] = (
 EPOCH_BASES: tuple[str, ...] = ("larger", "target")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 EMBEDDING_COMBINERS: tuple[str, ...] = ("linear", "concat", "sum")
+EMBEDDING_UPDATES: tuple[str, ...] = ("lazy", "dense")  # train.embedding_update
 
 
 class ConfigError(ValueError):
@@ -76,6 +77,9 @@ class TrainConfig:
     batch_size: int = 2048  # per domain and step
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
+    # Adam's update of the embedding tables (the paper does not say): "dense" updates every row every
+    # step (torch.optim.Adam), "lazy" only the rows a step looked up (cdanet.training.optim.make_optimizer).
+    embedding_update: str = "dense"
     max_epochs: int = 30  # upper bound (the paper's 200 ensures convergence); early stopping decides
     patience: int = 3  # epochs without a better validation AUC of the target domain
     finetune_max_epochs: int | None = None  # stage 2; defaults to max_epochs
@@ -156,6 +160,8 @@ class ExperimentConfig:
                 errors.append(f"train.{name} must be > 0, got {v}")
         if t.weight_decay < 0:
             errors.append(f"train.weight_decay must be >= 0, got {t.weight_decay}")
+        if t.embedding_update not in EMBEDDING_UPDATES:
+            errors.append(f"unknown train.embedding_update {t.embedding_update!r}; expected one of {EMBEDDING_UPDATES}")
         if t.epoch_basis not in EPOCH_BASES:
             errors.append(f"unknown train.epoch_basis {t.epoch_basis!r}; expected one of {EPOCH_BASES}")
         if t.device not in DEVICES:

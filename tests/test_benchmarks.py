@@ -18,7 +18,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_models.py"
 @pytest.mark.slow
 def test_bench_models_prints_a_row_per_model_and_the_machine_probe() -> None:
     out = subprocess.run(
-        [sys.executable, str(BENCH), "--models", "cdanet", "mlp", "--steps", "2", "--warmup", "1",
+        [sys.executable, str(BENCH), "--models", "cdanet", "mlp", "--steps", "4", "--window", "2", "--warmup", "1",
          "--threads", "1", "--users", "200", "--items", "100", "--batch-size", "32", "--d", "8"],
         check=True, capture_output=True, text=True, timeout=300,
     ).stdout
@@ -27,14 +27,33 @@ def test_bench_models_prints_a_row_per_model_and_the_machine_probe() -> None:
     assert any(line.startswith("# machine probe after: sgemm") for line in lines), out
     rows = {line.split()[0]: line.split() for line in lines if line.split() and line.split()[0] in ("cdanet", "mlp")}
     assert set(rows) == {"cdanet", "mlp"}, out
-    # columns: model domains params(M) ms/step samples/s best/s GFLOP/step GFLOP/s peakRSS(MB)
+    # columns: model domains params(M) ms/step samples/s uncont./s GFLOP/step GFLOP/s peakRSS(MB)
     assert rows["cdanet"][1] == "2" and rows["mlp"][1] == "1"
     for cols in rows.values():
-        samples, gflop = float(cols[4].replace(",", "")), float(cols[6])
+        samples, uncontended, gflop = float(cols[4].replace(",", "")), float(cols[5].replace(",", "")), float(cols[6])
         assert samples > 0 and float(cols[8]) > 0
+        assert uncontended >= samples * 0.999  # the fastest window is never slower than the median (rounding)
         assert gflop > 0
     # The translation network does strictly more matmul work per row than the single-domain MLP.
     assert float(rows["cdanet"][6]) > float(rows["mlp"][6])
+
+
+def test_step_time_summary_takes_the_median_and_the_fastest_window() -> None:
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        from bench_models import step_time_summary
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    # A contended stretch (steps 0-3) and a quiet one (4-7) with one lucky step in the contended one.
+    times = [0.080, 0.030, 0.082, 0.081, 0.061, 0.060, 0.062, 0.059]
+    sustained, uncontended = step_time_summary(times, window=4)
+    assert sustained == pytest.approx(0.0615)  # median of all eight
+    assert uncontended == pytest.approx(0.0605)  # median of the quiet window; the 0.030 step does not set it
+    # A trailing partial window is left out; fewer steps than a window make one window.
+    assert step_time_summary(times + [0.001], window=4)[1] == pytest.approx(0.0605)
+    assert step_time_summary([0.05, 0.07], window=10) == (pytest.approx(0.06), pytest.approx(0.06))
+    with pytest.raises(ValueError, match="window >= 1"):
+        step_time_summary(times, window=0)
 
 
 @pytest.mark.slow
@@ -53,6 +72,20 @@ def test_step_breakdown_prints_every_part_and_the_flop_bound() -> None:
                        "extractor..loss fwd+bwd", "same at 16 rows/domain"}, out
     assert all(v > 0 for v in ms.values()), out
     assert "GFLOP of matmuls per step" in out and "embedding layer (fwd+bwd, by subtraction)" in out
+
+
+@pytest.mark.slow
+def test_embedding_update_benchmark_prints_both_variants_and_their_ratio() -> None:
+    out = subprocess.run(
+        [sys.executable, str(BENCH.parent / "bench_embedding_update.py"), "--rounds", "2", "--warmup", "1",
+         "--threads", "1", "--batch-size", "32", "--users", "200", "--items", "100"],
+        check=True, capture_output=True, text=True, timeout=300,
+    ).stdout
+    names = ("dense", "dense-torch", "lazy")
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] in [[n] for n in names]}
+    assert set(rows) == set(names), out
+    assert all(float(v.replace(",", "")) > 0 for cols in rows.values() for v in cols), out
+    assert "# dense-torch / dense step time: " in out and "# dense-torch / lazy step time: " in out
 
 
 def test_bench_pipeline_reads_epochs_and_throughput_from_the_trainer_log(tmp_path: Path) -> None:

@@ -507,6 +507,16 @@ def test_cpu_image_pins_torch_through_constraints_and_the_cpu_index() -> None:
     assert "torch.version.cuda is None" in " ".join(stages[-1].args_of("RUN"))
 
 
+def test_cpu_image_has_a_c_compiler_for_the_native_kernels() -> None:
+    # cdanet.native compiles its row kernels on the node at first use; the build checks that it can.
+    _, stages = parse_dockerfile(DOCKERFILES["cpu"])
+    final = stages[-1]
+    runs = " ".join(final.args_of("RUN"))
+    assert re.search(r"apt-get install [^&]*\bgcc\b", runs) and "libc6-dev" in runs
+    assert "from cdanet.native import library; assert library() is not None" in runs
+    assert "native.c" in (REPO / "pyproject.toml").read_text()  # shipped with the package
+
+
 def test_cuda_image_uses_a_cuda12_base_and_the_matching_torch_index() -> None:
     text = DOCKERFILES["cuda"].read_text()
     global_args, stages = parse_dockerfile(DOCKERFILES["cuda"])

@@ -222,11 +222,12 @@ class TestProcessSettings:
         monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
         assert retain_heap() is False
 
-    def test_optimizer_is_dense_adam_over_trainable_parameters(self) -> None:
-        from cdanet.training.optim import make_optimizer
+    def test_optimizer_is_fused_adam_over_trainable_parameters(self) -> None:
+        from cdanet.training.optim import TableAdam, make_optimizer
 
         model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
         model[1].weight.requires_grad_(False)
-        opt = make_optimizer(model, 0.01, 0.0, torch.device("cpu"))
-        assert isinstance(opt, torch.optim.Adam) and opt.defaults["fused"]
-        assert sum(len(g["params"]) for g in opt.param_groups) == 3
+        for update in ("lazy", "dense"):
+            opt = make_optimizer(model, 0.01, 0.0, torch.device("cpu"), update)
+            assert isinstance(opt, TableAdam) and opt.defaults["fused"] and opt.lazy == (update == "lazy")
+            assert sum(len(g["params"]) for g in opt.param_groups) == 3

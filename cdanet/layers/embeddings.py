@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdanet.features import DomainSchema, FieldKind, FieldSpec
+from cdanet.native import coalesce_grad
 
 COMBINERS: tuple[str, ...] = ("linear", "concat", "sum")
 
@@ -18,32 +19,40 @@ class _Lookup(torch.autograd.Function):
     """Rows of a table: ``weight[idx]`` (``B x S -> B x S x e``), or their weighted sum over the S slots.
 
     Same values as ``F.embedding`` / ``F.embedding_bag(mode="sum", per_sample_weights=...)``, with a
-    cheaper backward on CPU: one ``index_add_`` of the ``B`` gradient rows per slot into a zeroed table,
-    about 4x faster than torch's sort-based embedding backward at B = 4096 and 49k rows
-    (``benchmarks/bench_models.py``). Accumulation runs in index order: deterministic on CPU.
+    cheaper backward on CPU. Dense (``sparse=False``): one ``index_add_`` of the ``B`` gradient rows per
+    slot into a zeroed table, about 4x faster than torch's sort-based embedding backward at B = 4096 and
+    49k rows (``benchmarks/bench_models.py``); accumulation runs in index order, deterministic on CPU.
+    Sparse: a coalesced sparse ``R x e`` gradient holding only the looked-up rows
+    (:func:`cdanet.native.coalesce_grad`), for the optimiser of :mod:`cdanet.training.optim`.
     """
 
     @staticmethod
-    def forward(ctx: Any, weight: Tensor, idx: Tensor, slot_weights: Tensor | None, pool: bool) -> Tensor:
+    def forward(ctx: Any, weight: Tensor, idx: Tensor, slot_weights: Tensor | None, pool: bool,
+                sparse: bool = False) -> Tensor:
         ctx.save_for_backward(idx, slot_weights)
-        ctx.pool, ctx.rows = pool, weight.shape[0]
+        ctx.pool, ctx.rows, ctx.sparse = pool, weight.shape[0], sparse
         if pool:
             return F.embedding_bag(idx, weight, mode="sum", per_sample_weights=slot_weights)
         return F.embedding(idx, weight)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None]:
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
+            return None, None, None, None, None
         idx, slot_weights = ctx.saved_tensors
+        if ctx.sparse:
+            rows, values = coalesce_grad(idx, grad, slot_weights, ctx.pool, ctx.rows)
+            out = torch.sparse_coo_tensor(rows.unsqueeze(0), values, (ctx.rows, grad.shape[-1]),
+                                          is_coalesced=True, check_invariants=False)
+            return out, None, None, None, None
         out = torch.zeros(ctx.rows, grad.shape[-1], dtype=grad.dtype, device=grad.device)
         for slot in range(idx.shape[1]):
             g = grad if ctx.pool else grad[:, slot]
             if slot_weights is not None:
                 g = g * slot_weights[:, slot, None]
             out.index_add_(0, idx[:, slot], g)
-        return out, None, None, None
+        return out, None, None, None, None
 
 
 class DomainEmbedding(nn.Module):
@@ -79,6 +88,10 @@ class DomainEmbedding(nn.Module):
     are range-checked per field, because with a fused table an out-of-range index would otherwise
     silently read another field's rows.
 
+    ``sparse_grad`` (an attribute, False by default, not saved in state dicts): the table's gradient is
+    a coalesced sparse tensor of the looked-up rows instead of a dense ``R x width`` one, for optimisers
+    that take one (:func:`cdanet.training.optim.make_optimizer` sets it), like ``nn.Embedding(sparse=True)``.
+
     Shapes: ``features`` per the schema (``B``, ``B x max_len``, ``B x dim``) -> ``B x d``;
     :meth:`field_embeddings` gives the ``B x F x width`` field vectors (``width`` = d for ``linear``,
     else ``embedding_dim``), fields in the order of :attr:`field_order` (categorical fields, then
@@ -94,6 +107,7 @@ class DomainEmbedding(nn.Module):
         self.schema, self.domain = schema, schema.domain
         self.d, self.embedding_dim, self.combiner = d, embedding_dim, combiner
         self.width = d if combiner == "linear" else embedding_dim
+        self.sparse_grad = False
 
         singles = [f for f in schema.fields if f.kind in (FieldKind.CATEGORICAL_ID, FieldKind.CATEGORICAL)]
         multis = [f for f in schema.fields if f.kind is FieldKind.MULTI_HOT]
@@ -216,7 +230,7 @@ class DomainEmbedding(nn.Module):
         parts: list[Tensor] = []
         if self.weight is not None:
             idx = self._indices(features)
-            emb = _Lookup.apply(self.weight, idx + self.slot_offsets, None, False)  # B x S x width
+            emb = _Lookup.apply(self.weight, idx + self.slot_offsets, None, False, self.sparse_grad)  # B x S x width
             if self._n_single:
                 parts.append(emb[:, : self._n_single])
             for start, end in self._multi_slots:
@@ -235,7 +249,7 @@ class DomainEmbedding(nn.Module):
                 slot_weights = torch.ones(idx.shape, dtype=self.weight.dtype, device=idx.device)
                 for start, end in self._multi_slots:
                     slot_weights[:, start:end] = self._multi_hot_weights(idx[:, start:end], self.weight.dtype)
-            total = _Lookup.apply(self.weight, idx + self.slot_offsets, slot_weights, True)
+            total = _Lookup.apply(self.weight, idx + self.slot_offsets, slot_weights, True, self.sparse_grad)
         for lin, x in self._dense_inputs(features):
             total = lin(x) if total is None else total + lin(x)
         assert total is not None  # a schema has at least one field

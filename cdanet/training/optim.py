@@ -1,6 +1,7 @@
 """The optimiser and the process settings the training loop runs with.
 
-* :func:`make_optimizer`: the optimiser of a training stage (dense Adam, as in the paper).
+* :func:`make_optimizer`: the optimiser of a training stage, Adam (:class:`TableAdam`), with dense
+  (default) or lazy updates of the embedding tables.
 * :func:`retain_heap`: keep freed memory in the process (glibc), so steps do not page-fault.
 """
 
@@ -10,23 +11,108 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
+from cdanet import native
+from cdanet.config import EMBEDDING_UPDATES
+from cdanet.layers.embeddings import DomainEmbedding
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Adam:
+
+def _sorted_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, values)`` of a sparse ``R x e`` gradient with distinct, ascending rows.
+
+    DomainEmbedding's gradients are built that way, but autograd stores them without the coalesced
+    flag, and ``coalesce()`` would then sort them again (~1 ms per table); checking the order is
+    ~100x cheaper. A gradient accumulated from several sparse ones is coalesced here.
+    """
+    rows = grad._indices()[0]
+    if rows.numel() > 1 and not bool((rows[1:] > rows[:-1]).all()):
+        grad = grad.coalesce()
+        rows = grad._indices()[0]
+    return rows, grad._values()
+
+
+class TableAdam(torch.optim.Adam):
+    """``torch.optim.Adam`` that also takes sparse gradients: those of embedding tables with ``sparse_grad``.
+
+    Parameters with dense gradients get Adam's own update (fused where torch has it). A parameter with
+    a sparse ``R x e`` gradient (the looked-up rows and their summed gradients) is updated by
+    :func:`cdanet.native.adam_rows_`:
+
+    * ``lazy=False``: exactly Adam on the dense gradient (zero outside the looked-up rows), every row
+      every step, without building that gradient (float rounding aside);
+    * ``lazy=True``: only the looked-up rows, with the step count of the whole run in the bias
+      corrections; the other rows keep their values and moments (TensorFlow's ``LazyAdam``,
+      ``torch.optim.SparseAdam``). Dense Adam decays every row's moments every step and keeps moving
+      rows that were not looked up on their momentum; lazy Adam skips that, which is most of the
+      optimiser's memory traffic when a step looks up ~10k of a table's ~46k rows.
+
+    The state has Adam's layout (``step``, ``exp_avg``, ``exp_avg_sq`` per parameter), so checkpoints
+    load into either optimiser. ``weight_decay`` is Adam's L2 term (lazy: on the looked-up rows only).
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float = 1e-3, weight_decay: float = 0.0,
+                 fused: bool | None = None, lazy: bool = False) -> None:
+        super().__init__(params, lr=lr, weight_decay=weight_decay, fused=fused)
+        self.lazy = lazy
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
+        if closure is not None:
+            raise ValueError("TableAdam.step does not take a closure")
+        sparse: list[tuple[nn.Parameter, torch.Tensor]] = []
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None or not grad.is_sparse:
+                    continue
+                rows, values = _sorted_rows(grad)
+                state = self.state[p]
+                if not state:  # Adam's state layout (fused: a float32 step tensor on the parameter's device)
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                native.adam_rows_(p, state["exp_avg"], state["exp_avg_sq"], rows, values,
+                           lazy=self.lazy, step=int(state["step"].item()), lr=group["lr"], beta1=beta1,
+                           beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
+                sparse.append((p, p.grad))
+                p.grad = None  # Adam's own step skips parameters without a gradient
+        try:
+            super().step()
+        finally:
+            for p, grad in sparse:
+                p.grad = grad
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device,
+                   embedding_update: str = "dense") -> TableAdam:
     """Adam on every trainable parameter; the fused kernel where torch has one for ``device``.
 
     The fused kernel updates each tensor in one pass instead of ~10 elementwise ops: on CPU it is
-    ~7x faster on the embedding tables, which hold nearly all parameters. Dense Adam, as in the
-    paper: every table row is updated every step. A lazy (row-wise) update of the looked-up rows only
-    was measured and is not used: with torch's CPU gather/scatter ops it cost about twice the fused
-    dense update (``docs/architecture.md``, "Training speed").
+    ~7x faster on the embedding tables, which hold nearly all parameters.
+
+    ``embedding_update`` (``train.embedding_update``): ``dense`` updates every table row every step,
+    as ``torch.optim.Adam`` does; ``lazy`` only the rows the step looked up (see :class:`TableAdam`).
+    The tables' gradients are sparse (``DomainEmbedding.sparse_grad``) for ``lazy``, and for ``dense``
+    on CPU when the C kernels of :mod:`cdanet.native` are available: then neither the backward nor
+    the optimiser builds a dense ``R x e`` gradient. Otherwise they are dense and Adam's fused kernel
+    updates the tables. Measured in ``docs/architecture.md``, "Training speed".
     """
+    if embedding_update not in EMBEDDING_UPDATES:
+        raise ValueError(f"unknown embedding_update {embedding_update!r}; expected one of {EMBEDDING_UPDATES}")
+    lazy = embedding_update == "lazy"
+    sparse = lazy or (device.type == "cpu" and native.library() is not None)
+    for module in model.modules():
+        if isinstance(module, DomainEmbedding):
+            module.sparse_grad = sparse
     params = [p for p in model.parameters() if p.requires_grad]
     fused = (device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)) or None
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    return TableAdam(params, lr=lr, weight_decay=weight_decay, fused=fused, lazy=lazy)
 
 
 def retain_heap() -> bool:

@@ -253,7 +253,7 @@ def train_model(
     model.to(device)
     train_dev = {d: train[d].to(device) for d in train_domains}
     val_dev = {d: val[d].to(device) for d in eval_domains}
-    optimizer = make_optimizer(model, lr, t.weight_decay, device)
+    optimizer = make_optimizer(model, lr, t.weight_decay, device, t.embedding_update)
     sampler = TwoDomainSampler(
         train_dev, t.batch_size, epoch_basis=t.epoch_basis, target_domain=target, seed=stable_seed(t.seed, stage)
     )

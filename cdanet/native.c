@@ -1,0 +1,116 @@
+/* Row kernels of the sparse embedding path on CPU (see cdanet/native.py, which compiles and loads this).
+ *
+ * Plain C on raw float32 / int64 buffers, no torch headers: it builds in well under a second with the
+ * system C compiler, and ctypes calls it with the tensors' data pointers. Every buffer is contiguous
+ * and row-major; the Python side checks dtypes, shapes and contiguity before calling.
+ */
+#include <math.h>
+#include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Marks the rows that occur in idx[0..nidx) and numbers them in ascending row order.
+ * pos[r] becomes the rank of row r among the occurring rows, or -1; uniq[0..n) lists the occurring
+ * rows in ascending order. Returns n. Every idx must lie in [0, rows). */
+int64_t cdanet_coalesce_rows(const int64_t *idx, int64_t nidx, int64_t rows, int32_t *pos, int64_t *uniq) {
+    for (int64_t r = 0; r < rows; r++) pos[r] = -1;
+    for (int64_t i = 0; i < nidx; i++) pos[idx[i]] = -2;
+    int64_t n = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        if (pos[r] == -2) {
+            pos[r] = (int32_t)n;
+            uniq[n++] = r;
+        }
+    }
+    return n;
+}
+
+/* compact[pos[idx[b, s]]] += w[b, s] * grad[b, s] over all (b, s), in that order (deterministic).
+ * idx and w are B x S; grad row (b, s) starts at grad + b * gsb + s * gss (gss = 0 when every slot of a
+ * row shares one gradient row, i.e. pooled lookups); w may be NULL (all ones). compact is n x e, zeroed. */
+void cdanet_accumulate_rows(const int64_t *idx, int64_t B, int64_t S, const float *grad, int64_t gsb,
+                            int64_t gss, const float *w, const int32_t *pos, float *compact, int64_t e) {
+    for (int64_t b = 0; b < B; b++) {
+        for (int64_t s = 0; s < S; s++) {
+            const float ws = w ? w[b * S + s] : 1.0f;
+            float *dst = compact + (int64_t)pos[idx[b * S + s]] * e;
+            const float *src = grad + b * gsb + s * gss;
+            for (int64_t k = 0; k < e; k++) dst[k] += ws * src[k];
+        }
+    }
+}
+
+/* One Adam step (the formulas of torch.optim.Adam, L2 weight decay) on the rows uniq[0..n) of the
+ * rows x e tables p, m (exp_avg), v (exp_avg_sq), with the n x e gradient rows g. Other rows are not
+ * touched. bc1 = 1 - beta1^step, bc2_sqrt = sqrt(1 - beta2^step). Rows are distinct, so threads never
+ * share a row. */
+void cdanet_lazy_adam_rows(float *restrict p, float *restrict m, float *restrict v, int64_t e,
+                           const int64_t *uniq, int64_t n, const float *restrict g, float lr, float beta1,
+                           float beta2, float eps, float weight_decay, float bc1, float bc2_sqrt,
+                           int num_threads) {
+    const float step_size = lr / bc1;
+    (void)num_threads;
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t r = uniq[i];
+        float *restrict pr = p + r * e;
+        float *restrict mr = m + r * e;
+        float *restrict vr = v + r * e;
+        const float *restrict gr = g + i * e;
+        for (int64_t k = 0; k < e; k++) {
+            const float gk = gr[k] + weight_decay * pr[k];
+            mr[k] += (1.0f - beta1) * (gk - mr[k]);
+            vr[k] = beta2 * vr[k] + (1.0f - beta2) * gk * gk;
+            pr[k] -= step_size * mr[k] / (sqrtf(vr[k]) / bc2_sqrt + eps);
+        }
+    }
+}
+
+/* One Adam step on every row of the rows x e tables p, m, v, where only the rows uniq[0..n) (ascending)
+ * have a nonzero gradient, given as the n x e rows g: torch.optim.Adam's result for the dense gradient,
+ * in one streaming pass that never builds it. Each thread takes a contiguous range of rows. */
+void cdanet_dense_adam_rows(float *restrict p, float *restrict m, float *restrict v, int64_t rows, int64_t e,
+                            const int64_t *uniq, int64_t n, const float *restrict g, float lr, float beta1,
+                            float beta2, float eps, float weight_decay, float bc1, float bc2_sqrt,
+                            int num_threads) {
+    const float step_size = lr / bc1;
+    (void)num_threads;
+#pragma omp parallel num_threads(num_threads)
+    {
+#ifdef _OPENMP
+        const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+        const int64_t t = 0, nt = 1;
+#endif
+        const int64_t r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
+        int64_t lo = 0, hi = n;  /* j = first index with uniq[j] >= r0 */
+        while (lo < hi) {
+            const int64_t mid = lo + (hi - lo) / 2;
+            if (uniq[mid] < r0) lo = mid + 1; else hi = mid;
+        }
+        int64_t j = lo;
+        for (int64_t r = r0; r < r1; r++) {
+            float *restrict pr = p + r * e;
+            float *restrict mr = m + r * e;
+            float *restrict vr = v + r * e;
+            if (j < n && uniq[j] == r) {
+                const float *restrict gr = g + j * e;
+                j++;
+                for (int64_t k = 0; k < e; k++) {
+                    const float gk = gr[k] + weight_decay * pr[k];
+                    mr[k] += (1.0f - beta1) * (gk - mr[k]);
+                    vr[k] = beta2 * vr[k] + (1.0f - beta2) * gk * gk;
+                    pr[k] -= step_size * mr[k] / (sqrtf(vr[k]) / bc2_sqrt + eps);
+                }
+            } else {
+                for (int64_t k = 0; k < e; k++) {
+                    const float gk = weight_decay * pr[k];
+                    mr[k] += (1.0f - beta1) * (gk - mr[k]);
+                    vr[k] = beta2 * vr[k] + (1.0f - beta2) * gk * gk;
+                    pr[k] -= step_size * mr[k] / (sqrtf(vr[k]) / bc2_sqrt + eps);
+                }
+            }
+        }
+    }
+}

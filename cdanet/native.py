@@ -1,0 +1,222 @@
+"""Row kernels of the sparse embedding path: coalescing looked-up rows and lazy Adam on them.
+
+An embedding table's gradient can be kept as the list of distinct looked-up rows with their summed
+gradients (a coalesced sparse tensor) instead of a dense table that is mostly zeros
+(:mod:`cdanet.training.optim`). Two operations do the work:
+
+* :func:`coalesce_grad`: from a lookup's ``B x S`` row ids and its output gradient to ``(rows, values)``;
+* :func:`adam_rows_`: one Adam step of a table and its two moment tables from such a gradient: on the
+  listed rows only (lazy), or on every row as dense Adam would (without building the dense gradient).
+
+Each has a torch implementation, and on CPU a C one (``native.c``) that does the same in one pass over
+the data instead of torch's gather / update / scatter (measured in ``docs/architecture.md``, "Training
+speed"). The C file is compiled on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``
+or ``clang``) into a cache directory (``$CDANET_NATIVE_CACHE``, else ``~/.cache/cdanet/native``), keyed
+by the source, the flags and the host CPU, and loaded with :mod:`ctypes`. Where no compiler works, or
+with ``CDANET_NATIVE=0``, the torch implementation runs instead: same semantics, float rounding aside.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("native.c")
+_BASE_FLAGS = ("-O3", "-fno-math-errno", "-fPIC", "-shared")
+# Tried in this order; a compiler that refuses one set gets the next (no -march=native off x86/gcc-likes,
+# no OpenMP on compilers without it: the kernels then run on one thread).
+_FLAG_SETS = (("-march=native", "-fopenmp"), ("-fopenmp",), ("-march=native",), ())
+ENV_SWITCH = "CDANET_NATIVE"  # "0" turns the C kernels off
+ENV_CACHE = "CDANET_NATIVE_CACHE"
+
+
+class _Lib:
+    """The loaded kernels with their ctypes signatures."""
+
+    def __init__(self, cdll: ctypes.CDLL, path: Path) -> None:
+        p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+        self.path = path
+        self.coalesce = cdll.cdanet_coalesce_rows
+        self.coalesce.restype, self.coalesce.argtypes = i64, [p, i64, i64, p, p]
+        self.accumulate = cdll.cdanet_accumulate_rows
+        self.accumulate.restype, self.accumulate.argtypes = None, [p, i64, i64, p, i64, i64, p, p, p, i64]
+        self.lazy_adam = cdll.cdanet_lazy_adam_rows
+        self.lazy_adam.restype = None
+        self.lazy_adam.argtypes = [p, p, p, i64, p, i64, p, f32, f32, f32, f32, f32, f32, f32, ctypes.c_int]
+        self.dense_adam = cdll.cdanet_dense_adam_rows
+        self.dense_adam.restype = None
+        self.dense_adam.argtypes = [p, p, p, i64, i64, p, i64, p, f32, f32, f32, f32, f32, f32, f32, ctypes.c_int]
+
+
+def _cpu_signature() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    keep = sorted({ln for ln in lines if ln.startswith(("model name", "flags", "Features", "CPU part"))})
+    return "\n".join(keep)
+
+
+def _cache_dir() -> Path:
+    configured = os.environ.get(ENV_CACHE)
+    if configured:
+        return Path(configured)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "cdanet" / "native"
+
+
+def _compile(cc: str, flags: tuple[str, ...], out: Path) -> bool:
+    """Compile the kernels to ``out`` (atomically: a temporary file, then a rename)."""
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([cc, *flags, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode != 0:
+            logger.debug("%s %s failed: %s", cc, " ".join(flags), done.stderr.strip())
+            return False
+        os.replace(tmp, out)
+        return True
+    except (OSError, subprocess.SubprocessError) as e:
+        logger.debug("%s %s failed: %s", cc, " ".join(flags), e)
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def library() -> _Lib | None:
+    """The compiled kernels, building them on first use; None where they are off or cannot be built."""
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return None
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        logger.warning("no C compiler found ($CC, cc, gcc, clang): the sparse embedding path uses torch ops")
+        return None
+    cache = _cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        cache = Path(tempfile.gettempdir()) / f"cdanet-native-{os.getuid() if hasattr(os, 'getuid') else 0}"
+        cache.mkdir(parents=True, exist_ok=True)
+    source = _SOURCE.read_bytes()
+    for extra in _FLAG_SETS:
+        flags = (*_BASE_FLAGS, *extra)
+        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), cc.encode(),
+                                         _cpu_signature().encode()])).hexdigest()[:16]
+        path = cache / f"native-{key}.so"
+        if path.exists() or _compile(cc, flags, path):
+            try:
+                return _Lib(ctypes.CDLL(str(path)), path)
+            except (OSError, AttributeError) as e:
+                logger.debug("loading %s failed: %s", path, e)
+    logger.warning("could not build %s with %s: the sparse embedding path uses torch ops", _SOURCE.name, cc)
+    return None
+
+
+def _native_for(*tensors: Tensor | None) -> _Lib | None:
+    """The C kernels if every given tensor is on the CPU (dtypes are checked by the callers)."""
+    if any(t is not None and t.device.type != "cpu" for t in tensors):
+        return None
+    return library()
+
+
+def coalesce_grad(idx: Tensor, grad: Tensor, slot_weights: Tensor | None, pooled: bool,
+                  num_rows: int) -> tuple[Tensor, Tensor]:
+    """The gradient of a table lookup as ``(rows, values)``: distinct rows (ascending) and their summed gradients.
+
+    ``idx``: ``B x S`` row ids in ``[0, num_rows)``; ``grad``: the lookup's output gradient, ``B x e`` for a
+    pooled lookup (``sum_s w[b, s] * table[idx[b, s]]``) or ``B x S x e`` per slot; ``slot_weights``:
+    ``B x S`` or None (all ones). Returns ``rows`` (``n``, int64) and ``values`` (``n x e``): together the
+    coalesced sparse gradient of the ``num_rows x e`` table.
+    """
+    b, s = idx.shape
+    e = grad.shape[-1]
+    lib = _native_for(idx, grad, slot_weights)
+    if (lib is not None and grad.dtype == torch.float32 and idx.dtype == torch.int64 and num_rows < 2**31
+            and (slot_weights is None or slot_weights.dtype == torch.float32)):
+        idx, grad = idx.contiguous(), grad.contiguous()
+        weights = None if slot_weights is None else slot_weights.contiguous()
+        pos = torch.empty(num_rows, dtype=torch.int32)
+        uniq = torch.empty(idx.numel(), dtype=torch.int64)
+        n = lib.coalesce(idx.data_ptr(), idx.numel(), num_rows, pos.data_ptr(), uniq.data_ptr())
+        values = torch.zeros(n, e, dtype=torch.float32)
+        gsb, gss = (e, 0) if pooled else (s * e, e)
+        lib.accumulate(idx.data_ptr(), b, s, grad.data_ptr(), gsb, gss,
+                       None if weights is None else weights.data_ptr(), pos.data_ptr(), values.data_ptr(), e)
+        return uniq[:n], values
+    rows, inverse = torch.unique(idx, sorted=True, return_inverse=True)
+    values = grad.new_zeros(rows.numel(), e)
+    for slot in range(s):
+        g = grad if pooled else grad[:, slot]
+        if slot_weights is not None:
+            g = g * slot_weights[:, slot, None]
+        values.index_add_(0, inverse[:, slot], g)
+    return rows, values
+
+
+def native_adam_available(*tensors: Tensor) -> bool:
+    """Whether :func:`adam_rows_` runs the C kernels for these tensors (CPU, float32, contiguous)."""
+    return (all(t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+            and _native_for(*tensors) is not None)
+
+
+@torch.no_grad()
+def adam_rows_(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor, values: Tensor, *,
+               lazy: bool, step: int, lr: float, beta1: float, beta2: float, eps: float,
+               weight_decay: float) -> None:
+    """One Adam step (``torch.optim.Adam``'s formulas, L2 weight decay) of a table with a sparse gradient.
+
+    ``param``, ``exp_avg``, ``exp_avg_sq``: ``R x e``, updated in place; ``rows``: the distinct rows with a
+    gradient, ascending (``n``, int64); ``values``: their gradients (``n x e``); ``step``: the step count
+    after this step (bias corrections).
+
+    * ``lazy=True``: only ``rows`` are updated; the others keep their values and moments (TensorFlow's
+      ``LazyAdam``, ``torch.optim.SparseAdam``).
+    * ``lazy=False``: every row is updated as ``torch.optim.Adam`` would with the dense gradient (zero
+      outside ``rows``): in C, one streaming pass without building that gradient; otherwise with torch
+      ops on the densified gradient.
+    """
+    bc1, bc2_sqrt = 1.0 - beta1**step, math.sqrt(1.0 - beta2**step)
+    rows = rows.contiguous()
+    if native_adam_available(param, exp_avg, exp_avg_sq, values) and rows.dtype == torch.int64:
+        lib = _native_for(param)
+        assert lib is not None
+        args = (rows.data_ptr(), rows.numel(), values.data_ptr(), lr, beta1, beta2, eps, weight_decay, bc1,
+                bc2_sqrt, torch.get_num_threads())
+        if lazy:
+            lib.lazy_adam(param.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), param.shape[1], *args)
+        else:
+            lib.dense_adam(param.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), param.shape[0],
+                           param.shape[1], *args)
+        return
+    if lazy:
+        p, m, v = param.index_select(0, rows), exp_avg.index_select(0, rows), exp_avg_sq.index_select(0, rows)
+        g = values.to(p.dtype)
+    else:
+        p, m, v = param, exp_avg, exp_avg_sq
+        g = torch.zeros_like(param).index_copy_(0, rows, values.to(param.dtype))
+    if weight_decay:
+        g = g + weight_decay * p
+    m.lerp_(g, 1.0 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+    p.addcdiv_(m, (v.sqrt() / bc2_sqrt).add_(eps), value=-lr / bc1)
+    if lazy:
+        param.index_copy_(0, rows, p)
+        exp_avg.index_copy_(0, rows, m)
+        exp_avg_sq.index_copy_(0, rows, v)

@@ -1,0 +1,240 @@
+"""The sparse embedding path: coalesced table gradients and Adam on them (``train.embedding_update``).
+
+Both the C kernels (:mod:`cdanet.native`) and their torch fallbacks are checked against torch's own
+dense computations: ``F.embedding_bag`` / ``F.embedding`` gradients and ``torch.optim.Adam``.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import helpers
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cdanet.native as native
+from cdanet.batch import random_batch
+from cdanet.config import ConfigError, ExperimentConfig, tiny_config
+from cdanet.layers import DomainEmbedding
+from cdanet.layers.embeddings import _Lookup
+from cdanet.losses import compute_loss
+from cdanet.models import build_model
+from cdanet.training.optim import TableAdam, make_optimizer
+
+
+@pytest.fixture(params=["native", "torch"])
+def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test once with the C kernels and once with the torch fallback."""
+    if request.param == "native":
+        if native.library() is None:
+            pytest.skip("no C compiler here")
+    else:
+        monkeypatch.setattr(native, "library", lambda: None)
+    return request.param
+
+
+def test_the_c_kernels_build_where_there_is_a_compiler() -> None:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler here")
+    lib = native.library()
+    assert lib is not None and lib.path.exists()
+
+
+@pytest.mark.parametrize("pool", [True, False])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_coalesced_gradient_equals_the_dense_embedding_gradient(kernels: str, pool: bool, weighted: bool) -> None:
+    torch.manual_seed(0)
+    rows, e = 40, 5
+    weight = torch.randn(rows, e, requires_grad=True)
+    idx = torch.randint(0, rows, (64, 4))
+    idx[:6] = 9  # a row repeated within and across slots must accumulate
+    slot_weights = torch.rand(64, 4) if weighted else None
+    grad_out = torch.randn(64, e) if pool else torch.randn(64, 4, e)
+    ref = (F.embedding_bag(idx, weight, mode="sum", per_sample_weights=slot_weights) if pool
+           else F.embedding(idx, weight) * (slot_weights[..., None] if weighted else 1))
+    (dense,) = torch.autograd.grad(ref, weight, grad_out)
+
+    got_rows, values = native.coalesce_grad(idx, grad_out, slot_weights, pool, rows)
+    assert torch.equal(got_rows, torch.unique(idx))  # distinct, ascending
+    torch.testing.assert_close(values, dense[got_rows])
+    untouched = torch.ones(rows, dtype=torch.bool)
+    untouched[got_rows] = False
+    assert torch.all(dense[untouched] == 0)
+
+
+def test_sparse_lookup_gradient_is_the_coalesced_dense_one(kernels: str) -> None:
+    weight = torch.randn(30, 4, requires_grad=True)
+    idx = torch.randint(0, 30, (50, 3))
+    slot_weights = torch.rand(50, 3)
+    grad_out = torch.randn(50, 4)
+    (sparse,) = torch.autograd.grad(_Lookup.apply(weight, idx, slot_weights, True, True), weight, grad_out)
+    (dense,) = torch.autograd.grad(_Lookup.apply(weight, idx, slot_weights, True, False), weight, grad_out)
+    assert sparse.is_sparse and sparse.is_coalesced()
+    torch.testing.assert_close(sparse.to_dense(), dense)
+
+
+def _adam_reference(p, m, v, grad, step, lr, betas, eps, wd):
+    """One step of torch.optim.Adam on a dense copy whose moments start at (m, v) after ``step - 1`` steps."""
+    param = torch.nn.Parameter(p.clone())
+    opt = torch.optim.Adam([param], lr=lr, betas=betas, eps=eps, weight_decay=wd)
+    opt.state[param] = {"step": torch.tensor(float(step - 1)), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
+    param.grad = grad.clone()
+    opt.step()
+    return param.detach(), opt.state[param]["exp_avg"], opt.state[param]["exp_avg_sq"]
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("lazy", [True, False])
+def test_adam_rows_match_torch_adam(kernels: str, weight_decay: float, lazy: bool) -> None:
+    torch.manual_seed(1)
+    rows, e, step = 50, 8, 7
+    p, m, v = torch.randn(rows, e), 0.01 * torch.randn(rows, e), 0.01 * torch.rand(rows, e)
+    touched = torch.tensor([0, 3, 4, 17, 49])
+    values = torch.randn(len(touched), e)
+    dense_grad = torch.zeros(rows, e)
+    dense_grad[touched] = values
+    ref_p, ref_m, ref_v = _adam_reference(p, m, v, dense_grad, step, 1e-2, (0.9, 0.999), 1e-8, weight_decay)
+
+    p2, m2, v2 = p.clone(), m.clone(), v.clone()
+    native.adam_rows_(p2, m2, v2, touched, values, lazy=lazy, step=step, lr=1e-2, beta1=0.9, beta2=0.999,
+                      eps=1e-8, weight_decay=weight_decay)
+    for got, ref in ((p2, ref_p), (m2, ref_m), (v2, ref_v)):
+        torch.testing.assert_close(got[touched], ref[touched])
+    others = torch.ones(rows, dtype=torch.bool)
+    others[touched] = False
+    assert not torch.equal(ref_p[others], p[others])  # dense Adam keeps moving them on momentum
+    if lazy:
+        for got, before in ((p2, p), (m2, m), (v2, v)):
+            assert torch.equal(got[others], before[others])  # lazy: not touched at all
+    else:
+        for got, ref in ((p2, ref_p), (m2, ref_m), (v2, ref_v)):
+            torch.testing.assert_close(got, ref)  # every row, as torch.optim.Adam
+
+
+def test_dense_adam_rows_split_across_threads_match_one_thread(kernels: str) -> None:
+    # The C kernel gives each thread a contiguous range of rows and finds its first gradient row by
+    # binary search; ranges must neither skip nor repeat rows, whatever the thread count.
+    torch.manual_seed(2)
+    rows, e = 1003, 4
+    touched = torch.randperm(rows)[:300].sort().values
+    values = torch.randn(300, e)
+    results = []
+    for threads in (1, 2, 3):
+        p, m, v = torch.ones(rows, e), torch.full((rows, e), 0.1), torch.full((rows, e), 0.01)
+        with _threads(threads):
+            native.adam_rows_(p, m, v, touched, values, lazy=False, step=3, lr=1e-2, beta1=0.9, beta2=0.999,
+                              eps=1e-8, weight_decay=0.0)
+        results.append((p, m, v))
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
+
+
+class _threads:
+    def __init__(self, n: int) -> None:
+        self.n, self.before = n, torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.before)
+
+
+def _tiny_cdanet() -> tuple[torch.nn.Module, dict]:
+    schemas = helpers.schemas()
+    return build_model(tiny_config("amazon", model="cdanet"), schemas).train(), schemas
+
+
+def _train(model, schemas, update: str, steps: int) -> TableAdam:
+    opt = make_optimizer(model, 0.01, 0.0, torch.device("cpu"), update)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(steps):
+        batches = {d: random_batch(schemas[d], 16, gen) for d in ("movie", "book")}
+        opt.zero_grad(set_to_none=True)
+        compute_loss(model, batches).total.backward()
+        opt.step()
+    return opt
+
+
+def test_lazy_and_dense_adam_agree_on_the_first_step_and_then_differ(kernels: str) -> None:
+    # From zero moments, rows a step did not look up get no update from dense Adam either, so one
+    # step is the same; after that, dense Adam keeps moving rows on their momentum and lazy does not.
+    torch.manual_seed(0)
+    model, schemas = _tiny_cdanet()
+    lazy, dense = copy.deepcopy(model), copy.deepcopy(model)
+    opt = _train(lazy, schemas, "lazy", 1)
+    _train(dense, schemas, "dense", 1)
+    assert isinstance(opt, TableAdam) and opt.lazy
+    emb = [m for m in lazy.modules() if isinstance(m, DomainEmbedding)]
+    assert emb and all(m.sparse_grad for m in emb) and all(m.weight.grad.is_sparse for m in emb)
+    for (name, a), b in zip(lazy.named_parameters(), dense.parameters(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    _train(lazy, schemas, "lazy", 2)
+    _train(dense, schemas, "dense", 2)
+    tables = [n for n, _ in lazy.named_parameters() if n.startswith("embeddings.") and n.endswith(".weight")]
+    assert tables
+    lazy_p, dense_p = dict(lazy.named_parameters()), dict(dense.named_parameters())
+    assert any(not torch.allclose(lazy_p[n], dense_p[n]) for n in tables)
+
+
+def test_dense_update_equals_torch_adam_on_dense_gradients(kernels: str) -> None:
+    # train.embedding_update=dense: sparse table gradients (with the C kernels) or dense ones (without),
+    # the same training as torch.optim.Adam with the dense gradients of the _Lookup backward.
+    torch.manual_seed(0)
+    model, schemas = _tiny_cdanet()
+    ours, ref = copy.deepcopy(model), copy.deepcopy(model)
+    opt = _train(ours, schemas, "dense", 3)
+    assert not opt.lazy
+    sparse = [m.sparse_grad for m in ours.modules() if isinstance(m, DomainEmbedding)]
+    assert all(sparse) if kernels == "native" else not any(sparse)
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=0.01, fused=True)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        batches = {d: random_batch(schemas[d], 16, gen) for d in ("movie", "book")}
+        ref_opt.zero_grad(set_to_none=True)
+        compute_loss(ref, batches).total.backward()
+        ref_opt.step()
+    for (name, a), b in zip(ours.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_optimizer_state_loads_into_adam_and_back() -> None:
+    model, schemas = _tiny_cdanet()
+    opt = _train(model, schemas, "lazy", 2)
+    state = opt.state_dict()
+    dense = torch.optim.Adam(model.parameters(), lr=0.01)
+    dense.load_state_dict(state)
+    again = TableAdam(model.parameters(), lr=0.01)
+    again.load_state_dict(dense.state_dict())
+    for a, b in zip(opt.state.values(), again.state.values(), strict=True):
+        assert a.keys() == b.keys() == {"step", "exp_avg", "exp_avg_sq"}
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unknown_embedding_update_is_rejected() -> None:
+    model, _ = _tiny_cdanet()
+    with pytest.raises(ValueError, match="embedding_update"):
+        make_optimizer(model, 0.01, 0.0, torch.device("cpu"), "sparse")
+    cfg = ExperimentConfig()
+    cfg.train.embedding_update = "sparse"
+    with pytest.raises(ConfigError, match="embedding_update"):
+        cfg.validate()
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_uncoalesced_sparse_gradients_are_summed_per_row(kernels: str, lazy: bool) -> None:
+    # A table used twice in one graph gets its two sparse gradients concatenated, rows repeated and
+    # out of order; the optimiser must sum them per row like the dense gradient does.
+    torch.manual_seed(4)
+    table = torch.nn.Parameter(torch.randn(10, 3))
+    ref = torch.nn.Parameter(table.detach().clone())
+    rows = torch.tensor([[7, 2, 7, 0]])
+    values = torch.randn(4, 3)
+    table.grad = torch.sparse_coo_tensor(rows, values, (10, 3), check_invariants=True)
+    ref.grad = table.grad.to_dense()
+    TableAdam([table], lr=0.1, lazy=lazy).step()
+    torch.optim.Adam([ref], lr=0.1).step()
+    torch.testing.assert_close(table.detach(), ref.detach())  # first step: lazy and dense agree
