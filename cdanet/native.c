@@ -26,16 +26,23 @@ int64_t cdanet_coalesce_rows(const int64_t *idx, int64_t nidx, int64_t rows, int
     return n;
 }
 
+/* 1 if r[0..n) is strictly ascending (distinct rows in order), else 0. */
+int cdanet_strictly_ascending(const int64_t *r, int64_t n) {
+    for (int64_t i = 1; i < n; i++)
+        if (r[i] <= r[i - 1]) return 0;
+    return 1;
+}
+
 /* compact[pos[idx[b, s]]] += w[b, s] * grad[b, s] over all (b, s), in that order (deterministic).
  * idx and w are B x S; grad row (b, s) starts at grad + b * gsb + s * gss (gss = 0 when every slot of a
  * row shares one gradient row, i.e. pooled lookups); w may be NULL (all ones). compact is n x e, zeroed. */
-void cdanet_accumulate_rows(const int64_t *idx, int64_t B, int64_t S, const float *grad, int64_t gsb,
-                            int64_t gss, const float *w, const int32_t *pos, float *compact, int64_t e) {
+void cdanet_accumulate_rows(const int64_t *idx, int64_t B, int64_t S, const float *restrict grad, int64_t gsb,
+                            int64_t gss, const float *w, const int32_t *pos, float *restrict compact, int64_t e) {
     for (int64_t b = 0; b < B; b++) {
         for (int64_t s = 0; s < S; s++) {
             const float ws = w ? w[b * S + s] : 1.0f;
-            float *dst = compact + (int64_t)pos[idx[b * S + s]] * e;
-            const float *src = grad + b * gsb + s * gss;
+            float *restrict dst = compact + (int64_t)pos[idx[b * S + s]] * e;
+            const float *restrict src = grad + b * gsb + s * gss;
             for (int64_t k = 0; k < e; k++) dst[k] += ws * src[k];
         }
     }

@@ -52,6 +52,8 @@ class _Lib:
         self.path = path
         self.coalesce = cdll.cdanet_coalesce_rows
         self.coalesce.restype, self.coalesce.argtypes = i64, [p, i64, i64, p, p]
+        self.ascending = cdll.cdanet_strictly_ascending
+        self.ascending.restype, self.ascending.argtypes = ctypes.c_int, [p, i64]
         self.accumulate = cdll.cdanet_accumulate_rows
         self.accumulate.restype, self.accumulate.argtypes = None, [p, i64, i64, p, i64, i64, p, p, p, i64]
         self.lazy_adam = cdll.cdanet_lazy_adam_rows
@@ -168,6 +170,14 @@ def coalesce_grad(idx: Tensor, grad: Tensor, slot_weights: Tensor | None, pooled
             g = g * slot_weights[:, slot, None]
         values.index_add_(0, inverse[:, slot], g)
     return rows, values
+
+
+def strictly_ascending(rows: Tensor) -> bool:
+    """Whether the 1-d ``rows`` are distinct and in ascending order (a coalesced sparse tensor's rows)."""
+    lib = _native_for(rows)
+    if lib is not None and rows.dtype == torch.int64 and rows.is_contiguous():
+        return bool(lib.ascending(rows.data_ptr(), rows.numel()))
+    return rows.numel() < 2 or bool((rows[1:] > rows[:-1]).all())
 
 
 def native_adam_available(*tensors: Tensor) -> bool:

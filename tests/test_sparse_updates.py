@@ -238,3 +238,11 @@ def test_uncoalesced_sparse_gradients_are_summed_per_row(kernels: str, lazy: boo
     TableAdam([table], lr=0.1, lazy=lazy).step()
     torch.optim.Adam([ref], lr=0.1).step()
     torch.testing.assert_close(table.detach(), ref.detach())  # first step: lazy and dense agree
+
+
+def test_strictly_ascending(kernels: str) -> None:
+    assert native.strictly_ascending(torch.tensor([0, 2, 9]))
+    assert native.strictly_ascending(torch.tensor([], dtype=torch.long))
+    assert native.strictly_ascending(torch.tensor([4]))
+    assert not native.strictly_ascending(torch.tensor([0, 2, 2]))
+    assert not native.strictly_ascending(torch.tensor([3, 1]))

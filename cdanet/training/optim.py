@@ -26,10 +26,10 @@ def _sorted_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     DomainEmbedding's gradients are built that way, but autograd stores them without the coalesced
     flag, and ``coalesce()`` would then sort them again (~1 ms per table); checking the order is
-    ~100x cheaper. A gradient accumulated from several sparse ones is coalesced here.
+    far cheaper. A gradient accumulated from several sparse ones is coalesced here.
     """
     rows = grad._indices()[0]
-    if rows.numel() > 1 and not bool((rows[1:] > rows[:-1]).all()):
+    if not native.strictly_ascending(rows):
         grad = grad.coalesce()
         rows = grad._indices()[0]
     return rows, grad._values()
