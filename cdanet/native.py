@@ -12,7 +12,8 @@ Each has a torch implementation, and on CPU a C one (``native.c``) that does the
 the data instead of torch's gather / update / scatter (measured in ``docs/architecture.md``, "Training
 speed"). The C file is compiled on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``
 or ``clang``) into a cache directory (``$CDANET_NATIVE_CACHE``, else ``~/.cache/cdanet/native``), keyed
-by the source, the flags and the host CPU, and loaded with :mod:`ctypes`. Where no compiler works, or
+by the source, the flags and the host CPU (a temporary folder when that one is not writable), and
+loaded with :mod:`ctypes`. Where no compiler works, or
 with ``CDANET_NATIVE=0``, the torch implementation runs instead: same semantics, float rounding aside.
 """
 
@@ -73,19 +74,29 @@ def _cpu_signature() -> str:
     return "\n".join(keep)
 
 
-def _cache_dir() -> Path:
+def _cache_dirs() -> list[Path]:
+    """Where built kernels may be: the configured or per-user cache, then a per-user temporary folder."""
     configured = os.environ.get(ENV_CACHE)
-    if configured:
-        return Path(configured)
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "cdanet" / "native"
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return [Path(configured) if configured else base / "cdanet" / "native",
+            Path(tempfile.gettempdir()) / f"cdanet-native-{uid}"]
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
 
 
 def _compile(cc: str, flags: tuple[str, ...], out: Path) -> bool:
     """Compile the kernels to ``out`` (atomically: a temporary file, then a rename)."""
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
         done = subprocess.run([cc, *flags, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
                               timeout=120)
         if done.returncode != 0:
@@ -97,7 +108,7 @@ def _compile(cc: str, flags: tuple[str, ...], out: Path) -> bool:
         logger.debug("%s %s failed: %s", cc, " ".join(flags), e)
         return False
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -110,23 +121,23 @@ def library() -> _Lib | None:
     if cc is None:
         logger.warning("no C compiler found ($CC, cc, gcc, clang): the sparse embedding path uses torch ops")
         return None
-    cache = _cache_dir()
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        cache = Path(tempfile.gettempdir()) / f"cdanet-native-{os.getuid() if hasattr(os, 'getuid') else 0}"
-        cache.mkdir(parents=True, exist_ok=True)
-    source = _SOURCE.read_bytes()
+    source, cpu = _SOURCE.read_bytes(), _cpu_signature().encode()
+    folders = _cache_dirs()
     for extra in _FLAG_SETS:
         flags = (*_BASE_FLAGS, *extra)
-        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), cc.encode(),
-                                         _cpu_signature().encode()])).hexdigest()[:16]
-        path = cache / f"native-{key}.so"
-        if path.exists() or _compile(cc, flags, path):
-            try:
-                return _Lib(ctypes.CDLL(str(path)), path)
-            except (OSError, AttributeError) as e:
-                logger.debug("loading %s failed: %s", path, e)
+        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), cc.encode(), cpu])).hexdigest()[:16]
+        name = f"native-{key}.so"
+        path = next((f / name for f in folders if (f / name).exists()), None)
+        if path is None:
+            # A read-only cache (e.g. a container's home) falls through to the temporary folder.
+            target = next((f for f in folders if _writable(f)), None)
+            if target is None or not _compile(cc, flags, target / name):
+                continue
+            path = target / name
+        try:
+            return _Lib(ctypes.CDLL(str(path)), path)
+        except (OSError, AttributeError) as e:
+            logger.debug("loading %s failed: %s", path, e)
     logger.warning("could not build %s with %s: the sparse embedding path uses torch ops", _SOURCE.name, cc)
     return None
 

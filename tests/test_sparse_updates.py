@@ -246,3 +246,44 @@ def test_strictly_ascending(kernels: str) -> None:
     assert native.strictly_ascending(torch.tensor([4]))
     assert not native.strictly_ascending(torch.tensor([0, 2, 2]))
     assert not native.strictly_ascending(torch.tensor([3, 1]))
+
+
+@pytest.fixture
+def fresh_library():
+    """``native.library()`` rebuilt from scratch inside the test, and again for the tests after it."""
+    native.library.cache_clear()
+    yield native.library
+    native.library.cache_clear()
+
+
+def test_native_switch_turns_the_kernels_off(fresh_library, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    assert fresh_library() is None
+
+
+def test_unusable_compiler_falls_back_to_torch_ops(fresh_library, monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv(native.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    with caplog.at_level("WARNING", logger="cdanet.native"):
+        assert fresh_library() is None
+    assert "uses torch ops" in caplog.text
+    # ... and the sparse path still computes the right thing
+    rows, values = native.coalesce_grad(torch.tensor([[3, 1], [3, 0]]), torch.ones(2, 2), None, True, 5)
+    assert rows.tolist() == [0, 1, 3] and values.tolist() == [[1, 1], [1, 1], [2, 2]]
+
+
+def test_unwritable_cache_builds_in_a_temporary_folder(fresh_library, monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path) -> None:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler here")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv(native.ENV_CACHE, str(blocker / "cache"))  # cannot be created: its parent is a file
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    lib = fresh_library()
+    assert lib is not None and lib.path.parent.parent == tmp_path / "tmp"
+    # A second process finds the built file instead of compiling again.
+    native.library.cache_clear()
+    assert fresh_library().path == lib.path
