@@ -12,8 +12,10 @@
 
 /* Marks the rows that occur in idx[0..nidx) and numbers them in ascending row order.
  * pos[r] becomes the rank of row r among the occurring rows, or -1; uniq[0..n) lists the occurring
- * rows in ascending order. Returns n. Every idx must lie in [0, rows). */
+ * rows in ascending order. Returns n, or -1 (nothing written to uniq) if an idx is outside [0, rows). */
 int64_t cdanet_coalesce_rows(const int64_t *idx, int64_t nidx, int64_t rows, int32_t *pos, int64_t *uniq) {
+    for (int64_t i = 0; i < nidx; i++)
+        if (idx[i] < 0 || idx[i] >= rows) return -1;
     for (int64_t r = 0; r < rows; r++) pos[r] = -1;
     for (int64_t i = 0; i < nidx; i++) pos[idx[i]] = -2;
     int64_t n = 0;

@@ -1,4 +1,4 @@
-"""Row kernels of the sparse embedding path: coalescing looked-up rows and lazy Adam on them.
+"""Row kernels of the sparse embedding path: coalescing looked-up rows, and Adam on a table from them.
 
 An embedding table's gradient can be kept as the list of distinct looked-up rows with their summed
 gradients (a coalesced sparse tensor) instead of a dense table that is mostly zeros
@@ -13,8 +13,8 @@ the data instead of torch's gather / update / scatter (measured in ``docs/archit
 speed"). The C file is compiled on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``
 or ``clang``) into a cache directory (``$CDANET_NATIVE_CACHE``, else ``~/.cache/cdanet/native``), keyed
 by the source, the flags and the host CPU (a temporary folder when that one is not writable), and
-loaded with :mod:`ctypes`. Where no compiler works, or
-with ``CDANET_NATIVE=0``, the torch implementation runs instead: same semantics, float rounding aside.
+loaded with :mod:`ctypes`. Where no compiler works, or with ``CDANET_NATIVE=0``, the torch
+implementation runs instead: same semantics, float rounding aside.
 """
 
 from __future__ import annotations
@@ -149,6 +149,11 @@ def _native_for(*tensors: Tensor | None) -> _Lib | None:
     return library()
 
 
+def _out_of_range(idx: Tensor, num_rows: int) -> IndexError:
+    return IndexError(f"row ids outside [0, {num_rows}) in a table lookup's indices "
+                      f"(values {int(idx.min())}..{int(idx.max())})")
+
+
 def coalesce_grad(idx: Tensor, grad: Tensor, slot_weights: Tensor | None, pooled: bool,
                   num_rows: int) -> tuple[Tensor, Tensor]:
     """The gradient of a table lookup as ``(rows, values)``: distinct rows (ascending) and their summed gradients.
@@ -168,11 +173,15 @@ def coalesce_grad(idx: Tensor, grad: Tensor, slot_weights: Tensor | None, pooled
         pos = torch.empty(num_rows, dtype=torch.int32)
         uniq = torch.empty(idx.numel(), dtype=torch.int64)
         n = lib.coalesce(idx.data_ptr(), idx.numel(), num_rows, pos.data_ptr(), uniq.data_ptr())
+        if n < 0:
+            raise _out_of_range(idx, num_rows)
         values = torch.zeros(n, e, dtype=torch.float32)
         gsb, gss = (e, 0) if pooled else (s * e, e)
         lib.accumulate(idx.data_ptr(), b, s, grad.data_ptr(), gsb, gss,
                        None if weights is None else weights.data_ptr(), pos.data_ptr(), values.data_ptr(), e)
         return uniq[:n], values
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= num_rows):
+        raise _out_of_range(idx, num_rows)
     rows, inverse = torch.unique(idx, sorted=True, return_inverse=True)
     values = grad.new_zeros(rows.numel(), e)
     for slot in range(s):
@@ -215,6 +224,8 @@ def adam_rows_(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor,
     """
     bc1, bc2_sqrt = 1.0 - beta1**step, math.sqrt(1.0 - beta2**step)
     rows = rows.contiguous()
+    if not strictly_ascending(rows):
+        raise ValueError("adam_rows_ needs distinct rows in ascending order (a coalesced sparse gradient's)")
     if native_adam_available(param, exp_avg, exp_avg_sq, values) and rows.dtype == torch.int64:
         lib = _native_for(param)
         assert lib is not None

@@ -287,3 +287,12 @@ def test_unwritable_cache_builds_in_a_temporary_folder(fresh_library, monkeypatc
     # A second process finds the built file instead of compiling again.
     native.library.cache_clear()
     assert fresh_library().path == lib.path
+
+
+def test_kernels_reject_what_would_corrupt_memory(kernels: str) -> None:
+    with pytest.raises(IndexError):
+        native.coalesce_grad(torch.tensor([[1, 10]]), torch.ones(1, 2), None, True, 10)
+    table, m, v = torch.zeros(5, 2), torch.zeros(5, 2), torch.zeros(5, 2)
+    with pytest.raises(ValueError, match="ascending"):
+        native.adam_rows_(table, m, v, torch.tensor([3, 1]), torch.ones(2, 2), lazy=False, step=1, lr=0.1,
+                          beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
