@@ -50,10 +50,22 @@ void cdanet_accumulate_rows(const int64_t *idx, int64_t B, int64_t S, const floa
     }
 }
 
-/* One Adam step (the formulas of torch.optim.Adam, L2 weight decay) on the rows uniq[0..n) of the
- * rows x e tables p, m (exp_avg), v (exp_avg_sq), with the n x e gradient rows g. Other rows are not
- * touched. bc1 = 1 - beta1^step, bc2_sqrt = sqrt(1 - beta2^step). Rows are distinct, so threads never
- * share a row. */
+/* One Adam step (the formulas of torch.optim.Adam, L2 weight decay) on one row of e values: p, m
+ * (exp_avg) and v (exp_avg_sq) in place, with the gradient row g, or a zero gradient when g is NULL.
+ * step_size = lr / (1 - beta1^step), bc2_sqrt = sqrt(1 - beta2^step). */
+static inline void adam_row(float *restrict p, float *restrict m, float *restrict v, const float *restrict g,
+                            int64_t e, float beta1, float beta2, float eps, float weight_decay,
+                            float step_size, float bc2_sqrt) {
+    for (int64_t k = 0; k < e; k++) {
+        const float gk = (g ? g[k] : 0.0f) + weight_decay * p[k];
+        m[k] += (1.0f - beta1) * (gk - m[k]);
+        v[k] = beta2 * v[k] + (1.0f - beta2) * gk * gk;
+        p[k] -= step_size * m[k] / (sqrtf(v[k]) / bc2_sqrt + eps);
+    }
+}
+
+/* Adam (adam_row) on the rows uniq[0..n) of the rows x e tables p, m, v, with the n x e gradient rows
+ * g. Other rows are not touched. bc1 = 1 - beta1^step. Rows are distinct, so threads never share a row. */
 void cdanet_lazy_adam_rows(float *restrict p, float *restrict m, float *restrict v, int64_t e,
                            const int64_t *uniq, int64_t n, const float *restrict g, float lr, float beta1,
                            float beta2, float eps, float weight_decay, float bc1, float bc2_sqrt,
@@ -63,22 +75,15 @@ void cdanet_lazy_adam_rows(float *restrict p, float *restrict m, float *restrict
 #pragma omp parallel for schedule(static) num_threads(num_threads)
     for (int64_t i = 0; i < n; i++) {
         const int64_t r = uniq[i];
-        float *restrict pr = p + r * e;
-        float *restrict mr = m + r * e;
-        float *restrict vr = v + r * e;
-        const float *restrict gr = g + i * e;
-        for (int64_t k = 0; k < e; k++) {
-            const float gk = gr[k] + weight_decay * pr[k];
-            mr[k] += (1.0f - beta1) * (gk - mr[k]);
-            vr[k] = beta2 * vr[k] + (1.0f - beta2) * gk * gk;
-            pr[k] -= step_size * mr[k] / (sqrtf(vr[k]) / bc2_sqrt + eps);
-        }
+        adam_row(p + r * e, m + r * e, v + r * e, g + i * e, e, beta1, beta2, eps, weight_decay, step_size,
+                 bc2_sqrt);
     }
 }
 
-/* One Adam step on every row of the rows x e tables p, m, v, where only the rows uniq[0..n) (ascending)
- * have a nonzero gradient, given as the n x e rows g: torch.optim.Adam's result for the dense gradient,
- * in one streaming pass that never builds it. Each thread takes a contiguous range of rows. */
+/* Adam (adam_row) on every row of the rows x e tables p, m, v, where only the rows uniq[0..n)
+ * (ascending) have a nonzero gradient, given as the n x e rows g: torch.optim.Adam's result for the
+ * dense gradient, in one streaming pass that never builds it. Each thread takes a contiguous range
+ * of rows. */
 void cdanet_dense_adam_rows(float *restrict p, float *restrict m, float *restrict v, int64_t rows, int64_t e,
                             const int64_t *uniq, int64_t n, const float *restrict g, float lr, float beta1,
                             float beta2, float eps, float weight_decay, float bc1, float bc2_sqrt,
@@ -100,26 +105,9 @@ void cdanet_dense_adam_rows(float *restrict p, float *restrict m, float *restric
         }
         int64_t j = lo;
         for (int64_t r = r0; r < r1; r++) {
-            float *restrict pr = p + r * e;
-            float *restrict mr = m + r * e;
-            float *restrict vr = v + r * e;
-            if (j < n && uniq[j] == r) {
-                const float *restrict gr = g + j * e;
-                j++;
-                for (int64_t k = 0; k < e; k++) {
-                    const float gk = gr[k] + weight_decay * pr[k];
-                    mr[k] += (1.0f - beta1) * (gk - mr[k]);
-                    vr[k] = beta2 * vr[k] + (1.0f - beta2) * gk * gk;
-                    pr[k] -= step_size * mr[k] / (sqrtf(vr[k]) / bc2_sqrt + eps);
-                }
-            } else {
-                for (int64_t k = 0; k < e; k++) {
-                    const float gk = weight_decay * pr[k];
-                    mr[k] += (1.0f - beta1) * (gk - mr[k]);
-                    vr[k] = beta2 * vr[k] + (1.0f - beta2) * gk * gk;
-                    pr[k] -= step_size * mr[k] / (sqrtf(vr[k]) / bc2_sqrt + eps);
-                }
-            }
+            const float *gr = (j < n && uniq[j] == r) ? g + (j++) * e : 0;
+            adam_row(p + r * e, m + r * e, v + r * e, gr, e, beta1, beta2, eps, weight_decay, step_size,
+                     bc2_sqrt);
         }
     }
 }

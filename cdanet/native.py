@@ -149,6 +149,21 @@ def _native_for(*tensors: Tensor | None) -> _Lib | None:
     return library()
 
 
+def index_add_slots_(out: Tensor, index: Tensor, grad: Tensor, slot_weights: Tensor | None,
+                     pooled: bool) -> Tensor:
+    """``out[index[b, s]] += w[b, s] * grad[b(, s)]`` over all (b, s), one ``index_add_`` per slot; returns ``out``.
+
+    The gradient of a lookup into the rows of ``out`` (shapes as in :func:`coalesce_grad`). Accumulation
+    runs in index order: deterministic on CPU.
+    """
+    for slot in range(index.shape[1]):
+        g = grad if pooled else grad[:, slot]
+        if slot_weights is not None:
+            g = g * slot_weights[:, slot, None]
+        out.index_add_(0, index[:, slot], g)
+    return out
+
+
 def _out_of_range(idx: Tensor, num_rows: int) -> IndexError:
     return IndexError(f"row ids outside [0, {num_rows}) in a table lookup's indices "
                       f"(values {int(idx.min())}..{int(idx.max())})")
@@ -183,13 +198,7 @@ def coalesce_grad(idx: Tensor, grad: Tensor, slot_weights: Tensor | None, pooled
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= num_rows):
         raise _out_of_range(idx, num_rows)
     rows, inverse = torch.unique(idx, sorted=True, return_inverse=True)
-    values = grad.new_zeros(rows.numel(), e)
-    for slot in range(s):
-        g = grad if pooled else grad[:, slot]
-        if slot_weights is not None:
-            g = g * slot_weights[:, slot, None]
-        values.index_add_(0, inverse[:, slot], g)
-    return rows, values
+    return rows, index_add_slots_(grad.new_zeros(rows.numel(), e), inverse, grad, slot_weights, pooled)
 
 
 def strictly_ascending(rows: Tensor) -> bool:
@@ -198,12 +207,6 @@ def strictly_ascending(rows: Tensor) -> bool:
     if lib is not None and rows.dtype == torch.int64 and rows.is_contiguous():
         return bool(lib.ascending(rows.data_ptr(), rows.numel()))
     return rows.numel() < 2 or bool((rows[1:] > rows[:-1]).all())
-
-
-def native_adam_available(*tensors: Tensor) -> bool:
-    """Whether :func:`adam_rows_` runs the C kernels for these tensors (CPU, float32, contiguous)."""
-    return (all(t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
-            and _native_for(*tensors) is not None)
 
 
 @torch.no_grad()
@@ -226,9 +229,10 @@ def adam_rows_(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor,
     rows = rows.contiguous()
     if not strictly_ascending(rows):
         raise ValueError("adam_rows_ needs distinct rows in ascending order (a coalesced sparse gradient's)")
-    if native_adam_available(param, exp_avg, exp_avg_sq, values) and rows.dtype == torch.int64:
-        lib = _native_for(param)
-        assert lib is not None
+    tables = (param, exp_avg, exp_avg_sq, values)
+    lib = _native_for(*tables)
+    if (lib is not None and rows.dtype == torch.int64
+            and all(t.dtype == torch.float32 and t.is_contiguous() for t in tables)):
         args = (rows.data_ptr(), rows.numel(), values.data_ptr(), lr, beta1, beta2, eps, weight_decay, bc1,
                 bc2_sqrt, torch.get_num_threads())
         if lazy:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdanet.features import DomainSchema, FieldKind, FieldSpec
-from cdanet.native import coalesce_grad
+from cdanet.native import coalesce_grad, index_add_slots_
 
 COMBINERS: tuple[str, ...] = ("linear", "concat", "sum")
 
@@ -47,12 +47,7 @@ class _Lookup(torch.autograd.Function):
                                           is_coalesced=True, check_invariants=False)
             return out, None, None, None, None
         out = torch.zeros(ctx.rows, grad.shape[-1], dtype=grad.dtype, device=grad.device)
-        for slot in range(idx.shape[1]):
-            g = grad if ctx.pool else grad[:, slot]
-            if slot_weights is not None:
-                g = g * slot_weights[:, slot, None]
-            out.index_add_(0, idx[:, slot], g)
-        return out, None, None, None, None
+        return index_add_slots_(out, idx, grad, slot_weights, ctx.pool), None, None, None, None
 
 
 class DomainEmbedding(nn.Module):
