@@ -15,6 +15,7 @@ from cdanet.data import DomainData, TwoDomainSampler, load_split, stable_seed
 from cdanet.evaluation import evaluate
 from cdanet.features import load_schemas
 from cdanet.models import build_model
+from cdanet.training.trainer import eval_points
 from cdanet.training import (
     CheckpointMismatchError,
     NonFiniteLossError,
@@ -68,8 +69,35 @@ def test_early_stopping_restores_the_best_epoch(processed_dir, train_val) -> Non
     aucs = [h["val_auc_movie"] for h in result.history]
     assert result.stopped_early and len(aucs) < 25
     assert result.best_epoch == len(aucs) - 1  # patience 1: one epoch without improvement
-    assert result.best_val_auc == max(aucs) == aucs[result.best_epoch - 1]
+    assert result.best_val_auc == max(aucs) == aucs[int(result.best_epoch) - 1]
     assert aucs[-1] < result.best_val_auc
+    restored = evaluate(model, {"movie": val["movie"]}, split="validation").domains["movie"].auc
+    assert restored == pytest.approx(result.best_val_auc, abs=1e-12)
+
+
+def test_eval_points_are_evenly_spaced_and_end_the_epoch() -> None:
+    assert eval_points(100, 1) == [100]
+    assert eval_points(100, 4) == [25, 50, 75, 100]
+    assert eval_points(10, 3) == [3, 7, 10]
+    assert eval_points(3, 10) == [1, 2, 3]  # never more validations than steps
+
+
+def test_validation_inside_the_epoch_stops_and_restores_at_that_point(processed_dir, train_val) -> None:
+    # Several validations per epoch: the history has one entry per validation, at fractional epochs, and
+    # early stopping can end the run mid-epoch with the weights of the best validation point.
+    cfg = _cfg("mlp", "train.learning_rate=0.05", "train.max_epochs=25", "train.patience=2",
+               "train.evals_per_epoch=4")
+    model = _fresh(cfg, processed_dir)
+    train, val = train_val
+    result = train_model(model, train, val, cfg, "train")
+    points = [h["epoch"] for h in result.history]
+    assert 0 < points[0] < 1 and points[3] == 1.0 and len(points) > 4  # four validations in the first epoch
+    assert all(b > a for a, b in zip(points, points[1:], strict=False))
+    aucs = [h["val_auc_movie"] for h in result.history]
+    assert result.stopped_early and len(aucs) == aucs.index(max(aucs)) + 1 + 2  # patience 2 validations
+    assert result.best_epoch == points[aucs.index(max(aucs))]
+    steps = [h["step"] for h in result.history]
+    assert sum(h["steps"] for h in result.history) == steps[-1]
     restored = evaluate(model, {"movie": val["movie"]}, split="validation").domains["movie"].auc
     assert restored == pytest.approx(result.best_val_auc, abs=1e-12)
 

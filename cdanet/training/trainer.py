@@ -59,10 +59,14 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class TrainResult:
-    """Outcome of one :func:`train_model` call. ``best_epoch`` is 1-based, like ``history[i]["epoch"]``."""
+    """Outcome of one :func:`train_model` call.
+
+    ``history`` has one entry per validation; ``best_epoch`` is the best validation's point in epochs
+    trained, like ``history[i]["epoch"]`` (1.0 = the end of the first epoch).
+    """
 
     history: list[dict[str, Any]]
-    best_epoch: int
+    best_epoch: float
     best_val_auc: float
     stopped_early: bool
     stage: str = ""
@@ -74,15 +78,19 @@ class TrainResult:
 
 @dataclass
 class _EarlyStopping:
-    """Patience on a metric that should increase (validation AUC of the target domain)."""
+    """Patience on a metric that should increase (validation AUC of the target domain).
+
+    Counted in validations, which run ``train.evals_per_epoch`` times per epoch; ``best_epoch`` is
+    the point of the best one in epochs trained (1.0 at the end of the first epoch, 0.25 a quarter in).
+    """
 
     patience: int
     best: float = -math.inf
-    best_epoch: int = 0
-    bad_epochs: int = 0
+    best_epoch: float = 0
+    bad_epochs: int = 0  # validations since the best one
     stopped: bool = False
 
-    def update(self, value: float, epoch: int) -> bool:
+    def update(self, value: float, epoch: float) -> bool:
         """Record ``value``; True if it is a new best (strictly greater)."""
         if value > self.best:
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
@@ -141,6 +149,13 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def eval_points(steps: int, evals_per_epoch: int) -> list[int]:
+    """The 1-based steps of an epoch after which the model is validated: ``evals_per_epoch`` evenly
+    spaced points, the last one at the epoch's end (fewer when the epoch has fewer steps)."""
+    n = max(1, min(evals_per_epoch, steps))
+    return sorted({max(1, round(steps * k / n)) for k in range(1, n + 1)})
+
+
 def _train_one_epoch(
     model: nn.Module,
     sampler: TwoDomainSampler,
@@ -152,18 +167,26 @@ def _train_one_epoch(
     epoch: int,
     max_epochs: int,
     show_progress: bool,
-) -> dict[str, float]:
-    """One pass of ``sampler`` (epoch is 1-based); returns mean loss (+ parts), steps, samples, throughput."""
+    evals_per_epoch: int = 1,
+    on_segment: Callable[[int, dict[str, float]], bool] | None = None,
+) -> None:
+    """One pass of ``sampler`` (epoch is 1-based), split into ``evals_per_epoch`` segments.
+
+    After each segment ``on_segment(steps_done, stats)`` is called with the segment's mean loss
+    (+ parts), steps, samples and throughput; when it returns True (early stop) the epoch ends there.
+    """
     device = next(model.parameters()).device
-    model.train()
-    watch = _NonFiniteWatch(device)
-    loss_sum = torch.zeros((), device=device)
-    part_sums: dict[str, torch.Tensor] = {}
-    samples = 0
     steps = len(sampler)
+    points = eval_points(steps, evals_per_epoch)
     bar = tqdm(total=steps, desc=f"{stage} {epoch}/{max_epochs}", unit="step", leave=False,
                disable=not show_progress, dynamic_ncols=True)
-    start = time.perf_counter()
+
+    def fresh() -> tuple[_NonFiniteWatch, torch.Tensor, dict[str, torch.Tensor], float]:
+        return _NonFiniteWatch(device), torch.zeros((), device=device), {}, time.perf_counter()
+
+    model.train()
+    watch, loss_sum, part_sums, start = fresh()
+    samples, seg_start_step = 0, 0
     try:
         for step, batches in enumerate(sampler.epoch(epoch - 1)):
             with autocast:
@@ -177,23 +200,33 @@ def _train_one_epoch(
             for name, value in out.parts.items():
                 part_sums[name] = part_sums.get(name, 0.0) + value.detach().float()
             samples += sum(len(b) for b in batches.values())
-            if (step + 1) % _SYNC_EVERY == 0 or step + 1 == steps:
+            done = step + 1
+            if done % _SYNC_EVERY == 0 or done in points:
                 watch.check(stage, epoch)  # the one host sync of this window
                 if show_progress:
-                    bar.update(step + 1 - bar.n)
+                    bar.update(done - bar.n)
                     elapsed = max(time.perf_counter() - start, 1e-9)
-                    bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4f}", samples_s=f"{samples / elapsed:,.0f}")
+                    bar.set_postfix(loss=f"{loss_sum.item() / (done - seg_start_step):.4f}",
+                                    samples_s=f"{samples / elapsed:,.0f}")
+            if done in points:
+                seconds = time.perf_counter() - start
+                n = done - seg_start_step
+                stats = {
+                    "train_loss": loss_sum.item() / n,
+                    **{f"train_loss_{k}": float(v) / n for k, v in part_sums.items()},
+                    "steps": n,
+                    "samples": samples,
+                    "samples_per_s": samples / max(seconds, 1e-9),
+                    "train_seconds": seconds,
+                }
+                stop = on_segment(done, stats) if on_segment is not None else False
+                if stop:
+                    break
+                model.train()
+                watch, loss_sum, part_sums, start = fresh()
+                samples, seg_start_step = 0, done
     finally:
         bar.close()
-    seconds = time.perf_counter() - start
-    return {
-        "train_loss": loss_sum.item() / steps,
-        **{f"train_loss_{k}": float(v) / steps for k, v in part_sums.items()},
-        "steps": steps,
-        "samples": samples,
-        "samples_per_s": samples / max(seconds, 1e-9),
-        "train_seconds": seconds,
-    }
 
 
 def train_model(
@@ -219,7 +252,8 @@ def train_model(
         checkpoint_dir: when given, a checkpoint is written there after every epoch, and an
             existing checkpoint of the same run (config, schemas, stage, model class, data size)
             is resumed; one of a different run raises ``CheckpointMismatchError``.
-        on_epoch_end: called with each epoch's history entry after its checkpoint is written.
+        on_epoch_end: called with each validation's history entry (``train.evals_per_epoch`` per
+            epoch; at an epoch's end after its checkpoint is written).
 
     Raises:
         NonFiniteLossError: a NaN/inf loss (the weights are then undefined; the last checkpoint is not).
@@ -286,51 +320,67 @@ def train_model(
     from cdanet.losses import compute_loss  # the models/losses modules import torch-heavy code lazily
 
     show_progress = t.progress and sys.stderr.isatty()
+    steps_per_epoch = len(sampler)
+
+    def checkpoint(epoch: int) -> None:
+        if ckpt is None:
+            return
+        save_checkpoint(ckpt, {
+            "fingerprint": fingerprint(identity),
+            "identity": identity,
+            "stage": stage,
+            "epoch": epoch,
+            "model": _cpu_state(model),
+            "optimizer": optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+            "history": history,
+            "early_stopping": {k: v for k, v in asdict(stopper).items() if k != "patience"},
+            "best_state": best_state,
+        })
+
     for epoch in range(done + 1, max_epochs + 1):
         if stopper.stopped:
             break
-        stats = _train_one_epoch(
-            model, sampler, optimizer, compute_loss, autocast, stage=stage, epoch=epoch, max_epochs=max_epochs,
-            show_progress=show_progress,
-        )
-        val_start = time.perf_counter()
-        val_result = evaluate(model, val_dev, split="validation", batch_size=t.eval_batch_size, device=device)
-        target_auc = val_result[target].auc
-        if stopper.update(target_auc, epoch):
-            best_state = _cpu_state(model)
-        entry: dict[str, Any] = {
-            "stage": stage,
-            "epoch": epoch,
-            **stats,
-            **{f"val_auc_{d}": m.auc for d, m in val_result.domains.items()},
-            **{f"val_logloss_{d}": m.logloss for d, m in val_result.domains.items()},
-            "seconds": stats["train_seconds"] + (time.perf_counter() - val_start),
-            "learning_rate": lr,
-        }
-        history.append(entry)
-        logger.info(
-            "%s epoch %d/%d: loss %.4f, val %s AUC %.4f (best %.4f @ %d), %.0f samples/s, %.1fs",
-            stage, epoch, max_epochs, entry["train_loss"], target, target_auc, stopper.best,
-            stopper.best_epoch, entry["samples_per_s"], entry["seconds"],
-        )
-        if ckpt is not None:
-            save_checkpoint(ckpt, {
-                "fingerprint": fingerprint(identity),
-                "identity": identity,
+
+        def on_segment(steps_done: int, stats: dict[str, float], epoch: int = epoch) -> bool:
+            nonlocal best_state
+            # Epochs trained so far: 1.0 at the end of the first epoch, 0.25 a quarter into it.
+            point = round(epoch - 1 + steps_done / steps_per_epoch, 4)
+            val_start = time.perf_counter()
+            val_result = evaluate(model, val_dev, split="validation", batch_size=t.eval_batch_size, device=device)
+            target_auc = val_result[target].auc
+            if stopper.update(target_auc, point):
+                best_state = _cpu_state(model)
+            entry: dict[str, Any] = {
                 "stage": stage,
-                "epoch": epoch,
-                "model": _cpu_state(model),
-                "optimizer": optimizer.state_dict(),
-                "rng": torch.get_rng_state(),
-                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-                "history": history,
-                "early_stopping": {k: v for k, v in asdict(stopper).items() if k != "patience"},
-                "best_state": best_state,
-            })
-        if on_epoch_end is not None:
-            on_epoch_end(entry)
-        if stopper.stopped:
-            logger.info("%s: early stop after epoch %d (no better %s AUC for %d epochs)", stage, epoch, target, t.patience)
+                "epoch": point,
+                "step": (epoch - 1) * steps_per_epoch + steps_done,
+                **stats,
+                **{f"val_auc_{d}": m.auc for d, m in val_result.domains.items()},
+                **{f"val_logloss_{d}": m.logloss for d, m in val_result.domains.items()},
+                "seconds": stats["train_seconds"] + (time.perf_counter() - val_start),
+                "learning_rate": lr,
+            }
+            history.append(entry)
+            logger.info(
+                "%s epoch %g/%d: loss %.4f, val %s AUC %.4f (best %.4f @ %g), %.0f samples/s, %.1fs",
+                stage, point, max_epochs, entry["train_loss"], target, target_auc, stopper.best,
+                stopper.best_epoch, entry["samples_per_s"], entry["seconds"],
+            )
+            if steps_done == steps_per_epoch or stopper.stopped:
+                checkpoint(epoch)
+            if on_epoch_end is not None:
+                on_epoch_end(entry)
+            if stopper.stopped:
+                logger.info("%s: early stop at epoch %g (no better %s AUC for %d validations)", stage, point,
+                            target, t.patience)
+            return stopper.stopped
+
+        _train_one_epoch(
+            model, sampler, optimizer, compute_loss, autocast, stage=stage, epoch=epoch, max_epochs=max_epochs,
+            show_progress=show_progress, evals_per_epoch=t.evals_per_epoch, on_segment=on_segment,
+        )
 
     if best_state is not None:
         model.load_state_dict(best_state)
