@@ -27,7 +27,7 @@ from datetime import datetime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_EPOCH = re.compile(r"(pretrain|finetune) epoch (\d+)/\d+: .*\(best [\d.]+ @ (\d+)\), (\d+) samples/s")
+_EPOCH = re.compile(r"(pretrain|finetune) epoch ([\d.]+)/\d+: .*\(best [\d.]+ @ ([\d.]+)\), (\d+) samples/s")
 _EVENT = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - INFO - (?:Executing task '([\w-]+)'|Task '([\w-]+)' finished)")
 
 
@@ -71,16 +71,19 @@ def run_scale(scale: str, params: list[str], workdir: str) -> dict[str, object]:
 
 
 def training_epochs(log_path: str) -> dict[str, dict[str, float]]:
-    """Per training step: epochs run, best epoch and median samples/s, from the trainer's epoch lines."""
+    """Per training step: epochs run (the last validation's point, fractional when training stopped
+    inside an epoch), best epoch and median samples/s, from the trainer's validation lines."""
     rates: dict[str, list[float]] = {}
-    best: dict[str, int] = {}
+    best: dict[str, float] = {}
+    last: dict[str, float] = {}
     with open(log_path) as fh:
         for line in fh:
             m = _EPOCH.search(_ANSI.sub("", line))
             if m:
                 rates.setdefault(m.group(1), []).append(float(m.group(4)))
-                best[m.group(1)] = int(m.group(3))
-    return {stage: {"epochs": len(r), "best_epoch": best[stage], "median_samples_per_s": statistics.median(r)}
+                best[m.group(1)] = float(m.group(3))
+                last[m.group(1)] = float(m.group(2))
+    return {stage: {"epochs": last[stage], "best_epoch": best[stage], "median_samples_per_s": statistics.median(r)}
             for stage, r in rates.items()}
 
 

@@ -100,10 +100,11 @@ def test_bench_pipeline_reads_epochs_and_throughput_from_the_trainer_log(tmp_pat
         prefix + "pretrain epoch 1/30: loss 1.18, val movie AUC 0.5971 (best 0.5971 @ 1), 139937 samples/s, 1.2s\n"
         + prefix + "pretrain epoch 2/30: loss 0.97, val movie AUC 0.6589 (best 0.6589 @ 2), 133472 samples/s, 1.3s\n"
         + prefix + "pretrain epoch 3/30: loss 0.89, val movie AUC 0.6475 (best 0.6589 @ 2), 100000 samples/s, 1.3s\n"
-        + prefix + "\x1b[32mfinetune epoch 1/30: loss 0.54, val movie AUC 0.6586 (best 0.6586 @ 1), 94424 samples/s, 0.3s\n"
+        + prefix + "\x1b[32mfinetune epoch 0.5/30: loss 0.54, val movie AUC 0.6586 (best 0.6586 @ 0.5), 94424 samples/s, 0.3s\n"
+        + prefix + "finetune epoch 1/30: loss 0.52, val movie AUC 0.6581 (best 0.6586 @ 0.5), 94422 samples/s, 0.3s\n"
         + "unrelated line with 5 samples/s\n"
     )
     assert training_epochs(str(log)) == {
         "pretrain": {"epochs": 3, "best_epoch": 2, "median_samples_per_s": 133472.0},
-        "finetune": {"epochs": 1, "best_epoch": 1, "median_samples_per_s": 94424.0},
+        "finetune": {"epochs": 1, "best_epoch": 0.5, "median_samples_per_s": 94423.0},
     }
