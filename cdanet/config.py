@@ -57,6 +57,10 @@ class ModelConfig:
     tower_layers_by_domain: dict[str, int] = field(default_factory=dict)  # per-domain override
     tower_hidden: int = 64
     dropout: float = 0.0
+    # Departs from the paper (named option): the target's users also read the source domain's user
+    # embedding of the same raw user id (cdanet.models.base.DomainModel.embed), so a user's rows in the
+    # rich domain shape their representation in the sparse one. Two-domain models only; off = the paper.
+    shared_users: bool = False
     alpha: float = 0.01  # weight of L^cross (Eq. 9)
     beta: float = 0.1  # weight of L^orth (Eq. 9, 11)
     ablation: str = "none"
@@ -136,6 +140,9 @@ class ExperimentConfig:
             errors.append(f"unknown ablation {m.ablation!r}; expected one of {ABLATIONS}")
         elif m.ablation != "none" and m.name != "cdanet":
             errors.append(f"ablation {m.ablation!r} only applies to model 'cdanet', not {m.name!r}")
+        if m.shared_users and m.embedding_combiner != "linear":
+            errors.append(f"model.shared_users needs embedding_combiner 'linear' (user vectors of width d), "
+                          f"not {m.embedding_combiner!r}")
         if m.embedding_combiner not in EMBEDDING_COMBINERS:
             errors.append(f"unknown embedding_combiner {m.embedding_combiner!r}; expected {EMBEDDING_COMBINERS}")
         for name in ("alpha", "beta", "dropout", "ddtcdr_orth_weight"):

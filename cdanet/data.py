@@ -388,6 +388,15 @@ def load_vocabularies(processed_root: str, schema: DomainSchema) -> dict[str, Vo
     return read_vocabularies(vocab_dir, schema)
 
 
+def user_link(processed_root: str, source: DomainSchema, target: DomainSchema, field: str = "user_id") -> np.ndarray | None:
+    """int64 ``[target's user vocab]``: for each target user index, the source's index of the same raw
+    user id (0 when the source never saw that user); None when the processed data has no vocabularies."""
+    vocabs = {s.domain: load_vocabularies(processed_root, s) for s in (source, target)}
+    if vocabs[source.domain] is None or vocabs[target.domain] is None:
+        return None
+    return vocab_lookup(vocabs[target.domain][field], vocabs[source.domain][field])
+
+
 def write_vocabularies(vocab_dir: str, vocabs: Mapping[str, Sequence[str]]) -> None:
     """Write ``<vocab_dir>/<field>.txt`` in the preprocessing format (the inverse of :func:`read_vocabularies`)."""
     os.makedirs(vocab_dir, exist_ok=True)

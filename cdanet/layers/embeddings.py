@@ -165,6 +165,15 @@ class DomainEmbedding(nn.Module):
         start = self._row_offset[field]
         return self.weight[start : start + self.schema.field(field).vocab_size]
 
+    def rows(self, field: str, idx: Tensor) -> Tensor:
+        """The vectors of ``field``'s indices ``idx`` (int64 ``B``): ``B x width``, gradients as for the
+        other lookups (sparse when :attr:`sparse_grad`)."""
+        if field not in self._row_offset:
+            raise KeyError(f"domain {self.domain!r} has no categorical field {field!r}")
+        assert self.weight is not None
+        slots = (idx + self._row_offset[field]).unsqueeze(1)  # B x 1: one slot, pooled
+        return _Lookup.apply(self.weight, slots, None, True, self.sparse_grad)
+
     def _indices(self, features: Mapping[str, Tensor]) -> Tensor:
         """The raw (unshifted) index slots ``B x S`` of all categorical and multi-hot fields."""
         cols = []

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from cdanet.batch import Batch
 from cdanet.config import ConfigError, ExperimentConfig
 from cdanet.features import DomainSchema, SchemaError
 from cdanet.layers import DomainEmbedding
+
+#: The field that names a user in both domains' schemas (``model.shared_users``).
+USER_FIELD = "user_id"
 
 
 def check_inputs(cfg: ExperimentConfig, schemas: Mapping[str, DomainSchema]) -> None:
@@ -54,6 +58,26 @@ class DomainModel(nn.Module):
         self.embeddings = nn.ModuleDict(
             {dom: DomainEmbedding(schemas[dom], m.d, m.embedding_dim, m.embedding_combiner) for dom in embedded}
         )
+        # model.shared_users: user_link[i] = the source's user index of the target's user i (0: none).
+        self.user_link: Tensor | None
+        self.register_buffer("user_link", None)
+        if m.shared_users and self.source in embedded and self.target in embedded:
+            for dom in (self.source, self.target):
+                if USER_FIELD not in self.schemas[dom].field_names:
+                    raise SchemaError(f"model.shared_users needs a {USER_FIELD!r} field in domain {dom!r}")
+            size = self.schemas[self.target].field(USER_FIELD).vocab_size
+            self.register_buffer("user_link", torch.zeros(size, dtype=torch.long))
+
+    def link_users(self, link: Tensor) -> None:
+        """Set :attr:`user_link` (int64 ``[target user vocab]``, values in the source's user vocab)."""
+        if self.user_link is None:
+            raise ValueError(f"{type(self).__name__} was built without model.shared_users")
+        if link.shape != self.user_link.shape:
+            raise ValueError(f"user link of shape {list(link.shape)}, expected {list(self.user_link.shape)}")
+        bound = self.schemas[self.source].field(USER_FIELD).vocab_size
+        if bool(((link < 0) | (link >= bound)).any()):
+            raise ValueError(f"user link values must lie in [0, {bound}) (the source's user vocabulary)")
+        self.user_link.copy_(link)
 
     def present(self, batches: Mapping[str, Batch], domains: Iterable[str] | None = None) -> list[str]:
         """The domains of ``domains`` (default: ``eval_domains``) present in ``batches``; raises if none."""
@@ -66,5 +90,14 @@ class DomainModel(nn.Module):
         return doms
 
     def embed(self, batches: Mapping[str, Batch], domains: Iterable[str]) -> dict[str, Tensor]:
-        """``h_d = H_d(x_d)`` (Eq. 1) for each of ``domains``: ``{domain: B_d x d}``."""
-        return {d: self.embeddings[d](batches[d].features) for d in domains}
+        """``h_d = H_d(x_d)`` (Eq. 1) for each of ``domains``: ``{domain: B_d x d}``.
+
+        With ``model.shared_users`` the target's ``h`` adds the source's user vector of the same user
+        (the source's OOV user vector for users the source has never seen).
+        """
+        h = {d: self.embeddings[d](batches[d].features) for d in domains}
+        t = self.target
+        if self.user_link is not None and t in h:
+            users = self.user_link[batches[t].features[USER_FIELD]]
+            h[t] = h[t] + self.embeddings[self.source].rows(USER_FIELD, users)
+        return h

@@ -11,7 +11,7 @@ from cdanet.batch import Batch
 from cdanet.config import ConfigError, ExperimentConfig
 from cdanet.features import DomainSchema
 from cdanet.layers import MMoE, SharedMLPExtractor, Tower, Translator
-from cdanet.models.base import DomainModel
+from cdanet.models.base import USER_FIELD, DomainModel
 
 
 def build_extractor(cfg: ExperimentConfig, domains: Sequence[str]) -> MMoE | SharedMLPExtractor:
@@ -134,6 +134,12 @@ class AugmentationNetwork(DomainModel):
             # load_state_dict copies values into aug's own tensors: a deep copy, nothing is shared.
             with torch.no_grad():
                 aug.embeddings[t].load_state_dict(net.embeddings[t].state_dict())
+                if net.user_link is not None and t == net.target:
+                    # h_t's linear embedding sums its field vectors, so the linked source user vectors
+                    # fold into the target's user rows: stage 2 keeps the paper's architecture.
+                    s = net.source
+                    linked = net.embeddings[s].table(USER_FIELD)[net.user_link]
+                    aug.embeddings[t].table(USER_FIELD).add_(linked)
                 aug.extractor.load_state_dict(extractor_state)
                 aug.translator.load_state_dict(net.translators[t].state_dict())
         except RuntimeError as e:

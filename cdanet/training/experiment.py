@@ -29,7 +29,7 @@ from torch import nn
 from cdanet.artifacts import KIND_TRANSLATION, LoadedModel, load_model_dir, read_model_config, save_model_dir
 from cdanet.atomic import write_json
 from cdanet.config import ConfigError, ExperimentConfig
-from cdanet.data import DomainData, load_split, stable_seed
+from cdanet.data import DomainData, load_split, stable_seed, user_link
 from cdanet.evaluation import EvaluationResult, evaluate
 from cdanet.features import DomainSchema, load_schemas
 from cdanet.training.trainer import TrainResult, resolve_device, train_model
@@ -98,11 +98,20 @@ def _load_for(model: nn.Module, cfg: ExperimentConfig, processed_root: str, sche
     return get("train", model.train_domains), get("validation", model.eval_domains)
 
 
-def _build_stage1(cfg: ExperimentConfig, schemas: dict[str, DomainSchema]) -> nn.Module:
+def _build_stage1(cfg: ExperimentConfig, schemas: dict[str, DomainSchema], processed_root: str) -> nn.Module:
     from cdanet.models import build_model
 
     torch.manual_seed(stable_seed(cfg.train.seed, "init", _stage1_name(cfg)))
-    return build_model(cfg, schemas)
+    model = build_model(cfg, schemas)
+    if getattr(model, "user_link", None) is not None:
+        link = user_link(processed_root, schemas[cfg.source_domain], schemas[cfg.target_domain])
+        if link is None:
+            logger.warning("model.shared_users: %s has no vocabularies, so no user is linked", processed_root)
+        else:
+            model.link_users(torch.from_numpy(link))
+            logger.info("model.shared_users: %d of %d %s users linked to %s users", int((link[1:] > 0).sum()),
+                        len(link) - 1, cfg.target_domain, cfg.source_domain)
+    return model
 
 
 def _build_stage2(cfg: ExperimentConfig, schemas: dict[str, DomainSchema], translation: nn.Module | None) -> nn.Module:
@@ -136,7 +145,7 @@ def run_experiment(
     plan = plan_stages(cfg)
     model: nn.Module | None = None
     if "pretrain" in plan:
-        model = _build_stage1(cfg, schemas)
+        model = _build_stage1(cfg, schemas, processed_root)
         train, val = _load_for(model, cfg, processed_root, schemas, cache)
         stage = _stage1_name(cfg)
         stages[stage] = train_model(model, train, val, cfg, stage, checkpoint_dir)
@@ -179,7 +188,7 @@ def pretrain(
     if "pretrain" not in plan_stages(cfg):
         raise ConfigError(f"ablation {cfg.model.ablation!r} has no stage 1; run finetune without a pretrained model")
     schemas = load_schemas(processed_root, cfg.domains)
-    model = _build_stage1(cfg, schemas)
+    model = _build_stage1(cfg, schemas, processed_root)
     train, val = _load_for(model, cfg, processed_root, schemas, {})
     result = train_model(model, train, val, cfg, _stage1_name(cfg), checkpoint_dir)
     save_model_dir(model, cfg, schemas, model_dir_out, extra=_stage_extra(result), history=result.history,
