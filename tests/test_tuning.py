@@ -1,0 +1,206 @@
+"""Hyperparameter search (``cdanet tune``): spaces and the study on tiny data.
+
+The studies run on a copy of the tiny processed data whose test split is deleted: a search that
+read it would fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import io
+import json
+import os
+import shutil
+
+import optuna
+import pytest
+import yaml
+
+from cdanet.cli import main
+from cdanet.config import ConfigError, ExperimentConfig, tiny_config
+from cdanet.tuning import (
+    STAGE_STEP_STRIDE,
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    SearchSpace,
+    SpaceError,
+    default_space,
+    run_study,
+    study_name_for,
+    validation_auc,
+)
+
+FIXED = ["train.num_threads=1"]  # a fixed thread count: the re-scored AUC must match the study's exactly
+
+
+@pytest.fixture(scope="module")
+def no_test_dir(processed_dir, tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("tune") / "processed")
+    shutil.copytree(processed_dir, root)
+    removed = glob.glob(os.path.join(root, "*", "test*.parquet"))
+    assert len(removed) == 2
+    for path in removed:
+        os.remove(path)
+    return root
+
+
+def _tune(argv: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["--log-level", "WARNING", "tune", *argv])
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def study(no_test_dir, tmp_path_factory):
+    """``cdanet tune`` on CDAnet, tiny profile, three trials; then resumed to four."""
+    output = str(tmp_path_factory.mktemp("study"))
+    argv = ["--processed", no_test_dir, "--output", output, "--profile", "tiny", "--model", "cdanet",
+            *(a for f in FIXED for a in ("--set", f))]
+    code, printed = _tune([*argv, "--trials", "3"])
+    assert code == 0, printed
+    rows_after_3 = _rows(output)
+    code, resumed = _tune([*argv, "--trials", "4"])
+    assert code == 0, resumed
+    return output, printed, rows_after_3, resumed
+
+
+def _rows(output: str) -> list[dict[str, str]]:
+    with open(os.path.join(output, "trials.csv")) as fh:
+        return list(csv.DictReader(fh))
+
+
+# ---- spaces ---------------------------------------------------------------------------------------
+
+
+def test_space_yaml_form_round_trips_and_default_spaces_are_valid(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "train.learning_rate: {type: float, low: 1e-4, high: 1e-2, log: true}\n"  # 1e-4 is a YAML string
+        "model.num_experts: {type: int, low: 1, high: 4}\n"
+        "train.embedding_update: [lazy, dense]\n"
+        "model.dropout: {type: float, low: 0.0, high: 0.4, step: 0.1}\n"
+    )
+    space = SearchSpace.load(str(path))
+    assert dict(space.params) == {
+        "train.learning_rate": FloatParam(1e-4, 1e-2, log=True),
+        "model.num_experts": IntParam(1, 4),
+        "train.embedding_update": CategoricalParam(("lazy", "dense")),
+        "model.dropout": FloatParam(0.0, 0.4, step=0.1),
+    }
+    assert SearchSpace.from_dict(yaml.safe_load(yaml.safe_dump(space.to_dict(), sort_keys=False))) == space
+    space.validate(tiny_config())
+    for model in ("cdanet", "mlp", "ddtcdr", "ple"):
+        for profile, make in (("tiny", tiny_config), ("paper", None)):
+            cfg = make("amazon", None, model) if make else ExperimentConfig().with_overrides({"model.name": model})
+            keys = default_space(model, profile).validate(cfg).keys
+            assert {"train.learning_rate", "model.dropout", "model.d", "train.batch_size"} <= set(keys)
+            assert ({"model.alpha", "model.beta"} <= set(keys)) == (model == "cdanet")
+
+
+@pytest.mark.parametrize(
+    ("spec", "fixed", "message"),
+    [
+        ({"model.nope": {"type": "float", "low": 0, "high": 1}}, [], r"model\.nope: unknown config key"),
+        ({"model.d": {"type": "float", "low": 4, "high": 64}}, [], r"model\.d: is an integer field; use type int"),
+        ({"train.learning_rate": {"type": "float", "low": 0.1, "high": 0.01}}, [], "low must be < high"),
+        ({"model.alpha": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, [], "log needs low > 0"),
+        ({"model.dropout": {"type": "float", "low": 0.0, "high": 1.0}}, [],
+         r"value 1\.0 gives an invalid config \(model\.dropout must be < 1, got 1\.0\)"),
+        ({"train.batch_size": {"type": "categorical", "choices": [64, "big"]}}, [],
+         r"is a int field; choices \['big'\] are not"),
+        ({"train.batch_size": {"type": "categorical", "choices": []}}, [], "choices is empty"),
+        ({"model.alpha": {"type": "uniform", "low": 0, "high": 1}}, [], "type must be one of"),
+        ({"model.alpha": {"type": "float", "low": 0.01, "hgh": 0.1}}, [], r"unknown field\(s\) \['hgh'\]"),
+        ({"model.alpha": {"type": "float", "low": 0.01, "high": 0.1}}, ["model.alpha"], "also fixed with --set"),
+        ({"model.name": ["mlp", "cdanet"]}, [], "not searchable"),
+        ({}, [], "expected a non-empty mapping"),
+    ],
+)
+def test_a_bad_space_is_rejected_in_one_line(spec, fixed, message):
+    with pytest.raises(SpaceError, match=message) as info:
+        SearchSpace.from_dict(spec).validate(tiny_config(), fixed)
+    assert "\n" not in str(info.value) and str(info.value).startswith("invalid search space: ")
+
+
+def test_the_cli_rejects_a_bad_space_before_reading_data(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text("model.dropout: {type: float, low: 0.0, high: 1.5}\ntrain.nope: [1, 2]\n")
+    out = tmp_path / "out"
+    code = main(["tune", "--processed", str(tmp_path / "missing"), "--output", str(out), "--profile", "tiny",
+                 "--space", str(space)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert err.startswith("cdanet tune: invalid search space: model.dropout: value 1.5 gives an invalid config")
+    assert "train.nope: unknown config key" in err
+    assert not out.exists()
+
+
+# ---- the study ----------------------------------------------------------------------------------
+
+
+def test_the_study_runs_the_trials_and_reports_the_best_validation_trial(study, no_test_dir):
+    output, printed, rows, _ = study
+    assert [r["number"] for r in rows] == ["0", "1", "2"]
+    assert {r["state"] for r in rows} == {"COMPLETE"}
+    values = [float(r["value"]) for r in rows]
+    assert len(set(values)) == 3 and all(0.0 < v < 1.0 for v in values)
+    winner = max(rows, key=lambda r: float(r["value"]))
+    assert f"best trial #{winner['number']}: validation AUC {float(winner['value']):.4f}" in printed
+
+    stored = optuna.load_study(study_name="cdanet-amazon-movie-cdanet",
+                               storage=f"sqlite:///{os.path.join(output, 'study.db')}")
+    assert stored.best_trial.number == int(winner["number"])
+    # Each validation of each stage was reported, stage 2 offset from stage 1 (tiny: 2 epochs per stage).
+    assert sorted(stored.trials[0].intermediate_values) == [0, 1, STAGE_STEP_STRIDE, STAGE_STEP_STRIDE + 1]
+
+
+def test_best_config_round_trips_with_the_winning_params_and_its_validation_auc(study, no_test_dir):
+    output, _, rows, _ = study
+    winner = max(rows, key=lambda r: float(r["value"]))
+    with open(os.path.join(output, "best_config.json")) as fh:
+        best = ExperimentConfig.from_dict(json.load(fh)).validate()
+    flat = {f"{s}.{k}": v for s in ("model", "train") for k, v in best.to_dict()[s].items()}
+    params = {k.removeprefix("params_"): json.loads(v) for k, v in winner.items() if k.startswith("params_")}
+    assert set(params) == set(default_space("cdanet", "tiny").keys)
+    assert {k: flat[k] for k in params} == params
+    assert (best.model.name, best.train.num_threads, best.train.max_epochs) == ("cdanet", 1, 2)  # profile + --set
+    # The trial's value is the validation AUC of exactly that config (training is deterministic on CPU).
+    value, stages = validation_auc(best, no_test_dir)
+    assert value == pytest.approx(float(winner["value"]), abs=1e-12)
+    assert set(stages) == {"pretrain", "finetune"}
+
+
+def test_a_study_resumes_and_refuses_a_different_space(study, no_test_dir):
+    output, _, first, resumed = study
+    rows = _rows(output)
+    assert [r["number"] for r in rows] == ["0", "1", "2", "3"]
+    assert rows[:3] == first  # the first three trials were kept, not re-run
+    assert "study: 4 trials (4 complete); 1 run now" in resumed
+    base = tiny_config().with_overrides(FIXED)
+    with pytest.raises(ConfigError, match="was run with a different space"):
+        run_study(base, no_test_dir, output, default_space("mlp", "tiny"), n_trials=5, fixed=FIXED)
+    assert len(_rows(output)) == 4
+
+
+class _PruneAfterSecondReport(optuna.pruners.BasePruner):
+    """Prunes every trial but the first at its second validation."""
+
+    def prune(self, study, trial) -> bool:
+        return trial.number > 0 and len(trial.intermediate_values) >= 2
+
+
+def test_pruned_trials_stop_training_and_never_win(no_test_dir, tmp_path):
+    base = tiny_config("amazon", None, "mlp").with_overrides([*FIXED, "train.max_epochs=4", "train.patience=4"])
+    space = SearchSpace.of({"train.learning_rate": FloatParam(1e-3, 3e-2, log=True)})
+    result = run_study(base, no_test_dir, str(tmp_path), space, n_trials=3, fixed=FIXED,
+                       pruner=_PruneAfterSecondReport())
+    trials = optuna.load_study(study_name=study_name_for(base), storage=result.storage_url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "PRUNED"]
+    assert [len(t.intermediate_values) for t in trials] == [4, 2, 2]  # pruned after 2 of 4 epochs
+    assert result.best_number == 0 and result.counts == {"COMPLETE": 1, "PRUNED": 2}
+    assert [r["state"] for r in _rows(str(tmp_path))] == ["COMPLETE", "PRUNED", "PRUNED"]
