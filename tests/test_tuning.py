@@ -1,4 +1,4 @@
-"""Hyperparameter search (``cdanet tune``): spaces and the study on tiny data.
+"""Hyperparameter search (``cdanet tune``): spaces, the study on tiny data, and the pipeline taking its winner.
 
 The studies run on a copy of the tiny processed data whose test split is deleted: a search that
 read it would fail.
@@ -18,6 +18,9 @@ import optuna
 import pytest
 import yaml
 
+import components as C
+import pipeline as P
+from cdanet import orchestration, steps
 from cdanet.cli import main
 from cdanet.config import ConfigError, ExperimentConfig, tiny_config
 from cdanet.tuning import (
@@ -30,6 +33,7 @@ from cdanet.tuning import (
     default_space,
     run_study,
     study_name_for,
+    tuned_overrides,
     validation_auc,
 )
 
@@ -204,3 +208,75 @@ def test_pruned_trials_stop_training_and_never_win(no_test_dir, tmp_path):
     assert [len(t.intermediate_values) for t in trials] == [4, 2, 2]  # pruned after 2 of 4 epochs
     assert result.best_number == 0 and result.counts == {"COMPLETE": 1, "PRUNED": 2}
     assert [r["state"] for r in _rows(str(tmp_path))] == ["COMPLETE", "PRUNED", "PRUNED"]
+
+
+# ---- the pipeline takes the winner ---------------------------------------------------------------
+
+
+def _configure(tmp_path, **overrides) -> steps.PipelineConfig:
+    raw = tmp_path / "raw"
+    raw.mkdir(exist_ok=True)
+    glove = tmp_path / "glove.txt"
+    glove.write_text("the 0.1 0.2\n")
+    kwargs = dict(dataset="amazon", target_domain="", raw_uri=str(raw), glove_uri=str(glove), profile="paper",
+                  alpha=None, beta=None, num_experts=2, latent_dim=64, max_epochs=7, batch_size=2048,
+                  learning_rate=0.001, seed=3, extra_overrides=[], min_auc=0.6, tolerance=0.0)
+    return steps.configure(**{**kwargs, **overrides})
+
+
+def test_configure_takes_the_tuned_hyperparameters(study, tmp_path):
+    output, _, _, _ = study
+    path = os.path.join(output, "best_config.json")
+    best = ExperimentConfig.from_dict(json.load(open(path)))
+    cfg = _configure(tmp_path, tuned_config_uri=path, extra_overrides=["model.dropout=0.3"]).experiment
+    flat = {f"{s}.{k}": v for s in ("model", "train") for k, v in cfg.to_dict()[s].items()}
+    expected = {**tuned_overrides(best), "model.dropout": 0.3}  # extra_overrides still win
+    assert {k: flat[k] for k in expected} == expected
+    assert (cfg.model.alpha, cfg.model.d) == (best.model.alpha, best.model.d)
+    assert (cfg.train.max_epochs, cfg.train.seed, cfg.train.num_threads) == (7, 3, 0)  # the pipeline's, not the study's
+    untuned = _configure(tmp_path).experiment
+    assert (untuned.model.alpha, untuned.model.d) == (0.01, 64)
+
+
+def test_configure_rejects_a_tuned_config_of_another_run(study, tmp_path):
+    output, _, _, _ = study
+    path = os.path.join(output, "best_config.json")
+    with pytest.raises(steps.PipelineParameterError, match="was tuned for amazon/movie, this run trains amazon/book"):
+        _configure(tmp_path, tuned_config_uri=path, target_domain="book")
+    mlp = tmp_path / "mlp.json"
+    mlp.write_text(tiny_config("amazon", None, "mlp").to_json())
+    with pytest.raises(steps.PipelineParameterError, match="holds model 'mlp'"):
+        _configure(tmp_path, tuned_config_uri=str(mlp))
+    with pytest.raises(steps.PipelineParameterError, match="cannot read the tuned config"):
+        _configure(tmp_path, tuned_config_uri=str(tmp_path / "missing.json"))
+
+
+def test_the_pipeline_parameter_reaches_the_configure_step(study, tmp_path):
+    # `python pipeline.py run ... tuned_config_uri=<best_config.json>`: parsed, known to the pipeline,
+    # wired to the configure task, and applied by the configure component.
+    output, _, _, _ = study
+    path = os.path.join(output, "best_config.json")
+    params = orchestration.parse_params([f"tuned_config_uri={path}"])
+    orchestration._check_params(P.create_pipeline(), params)
+    spec = yaml.safe_load(open(P.compile_pipeline(str(tmp_path / "p.yaml"))))
+    root = spec["root"]["inputDefinitions"]["parameters"]["tuned_config_uri"]
+    assert root["defaultValue"] == "" and root["isOptional"] is True
+    task = spec["root"]["dag"]["tasks"]["configure"]["inputs"]["parameters"]["tuned_config_uri"]
+    assert task == {"componentInputParameter": "tuned_config_uri"}
+
+    from kfp import dsl
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    glove = tmp_path / "glove.txt"
+    glove.write_text("the 0.1 0.2\n")
+    config = dsl.Artifact(name="config", uri=str(tmp_path / "config"), metadata={})
+    C.configure.python_func(
+        dataset="amazon", target_domain="", raw_uri=str(raw), glove_uri=str(glove), profile="paper", alpha=None,
+        beta=None, num_experts=2, latent_dim=64, max_epochs=3, batch_size=2048, learning_rate=0.001, seed=0,
+        extra_overrides=[], min_auc=0.5, tolerance=0.0, config=config, **params,
+    )
+    best = json.load(open(path))
+    frozen = json.load(open(config.path))["experiment"]
+    assert frozen["model"] == {**best["model"]} and frozen["train"]["learning_rate"] == best["train"]["learning_rate"]
+    assert config.metadata["alpha"] == best["model"]["alpha"]
