@@ -12,7 +12,10 @@ import glob
 import io
 import json
 import os
+import re
+import shlex
 import shutil
+from unittest import mock
 
 import optuna
 import pytest
@@ -280,3 +283,56 @@ def test_the_pipeline_parameter_reaches_the_configure_step(study, tmp_path):
     frozen = json.load(open(config.path))["experiment"]
     assert frozen["model"] == {**best["model"]} and frozen["train"]["learning_rate"] == best["train"]["learning_rate"]
     assert config.metadata["alpha"] == best["model"]["alpha"]
+
+
+# ---- the README's commands, in tiny form -------------------------------------------------------
+
+
+def _readme_blocks(language: str) -> list[str]:
+    with open(os.path.join(os.path.dirname(P.__file__), "README.md"), encoding="utf-8") as fh:
+        text = fh.read()
+    section = text.split("## Hyperparameter search\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
+
+
+def _commands(block: str) -> list[list[str]]:
+    joined = block.replace("\\\n", " ")
+    return [shlex.split(line, comments=True) for line in joined.splitlines() if line.strip()]
+
+
+@pytest.mark.slow  # four more CDAnet trials and a pipeline compile: ~10 s
+def test_the_documented_commands_run_in_tiny_form(no_test_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (space_yaml,) = _readme_blocks("yaml")
+    (tmp_path / "space.yaml").write_text(space_yaml)
+    SearchSpace.load("space.yaml").validate(ExperimentConfig().with_overrides(["train.max_epochs=10"]))
+    search, cluster = (_commands(b) for b in _readme_blocks("bash"))
+    tiny = ["--profile", "tiny", "--set", "train.num_threads=1"]
+    ran = []
+    for argv in search + cluster:
+        argv = [a.replace("processed/amazon", no_test_dir) if a.endswith("processed/amazon") else a for a in argv]
+        tiny_sizes = {"50": "2", "train.max_epochs=10": "train.max_epochs=1"}  # --trials 50 -> 2
+        argv = [tiny_sizes.get(a, a) for a in argv]
+        if argv[:2] == ["cdanet", "tune"]:
+            code, printed = _tune([*argv[2:], *tiny])
+            assert code == 0, printed
+        elif argv[:3] == ["python", "pipeline.py", "run"]:
+            with mock.patch.object(orchestration, "run_local", autospec=True, return_value=0) as run_local:
+                assert P.main(argv[2:]) == 0
+            assert run_local.call_args.kwargs["params"] == {"tuned_config_uri": "tune/amazon/best_config.json"}
+            steps.configure(**{**dict(dataset="amazon", target_domain="", raw_uri=str(tmp_path), glove_uri=str(tmp_path),
+                                      profile="paper", alpha=None, beta=None, num_experts=2, latent_dim=64,
+                                      max_epochs=30, batch_size=2048, learning_rate=0.001, seed=42,
+                                      extra_overrides=[], min_auc=0.6, tolerance=0.005),
+                               **run_local.call_args.kwargs["params"]})
+        else:
+            assert argv[0] == "kubectl", argv  # needs a cluster; the manifest is checked in test_katib.py
+            continue
+        ran.append(argv[:3])
+    assert len(ran) == 4
+    assert len(_rows("tune/amazon")) == 2 and len(_rows("tune/amazon-short")) == 2
+    assert json.load(open("tune/amazon-short/best_config.json"))["train"]["max_epochs"] == 1
+    with open("tune/amazon-short/trials.csv") as fh:
+        header = next(csv.reader(fh))
+    assert header[4:] == sorted(f"params_{k}" for k in SearchSpace.load("space.yaml").keys)
+    assert yaml.safe_load(open("katib.yaml"))["spec"]["parallelTrialCount"] == 2
