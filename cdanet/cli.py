@@ -159,6 +159,9 @@ def _run_tune(args: argparse.Namespace) -> int:
     if not args.output:
         print("cdanet tune: --output is required (or --katib-manifest)", file=sys.stderr)
         return EXIT_USAGE
+    import optuna
+
+    optuna.logging.set_verbosity(getattr(optuna.logging, args.log_level))  # one line per trial at INFO
     try:
         result = tuning.run_study(cfg, args.processed, args.output, space, n_trials=args.trials, fixed=fixed,
                                   seed=args.seed, pruner=args.pruner, study_name=args.study_name)

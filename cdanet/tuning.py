@@ -170,6 +170,9 @@ def _field_kind(key: str) -> str | None:
     return None
 
 
+_KIND_NAMES = {"float": "a float", "int": "an integer", "bool": "a boolean", "str": "a string"}
+
+
 def _one_line(e: ConfigError) -> str:
     return " ".join(part.strip().lstrip("- ") for part in str(e).splitlines() if part.strip()).replace(
         "invalid config: ", "")
@@ -248,10 +251,9 @@ class SearchSpace:
         out: list[str] = []
         if isinstance(p, (FloatParam, IntParam)):
             if isinstance(p, FloatParam) and kind != "float":
-                out.append(f"is {'an integer' if kind == 'int' else 'a ' + kind} field; use type "
-                           f"{'int' if kind == 'int' else 'categorical'}")
+                out.append(f"is {_KIND_NAMES[kind]} field; use type {'int' if kind == 'int' else 'categorical'}")
             if isinstance(p, IntParam) and kind != "int":
-                out.append(f"is a {kind} field; use type {'float' if kind == 'float' else 'categorical'}")
+                out.append(f"is {_KIND_NAMES[kind]} field; use type {'float' if kind == 'float' else 'categorical'}")
             if not math.isfinite(p.low) or not math.isfinite(p.high) or not p.low < p.high:
                 out.append(f"low must be < high, got low={p.low} high={p.high}")
             if p.log and p.low <= 0:
@@ -273,7 +275,7 @@ class SearchSpace:
                        "bool": lambda c: isinstance(c, bool), "str": lambda c: isinstance(c, str)}[kind]
             wrong = [c for c in p.choices if not (c is None or accepts(c))]
             if wrong:
-                out.append(f"is a {kind} field; choices {wrong} are not")
+                out.append(f"is {_KIND_NAMES[kind]} field; choices {wrong} are not")
             values = list(p.choices)
         if out:
             return out
@@ -453,7 +455,6 @@ def run_study(
     storage_url = f"sqlite:///{os.path.abspath(os.path.join(output_dir, STUDY_FILENAME))}"
     name = study_name or study_name_for(base)
     identity = {"base_config": base.to_dict(), "space": space.to_dict()}
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         storage=optuna.storages.RDBStorage(storage_url), study_name=name, direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=base.train.seed if seed is None else seed),
@@ -480,8 +481,7 @@ def run_study(
         value, stages = validation_auc(cfg, processed_root, data_cache=cache,
                                        on_validation=PruningReporter(trial, cfg.target_domain))
         trial.set_user_attr("stages", stages)
-        logger.info("trial %d: validation AUC %.4f in %.1fs, %s", trial.number, value,
-                    time.perf_counter() - start, params)
+        logger.debug("trial %d: validation AUC %.4f in %.1fs", trial.number, value, time.perf_counter() - start)
         return value
 
     from cdanet.training import NonFiniteLossError

@@ -118,7 +118,7 @@ def test_space_yaml_form_round_trips_and_default_spaces_are_valid(tmp_path):
         ({"model.dropout": {"type": "float", "low": 0.0, "high": 1.0}}, [],
          r"value 1\.0 gives an invalid config \(model\.dropout must be < 1, got 1\.0\)"),
         ({"train.batch_size": {"type": "categorical", "choices": [64, "big"]}}, [],
-         r"is a int field; choices \['big'\] are not"),
+         r"is an integer field; choices \['big'\] are not"),
         ({"train.batch_size": {"type": "categorical", "choices": []}}, [], "choices is empty"),
         ({"model.alpha": {"type": "uniform", "low": 0, "high": 1}}, [], "type must be one of"),
         ({"model.alpha": {"type": "float", "low": 0.01, "hgh": 0.1}}, [], r"unknown field\(s\) \['hgh'\]"),
