@@ -113,6 +113,7 @@ def create_pipeline(
         learning_rate: float = 0.001,
         seed: int = 42,
         extra_overrides: list = [],  # noqa: B006 - KFP needs a literal default
+        tuned_config_uri: str = "",
         min_auc: float = 0.6,
         tolerance: float = 0.005,
         model_name: str = "cdanet",
@@ -123,13 +124,16 @@ def create_pipeline(
     ):
         """Run-time parameters. ``target_domain`` empty = the dataset's sparse domain (movie / ad);
         ``alpha``/``beta`` unset = the paper's values for the dataset; ``mlflow_tracking_uri`` empty =
-        the task environment's ``MLFLOW_TRACKING_URI`` (from the Secret in a cluster)."""
+        the task environment's ``MLFLOW_TRACKING_URI`` (from the Secret in a cluster); ``tuned_config_uri``
+        = a ``best_config.json`` of ``cdanet tune`` whose hyperparameters replace the named ones (see
+        ``cdanet.steps.configure``)."""
         cfg = _common(
             C.configure(
                 dataset=dataset, target_domain=target_domain, raw_uri=raw_uri, glove_uri=glove_uri,
                 profile=profile, alpha=alpha, beta=beta, num_experts=num_experts, latent_dim=latent_dim,
                 max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
                 extra_overrides=extra_overrides, min_auc=min_auc, tolerance=tolerance,
+                tuned_config_uri=tuned_config_uri,
             ),
             "500m", "1Gi",
         )

@@ -48,9 +48,9 @@ def register_command(
 # ---- train --------------------------------------------------------------------------------------
 
 
-def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+def _add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments :func:`build_config` reads, shared by train, tune and tune-trial."""
     p.add_argument("--processed", required=True, metavar="DIR", help="processed root (<DIR>/<domain>/schema.json + parquet)")
-    p.add_argument("--output", required=True, metavar="DIR", help="output directory (model/, predictions, metrics)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="paper", help="config profile (default: paper)")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="amazon")
     p.add_argument("--target", metavar="DOMAIN", default=None, help="target domain (default: the sparse one)")
@@ -58,6 +58,11 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ablation", choices=ABLATIONS, default=None, help="CDAnet ablation (Table 5)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, repeatable, e.g. --set model.alpha=0.05 --set train.max_epochs=5")
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    _add_config_arguments(p)
+    p.add_argument("--output", required=True, metavar="DIR", help="output directory (model/, predictions, metrics)")
     p.add_argument("--checkpoint-dir", metavar="DIR", default=None, help="resume from / write epoch checkpoints here")
 
 
@@ -115,6 +120,98 @@ def _print_metrics(result: object) -> None:
 
 register_command("train", "train and evaluate one model (both CDAnet stages)", _add_train_arguments, _run_train)
 register_command("evaluate", "score a processed split with a model directory", _add_evaluate_arguments, _run_evaluate)
+
+
+# ---- tune / tune-trial --------------------------------------------------------------------------
+
+
+def _add_tune_arguments(p: argparse.ArgumentParser) -> None:
+    _add_config_arguments(p)
+    p.add_argument("--output", metavar="DIR", default=None,
+                   help="study folder: study.db (resumable), best_config.json, trials.csv (required unless --katib-manifest)")
+    p.add_argument("--trials", type=int, default=20, metavar="N",
+                   help="finished trials the study should hold; a resumed study runs only the missing ones (default 20)")
+    p.add_argument("--space", metavar="YAML", default=None,
+                   help="search space {dotted.key: {type: float|int|categorical, ...}} (default: a CTR space for --model)")
+    p.add_argument("--seed", type=int, default=None, help="TPE sampler seed (default: the config's train.seed)")
+    p.add_argument("--pruner", choices=("median", "none"), default="median", help="trial pruning (default: median)")
+    p.add_argument("--study-name", default=None, help="default cdanet-<dataset>-<target>-<model>")
+    k = p.add_argument_group("Katib (write the same search as a Katib Experiment instead of running it)")
+    k.add_argument("--katib-manifest", metavar="FILE", default=None,
+                   help="write the Experiment YAML here and exit; --processed is then the path inside the trial container")
+    k.add_argument("--katib-name", default=None, help="Experiment name (default: the study name)")
+    k.add_argument("--namespace", default="cdanet")
+    k.add_argument("--image", default=None, help="the project's image (default ghcr.io/cdanet/cdanet:<version>)")
+    k.add_argument("--katib-pvc", default="cdanet-processed-data", help="PVC mounted read-only at /data/processed ('' for none)")
+    k.add_argument("--katib-parallel", type=int, default=1, metavar="N", help="trials at a time (default 1)")
+    k.add_argument("--katib-gpu", action="store_true", help="one GPU per trial")
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from cdanet import tuning
+
+    cfg = build_config(args)
+    fixed = ([f"model.ablation={args.ablation}"] if args.ablation else []) + list(args.overrides)
+    space = tuning.SearchSpace.load(args.space) if args.space else tuning.default_space(cfg.model.name, args.profile)
+    space.validate(cfg, [f.split("=", 1)[0].strip() for f in fixed])
+    if args.katib_manifest:
+        return _write_katib(args, cfg, space)
+    if not args.output:
+        print("cdanet tune: --output is required (or --katib-manifest)", file=sys.stderr)
+        return EXIT_USAGE
+    import optuna
+
+    optuna.logging.set_verbosity(getattr(optuna.logging, args.log_level))  # one line per trial at INFO
+    try:
+        result = tuning.run_study(cfg, args.processed, args.output, space, n_trials=args.trials, fixed=fixed,
+                                  seed=args.seed, pruner=args.pruner, study_name=args.study_name)
+    except RuntimeError as e:
+        print(f"cdanet tune: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(result.summary())
+    return EXIT_OK
+
+
+def _write_katib(args: argparse.Namespace, cfg: ExperimentConfig, space: object) -> int:
+    from cdanet import katib
+    from cdanet.atomic import write_text
+    from cdanet.tuning import study_name_for
+
+    settings = katib.KatibSettings(
+        name=args.katib_name or study_name_for(cfg).replace("_", "-"), namespace=args.namespace,
+        image=args.image or katib.DEFAULT_IMAGE, max_trials=args.trials, parallel_trials=args.katib_parallel,
+        max_failed_trials=min(3, args.trials), seed=cfg.train.seed if args.seed is None else args.seed,
+        pvc=args.katib_pvc or None, gpu=args.katib_gpu,
+    )
+    obj = katib.experiment(cfg, space, settings, processed=args.processed, profile=args.profile,
+                           fixed=list(args.overrides))
+    write_text(args.katib_manifest, katib.to_yaml(obj))
+    print(f"Katib Experiment {settings.namespace}/{settings.name} ({len(space.keys)} parameters, "
+          f"{settings.max_trials} trials): {args.katib_manifest}\napply with: kubectl apply -f {args.katib_manifest}")
+    return EXIT_OK
+
+
+def _add_tune_trial_arguments(p: argparse.ArgumentParser) -> None:
+    _add_config_arguments(p)
+
+
+def _run_tune_trial(args: argparse.Namespace) -> int:
+    from cdanet.katib import METRIC_NAME
+    from cdanet.tuning import validation_auc
+
+    cfg = build_config(args)
+    value, stages = validation_auc(cfg, args.processed)
+    for name, s in stages.items():
+        print(f"{name}: best validation AUC {s['best_val_auc']:.6f} at epoch {s['best_epoch']} of {s['epochs']}")
+    # Katib's StdOut collector reads `name=value` lines (its default filter has no exponent form).
+    print(f"{METRIC_NAME}={value:.6f}", flush=True)
+    return EXIT_OK
+
+
+register_command("tune", "search hyperparameters on the validation AUC (Optuna TPE; or write a Katib Experiment)",
+                 _add_tune_arguments, _run_tune)
+register_command("tune-trial", "train one config, print its validation AUC as val_auc=<value> (a Katib trial)",
+                 _add_tune_trial_arguments, _run_tune_trial)
 
 
 # ---- entry point --------------------------------------------------------------------------------

@@ -70,8 +70,16 @@ def configure(
     *, dataset: str, target_domain: str, raw_uri: str, glove_uri: str, profile: str, alpha: float | None,
     beta: float | None, num_experts: int, latent_dim: int, max_epochs: int, batch_size: int,
     learning_rate: float, seed: int, extra_overrides: Sequence[str], min_auc: float, tolerance: float,
+    tuned_config_uri: str = "",
 ) -> PipelineConfig:
-    """Validate every parameter; raise one error listing all problems (nothing has run yet)."""
+    """Validate every parameter; raise one error listing all problems (nothing has run yet).
+
+    ``tuned_config_uri``: a ``best_config.json`` of ``cdanet tune`` (path or Beam filesystem URI). Its
+    hyperparameters (:func:`cdanet.tuning.tuned_overrides`: the model section and the optimisation keys
+    of ``train``) replace the profile's and the named parameters' values (alpha, beta, num_experts,
+    latent_dim, batch_size, learning_rate); ``max_epochs``, ``seed`` and the runtime settings stay the
+    pipeline's, and ``extra_overrides`` still apply last. Its dataset and target domain must be the run's.
+    """
     problems: list[str] = []
     if dataset not in DATASETS:
         raise PipelineParameterError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASETS)}")
@@ -89,8 +97,25 @@ def configure(
         overrides["model.alpha"] = alpha
     if beta is not None:
         overrides["model.beta"] = beta
+    tuned: dict[str, Any] = {}
+    if tuned_config_uri:
+        from cdanet.tuning import load_tuned_config, tuned_overrides
+
+        try:
+            best = load_tuned_config(tuned_config_uri)
+        except ConfigError as e:
+            problems.append(f"tuned_config_uri: {e}")
+        else:
+            if (best.dataset, best.target_domain) != (cfg.dataset, cfg.target_domain):
+                problems.append(f"tuned_config_uri {tuned_config_uri!r} was tuned for {best.dataset}/{best.target_domain}, "
+                                f"this run trains {cfg.dataset}/{cfg.target_domain}")
+            elif best.model.name != "cdanet" or best.model.ablation != "none":
+                problems.append(f"tuned_config_uri {tuned_config_uri!r} holds model {best.model.name!r} "
+                                f"(ablation {best.model.ablation!r}); the training pipeline trains full CDAnet")
+            else:
+                tuned = tuned_overrides(best)
     try:
-        cfg = cfg.with_overrides(overrides).with_overrides(list(extra_overrides)).validate()
+        cfg = cfg.with_overrides(overrides).with_overrides(tuned).with_overrides(list(extra_overrides)).validate()
     except ConfigError as e:
         problems.append(str(e))
     else:

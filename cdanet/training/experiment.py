@@ -1,6 +1,7 @@
 """One experiment end to end, and its stages as separately callable steps for the pipeline.
 
-``run_experiment`` = load data -> stage 1 -> stage 2 -> test evaluation -> outputs. The Kubeflow
+``run_experiment`` = load data -> stage 1 -> stage 2 -> test evaluation -> outputs; its training part,
+:func:`fit_stages`, scores only the validation split (hyperparameter search uses it). The Kubeflow
 pipeline runs the same work as separate steps (:func:`pretrain`, :func:`finetune`,
 :func:`evaluate_model_dir`) that hand model directories to each other. Both paths seed the model
 initialisation per stage, so they produce the same model for the same config.
@@ -17,9 +18,10 @@ baselines              pretrain only, i.e. the baseline's single training stage 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +131,46 @@ def _stage_extra(result: TrainResult) -> dict[str, Any]:
             "stopped_early": result.stopped_early, "epochs": len(result.history)}
 
 
+def fit_stages(
+    cfg: ExperimentConfig,
+    processed_root: str,
+    checkpoint_dir: str | None = None,
+    *,
+    schemas: dict[str, DomainSchema] | None = None,
+    data_cache: dict[tuple[str, str], DomainData] | None = None,
+    on_epoch_end: Callable[[str, dict[str, Any]], None] | None = None,
+) -> tuple[nn.Module, dict[str, TrainResult]]:
+    """Train every stage of :func:`plan_stages` on the training split; only the validation split is scored.
+
+    Returns the final model (its best validation weights) and each stage's :class:`TrainResult`.
+    ``data_cache`` ((split, domain) -> data) lets repeated calls with the same ``train.seed`` and
+    ``train.train_fraction`` share the loaded splits (hyperparameter search). ``on_epoch_end(stage,
+    entry)`` is called after each validation of each stage (see :func:`train_model`).
+    """
+    cfg.validate()
+    schemas = schemas if schemas is not None else load_schemas(processed_root, cfg.domains)
+    cache = data_cache if data_cache is not None else {}
+    stages: dict[str, TrainResult] = {}
+    plan = plan_stages(cfg)
+    model: nn.Module | None = None
+
+    def callback(stage: str) -> Callable[[dict[str, Any]], None] | None:
+        return None if on_epoch_end is None else functools.partial(on_epoch_end, stage)
+
+    if "pretrain" in plan:
+        model = _build_stage1(cfg, schemas, processed_root)
+        train, val = _load_for(model, cfg, processed_root, schemas, cache)
+        stage = _stage1_name(cfg)
+        stages[stage] = train_model(model, train, val, cfg, stage, checkpoint_dir, on_epoch_end=callback(stage))
+    if "finetune" in plan:
+        model = _build_stage2(cfg, schemas, model)
+        train, val = _load_for(model, cfg, processed_root, schemas, cache)
+        stages["finetune"] = train_model(model, train, val, cfg, "finetune", checkpoint_dir,
+                                         on_epoch_end=callback("finetune"))
+    assert model is not None  # plan_stages always returns at least one stage
+    return model, stages
+
+
 def run_experiment(
     cfg: ExperimentConfig, processed_root: str, output_dir: str, checkpoint_dir: str | None = None
 ) -> ExperimentResult:
@@ -140,22 +182,7 @@ def run_experiment(
     """
     cfg.validate()
     schemas = load_schemas(processed_root, cfg.domains)
-    cache: dict[tuple[str, str], DomainData] = {}
-    stages: dict[str, TrainResult] = {}
-    plan = plan_stages(cfg)
-    model: nn.Module | None = None
-    if "pretrain" in plan:
-        model = _build_stage1(cfg, schemas, processed_root)
-        train, val = _load_for(model, cfg, processed_root, schemas, cache)
-        stage = _stage1_name(cfg)
-        stages[stage] = train_model(model, train, val, cfg, stage, checkpoint_dir)
-    if "finetune" in plan:
-        model = _build_stage2(cfg, schemas, model)
-        train, val = _load_for(model, cfg, processed_root, schemas, cache)
-        stages["finetune"] = train_model(model, train, val, cfg, "finetune", checkpoint_dir)
-    assert model is not None  # plan_stages always returns at least one stage
-    train = val = {}  # free the training tensors before loading the test split
-    cache.clear()
+    model, stages = fit_stages(cfg, processed_root, checkpoint_dir, schemas=schemas)
 
     device = resolve_device(cfg.train.device)
     test = {d: load_split(processed_root, schemas[d], "test") for d in model.eval_domains}
