@@ -58,9 +58,10 @@ def ground_truth_root(path: str) -> str:
     )
 
 
-def _test_rows(processed_root: str, domain: str) -> pd.DataFrame:
+def processed_rows(processed_root: str, domain: str, split: str = "test") -> pd.DataFrame:
+    """The join keys and labels of one processed split: user_id_raw, item_id_raw, timestamp, label."""
     columns = ["user_id_raw", "item_id_raw", "timestamp", "label"]
-    tables = [pq.read_table(p, columns=columns) for p in split_files(os.path.join(processed_root, domain), "test")]
+    tables = [pq.read_table(p, columns=columns) for p in split_files(os.path.join(processed_root, domain), split)]
     return pa.concat_tables(tables).to_pandas()
 
 
@@ -75,7 +76,7 @@ def oracle_auc(oracle_dir: str, processed_root: str, domain: str, min_match: flo
     missing = sorted({"user", "item", "timestamp", "p_click"} - set(truth.columns))
     if missing:
         raise ValueError(f"ground truth of {domain!r} under {root} lacks columns {missing}")
-    test = _test_rows(processed_root, domain)
+    test = processed_rows(processed_root, domain, "test")
     n_truth = len(truth)
     # A duplicated key in the ground truth would duplicate test rows in the join.
     truth = truth.drop_duplicates(["user", "item", "timestamp"])[["user", "item", "timestamp", "p_click"]]
