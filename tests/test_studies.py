@@ -186,6 +186,7 @@ def test_fig5_and_fig6_write_png_and_csv(tiny_processed, study_out):
     df5 = fig5(tiny_processed, study_out, spec, progress=False)
     assert len(df5) == 2 and sorted(df5["value"]) == [0.5, 1.0] and set(df5["param"]) == {"train_fraction"}
     _png_ok(os.path.join(study_out, "fig5.png"))
+    assert "- Id-only LR / movie: test AUC 0." in open(os.path.join(study_out, "fig5.md")).read()
     df6 = fig6(tiny_processed, study_out, spec, progress=False)
     assert sorted(df6.groupby("param").size().items()) == [("alpha", 2), ("beta", 1), ("num_experts", 2)]
     _png_ok(os.path.join(study_out, "fig6.png"))
@@ -261,7 +262,7 @@ def _write_truth(sim_dir, rows: pd.DataFrame, p_click: np.ndarray) -> None:
 
 
 def test_oracle_joins_test_rows_or_falls_back_to_the_domain(tiny_processed, tmp_path):
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import log_loss, roc_auc_score
 
     cols = ["user_id_raw", "item_id_raw", "timestamp", "label"]
     test = pd.concat([pq.read_table(p, columns=cols).to_pandas()
@@ -277,14 +278,127 @@ def test_oracle_joins_test_rows_or_falls_back_to_the_domain(tiny_processed, tmp_
     assert o.scope == SCOPE_TEST and o.matched == o.n == o.test_rows == len(test)
     expected = roc_auc_score(rows["label"].to_numpy()[len(train):], p[len(train):])
     assert o.auc == pytest.approx(expected)
+    assert o.logloss == pytest.approx(log_loss(rows["label"].to_numpy()[len(train):], p[len(train):]))
 
     shifted = rows.assign(timestamp=rows["timestamp"] + 1)  # preprocessing shifted time: no row joins
     _write_truth(sim, shifted, p)
     o = oracle_auc(sim, tiny_processed, "movie")
     assert o.scope == SCOPE_DOMAIN and o.matched == 0 and o.n == len(rows)
     assert o.auc == pytest.approx(roc_auc_score(rows["label"], p))
+    assert o.logloss == pytest.approx(log_loss(rows["label"], p))
     with pytest.raises(FileNotFoundError, match="ground_truth"):
         oracle_auc(str(tmp_path), tiny_processed, "movie")
+
+
+def _write_full_truth(sim_dir, processed_root: str) -> None:
+    """A ground truth with the logit parts and user priors for every processed row of both domains.
+
+    The clicks are the processed labels; ``p_click`` follows a drawn taste, so the ceiling has signal to find.
+    """
+    rng = np.random.default_rng(0)
+    cols = ["user_id_raw", "item_id_raw", "timestamp", "label"]
+    rows = {d: pd.concat([pq.read_table(p, columns=cols).to_pandas() for split in ("train", "validation", "test")
+                          for p in split_files(os.path.join(processed_root, d), split)], ignore_index=True)
+            for d in ("movie", "book")}
+    users = sorted(set(rows["movie"]["user_id_raw"]) | set(rows["book"]["user_id_raw"]))
+    taste, activity = rng.normal(0, 1, (len(users), 4)), rng.normal(0, 1, len(users))
+    index = {u: i for i, u in enumerate(users)}
+    os.makedirs(os.path.join(sim_dir, "ground_truth"), exist_ok=True)
+    for d, r in rows.items():
+        topic = r["item_id_raw"].str[1:].astype(int).to_numpy() % 4
+        offset = rng.normal(-1.0, 0.5, len(r))
+        u = r["user_id_raw"].map(index).to_numpy()
+        p = 1 / (1 + np.exp(-(offset + 1.3 * taste[u, topic] + 0.15 * activity[u])))
+        pq.write_table(pa.table({
+            "user": r["user_id_raw"], "item": r["item_id_raw"], "timestamp": r["timestamp"], "p_click": p,
+            "label": r["label"], "topic": topic, "offset": offset, "taste_weight": np.full(len(r), 1.3),
+            "activity_weight": np.full(len(r), 0.15)}), os.path.join(sim_dir, "ground_truth", f"{d}.parquet"))
+    lists = pa.list_(pa.float64(), 4)
+    pq.write_table(pa.table({
+        "user": users, "prior_mean": pa.array(np.zeros((len(users), 4)).tolist(), lists),
+        "prior_sd": pa.array(np.ones((len(users), 4)).tolist(), lists), "activity_prior_sd": np.ones(len(users)),
+        "taste": pa.array(taste.tolist(), lists), "activity": activity}),
+        os.path.join(sim_dir, "ground_truth", "amazon_users.parquet"))
+
+
+def _table_rows(md: str, header: str) -> list[list[str]]:
+    """The rows (label + cells) of the first Markdown table under ``header``."""
+    lines = md.splitlines()
+    start = lines.index(header) + 2
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[start:end]]
+
+
+def test_reference_rows_in_tables_without_and_with_ground_truth(tiny_processed, study_out, tmp_path):
+    from cdanet.data import load_split
+    from cdanet.evaluation import compute_metrics
+    from cdanet.features import load_schemas
+    from cdanet.references import IdLogisticRegression, ItemPopularity
+    from cdanet.studies import learnable_ceiling
+
+    schema = load_schemas(tiny_processed, ["movie"])["movie"]
+    train, val, test = (load_split(tiny_processed, schema, s) for s in ("train", "validation", "test"))
+    labels = test.label.numpy()
+    lr = compute_metrics("movie", labels, IdLogisticRegression().fit(train, val).predict(test))
+    pop = compute_metrics("movie", labels, ItemPopularity().fit(train, val).predict(test))
+    p0 = train.label.numpy().mean()
+    base = float(-np.mean(labels * np.log(p0) + (1 - labels) * np.log(1 - p0)))
+
+    # Real data (no simulator): popularity and LR rows, the base rate in the logloss table, no ceilings.
+    df = table2(tiny_processed, study_out, tiny_spec(), progress=False)
+    md = open(os.path.join(study_out, "table2.md")).read()
+    auc_rows = _table_rows(md, "| Model | movie |")
+    assert [r[0] for r in auc_rows] == ["MLP", "CDAnet", "Item popularity", "Id-only LR"]
+    assert auc_rows[2][1] == f"{pop.auc:.4f}" and auc_rows[3][1] == f"{lr.auc:.4f}"
+    logloss_md = md[md.index("Test logloss"):]
+    loss_rows = _table_rows(logloss_md, "| Model | movie |")
+    assert [r[0] for r in loss_rows] == ["MLP", "CDAnet", "Base rate", "Item popularity", "Id-only LR"]
+    assert loss_rows[0][1].strip("*") == f"{df.loc[df['model'] == 'mlp', 'test_logloss'].iloc[0]:.4f}"
+    assert loss_rows[2][1] == f"{base:.4f}" and loss_rows[4][1] == f"{lr.logloss:.4f}"
+    assert "Ceiling" not in md and "ceiling (target" not in md
+    refs = pd.read_csv(os.path.join(study_out, "table2_references.csv"))
+    assert refs["reference"].tolist() == ["base_rate", "popularity", "id_lr"]
+    assert refs.loc[2, "test_auc"] == pytest.approx(lr.auc) and (refs["test_rows"] == 60).all()
+
+    # Simulated data: the two learnable ceilings and the oracle follow, in that order.
+    sim = str(tmp_path / "sim")
+    _write_full_truth(sim, tiny_processed)
+    ceiling = learnable_ceiling(sim, tiny_processed, "movie")
+    table5(tiny_processed, study_out, tiny_spec(), progress=False, oracle_from=sim)
+    md = open(os.path.join(study_out, "table5.md")).read()
+    auc_rows = _table_rows(md, "| Variant | movie |")
+    assert [r[0] for r in auc_rows][-5:] == ["Item popularity", "Id-only LR", "Learnable ceiling (target)",
+                                             "Learnable ceiling (target + source)", "Oracle (simulator p_click)"]
+    assert auc_rows[-3][1] == f"{ceiling['target'].auc:.4f}"
+    assert auc_rows[-2][1] == f"{ceiling['target + source'].auc:.4f}"
+    assert ceiling["target + source"].pretest_rows > ceiling["target"].pretest_rows
+    loss_rows = _table_rows(md[md.index("Test logloss"):], "| Variant | movie |")
+    assert loss_rows[-2][0] == "Learnable ceiling (target + source)"
+    assert loss_rows[-2][1] == f"{ceiling['target + source'].logloss:.4f}"
+    assert "- Learnable ceiling (target + source) / movie: tastes inferred from 1620 pre-test rows" in md
+    refs = pd.read_csv(os.path.join(study_out, "table5_references.csv"))
+    assert refs["reference"].tolist() == ["base_rate", "popularity", "id_lr", "ceiling_target", "ceiling_both",
+                                          "oracle"]
+
+
+def test_pipeline_aggregation_reports_the_references(tiny_processed, study_out, tmp_path):
+    from cdanet.studies import pipeline_steps
+
+    spec = {"targets": ["movie"]}
+    table2(tiny_processed, study_out, pipeline_steps.resolve_spec(spec, tiny=True), progress=False)
+    records = []
+    for run_id in plan_study("table2", pipeline_steps.resolve_spec(spec, tiny=True)).runs:
+        with open(os.path.join(study_out, "runs", run_id, RECORD_FILENAME)) as fh:
+            records.append(json.dumps(json.load(fh)["record"]))
+    paths = [str(tmp_path / name) for name in ("results.csv", "tables.md", "figures.html")]
+    metrics = pipeline_steps.aggregate(spec, True, ["table2"], records, tiny_processed, "", *paths)
+    refs = pd.read_csv(os.path.join(study_out, "table2_references.csv")).set_index("reference")
+    assert metrics["reference_id_lr_movie_auc"] == pytest.approx(refs.loc["id_lr", "test_auc"])
+    assert metrics["reference_base_rate_movie_logloss"] == pytest.approx(refs.loc["base_rate", "test_logloss"])
+    assert "reference_base_rate_movie_auc" not in metrics  # 0.5 by construction
+    tables = open(paths[1]).read()
+    assert "| Item popularity |" in tables and "| Id-only LR |" in tables
+    assert "Id-only LR / movie: test AUC" in open(paths[2]).read()
 
 
 def test_oracle_row_in_table(tiny_processed, study_out, tmp_path):

@@ -12,8 +12,10 @@ table4   nearest source items of translated target latents (semantics of transla
 ``experiments_pipeline.py`` runs the same plans on Kubeflow. See docs/studies.md.
 """
 
+from cdanet.studies.ceiling import CeilingScore, learnable_ceiling, learnable_ceilings, map_user_latents
 from cdanet.studies.oracle import OracleAUC, oracle_auc, oracle_aucs
 from cdanet.studies.plan import Cell, Run, StudyPlan, plan_study, run_id_of, unique_runs
+from cdanet.studies.reference_rows import ReferenceScore, reference_scores
 from cdanet.studies.runner import RunRecord, execute_run, run_many
 from cdanet.studies.spec import STUDIES, TRAINING_STUDIES, StudySpec, StudySpecError, grid_points
 from cdanet.studies.study import (
@@ -30,8 +32,10 @@ from cdanet.studies.study import (
 __all__ = [
     "STUDIES",
     "TRAINING_STUDIES",
+    "CeilingScore",
     "Cell",
     "OracleAUC",
+    "ReferenceScore",
     "Run",
     "RunRecord",
     "StudyPlan",
@@ -42,9 +46,13 @@ __all__ = [
     "fig6",
     "grid_points",
     "infer_dataset",
+    "learnable_ceiling",
+    "learnable_ceilings",
+    "map_user_latents",
     "oracle_auc",
     "oracle_aucs",
     "plan_study",
+    "reference_scores",
     "run_id_of",
     "run_many",
     "run_studies",

@@ -4,7 +4,9 @@
         [--dataset amazon] [--spec spec.yaml] [--tiny] [--seeds 0 1 2] [--models mlp cdanet]
         [--targets movie] [--set model.x=y ...] [--oracle-from SIM_DIR] [--model-dir DIR] [--k 5]
 
-Flags override the spec file, which overrides the defaults (the paper's protocol). Exit status: 0
+Every table gets reference rows on the same test rows: item popularity and id-only logistic
+regression (and the base rate's logloss); with --oracle-from also the learnable ceilings and the
+oracle. Flags override the spec file, which overrides the defaults (the paper's protocol). Exit status: 0
 when every run succeeded, 1 when some run failed (its row is kept, marked failed), 2 on bad input.
 """
 
@@ -37,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="config override for every run, e.g. --set train.max_epochs=5 (repeatable)")
     p.add_argument("--oracle-from", default=None, metavar="SIM_DIR",
-                   help="simulator output folder: add the oracle AUC of its true click probabilities")
+                   help="simulator output folder: add the learnable ceilings (tastes inferred from pre-test rows) "
+                        "and the oracle (true click probabilities) to the reference rows")
     p.add_argument("--model-dir", default=None, help="table4: use this translation-network model directory")
     p.add_argument("--k", type=int, default=None, help="table4: neighbours per item (default 5)")
     p.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")

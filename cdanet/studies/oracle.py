@@ -11,6 +11,7 @@ the oracle falls back to the whole domain's rows (:func:`cdanet.simulate.ground_
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ SCOPE_DOMAIN = "whole domain"
 
 @dataclass(frozen=True)
 class OracleAUC:
-    """Oracle AUC of one domain; ``n`` rows were scored, ``matched`` of ``test_rows`` test rows joined."""
+    """Oracle AUC (and logloss) of one domain; ``n`` rows were scored, ``matched`` of ``test_rows`` test rows joined."""
 
     domain: str
     auc: float
@@ -35,6 +36,7 @@ class OracleAUC:
     n: int
     matched: int
     test_rows: int
+    logloss: float = math.nan
 
     def describe(self) -> str:
         if self.scope == SCOPE_TEST:
@@ -58,24 +60,24 @@ def ground_truth_root(path: str) -> str:
     )
 
 
-def _test_rows(processed_root: str, domain: str) -> pd.DataFrame:
+def processed_rows(processed_root: str, domain: str, split: str = "test") -> pd.DataFrame:
+    """The join keys and labels of one processed split: user_id_raw, item_id_raw, timestamp, label."""
     columns = ["user_id_raw", "item_id_raw", "timestamp", "label"]
-    tables = [pq.read_table(p, columns=columns) for p in split_files(os.path.join(processed_root, domain), "test")]
+    tables = [pq.read_table(p, columns=columns) for p in split_files(os.path.join(processed_root, domain), split)]
     return pa.concat_tables(tables).to_pandas()
 
 
 def oracle_auc(oracle_dir: str, processed_root: str, domain: str, min_match: float = 0.99) -> OracleAUC:
     """The oracle AUC of ``domain``'s test split (or of the whole domain, see the module docstring)."""
-    from sklearn.metrics import roc_auc_score
-
-    from cdanet.simulate import ground_truth_auc, load_ground_truth
+    from cdanet.evaluation import compute_metrics
+    from cdanet.simulate import load_ground_truth
 
     root = ground_truth_root(oracle_dir)
     truth = load_ground_truth(root, domain).to_pandas()
     missing = sorted({"user", "item", "timestamp", "p_click"} - set(truth.columns))
     if missing:
         raise ValueError(f"ground truth of {domain!r} under {root} lacks columns {missing}")
-    test = _test_rows(processed_root, domain)
+    test = processed_rows(processed_root, domain, "test")
     n_truth = len(truth)
     # A duplicated key in the ground truth would duplicate test rows in the join.
     truth = truth.drop_duplicates(["user", "item", "timestamp"])[["user", "item", "timestamp", "p_click"]]
@@ -85,9 +87,11 @@ def oracle_auc(oracle_dir: str, processed_root: str, domain: str, min_match: flo
     matched = int(found.sum())
     labels = joined.loc[found, "label"].to_numpy()
     if len(test) and matched / len(test) >= min_match and 0 < labels.sum() < len(labels):
-        auc = float(roc_auc_score(labels, joined.loc[found, "p_click"].to_numpy(dtype=np.float64)))
-        return OracleAUC(domain, auc, SCOPE_TEST, matched, matched, len(test))
-    return OracleAUC(domain, ground_truth_auc(root, domain), SCOPE_DOMAIN, n_truth, matched, len(test))
+        m = compute_metrics(domain, labels, joined.loc[found, "p_click"].to_numpy(dtype=np.float64))
+        return OracleAUC(domain, m.auc, SCOPE_TEST, matched, matched, len(test), m.logloss)
+    whole = load_ground_truth(root, domain).select(["label", "p_click"]).to_pandas()
+    m = compute_metrics(domain, whole["label"].to_numpy(), whole["p_click"].to_numpy(dtype=np.float64))
+    return OracleAUC(domain, m.auc, SCOPE_DOMAIN, n_truth, matched, len(test), m.logloss)
 
 
 def oracle_aucs(oracle_dir: str | None, processed_root: str, domains: list[str]) -> dict[str, OracleAUC]:

@@ -18,6 +18,7 @@ import pandas as pd
 from cdanet.studies import report
 from cdanet.studies.oracle import oracle_aucs
 from cdanet.studies.plan import Run, check_studies, plan_study, unique_runs
+from cdanet.studies.reference_rows import reference_scores
 from cdanet.studies.runner import RunRecord, execute_run, format_record
 from cdanet.studies.spec import TRAINING_STUDIES, StudySpec
 from cdanet.studies.study import table4, write_study_outputs
@@ -93,12 +94,13 @@ def aggregate(
         r = RunRecord.from_json(text)
         by_id[r.run_id] = r
     oracle = oracle_aucs(oracle_uri or None, processed_root, resolved.target_domains)
+    references = reference_scores(processed_root, resolved.target_domains, oracle_uri or None)
     frames, markdown, pngs = [], [], []
     scratch = tempfile.mkdtemp(prefix="cdanet-aggregate-")
     try:
         for study in check_studies(studies, TRAINING_STUDIES):
             df = report.results_frame(plan_study(study, resolved), by_id, oracle)
-            paths = write_study_outputs(study, df, scratch, resolved.dataset, oracle)
+            paths = write_study_outputs(study, df, scratch, resolved.dataset, oracle, references)
             frames.append(df)
             with open(paths["markdown"]) as fh:
                 markdown.append(fh.read())
@@ -107,7 +109,9 @@ def aggregate(
         all_rows = pd.concat(frames, ignore_index=True)
         report.write_csv(all_rows, results_path)
         report.write_text("\n".join(markdown), tables_path)
-        notes = [o.describe() for o in oracle.values()]
+        notes = [f"{r.label} / {r.domain}: test AUC {r.auc:.4f}, logloss {r.logloss:.4f} ({r.detail})."
+                 for scores in references.values() for r in scores]
+        notes += [o.describe() for o in oracle.values()]
         if not pngs:
             notes.insert(0, "No figure study (fig5, fig6) was selected; the tables are in the Markdown artifact.")
         report.write_text(report.png_html(pngs, f"CDAnet studies on {resolved.dataset}", notes), figures_path)
@@ -120,6 +124,11 @@ def aggregate(
         summary = report.auc_summary(table2, ["variant", "target_domain"])
         for row in summary.itertuples(index=False):
             metrics[f"table2_{row.variant}_{row.target_domain}_auc"] = float(row.mean)
+    for domain, scores in references.items():
+        for r in scores:
+            if r.key != "base_rate":
+                metrics[f"reference_{r.key}_{domain}_auc"] = float(r.auc)
+            metrics[f"reference_{r.key}_{domain}_logloss"] = float(r.logloss)
     return metrics
 
 

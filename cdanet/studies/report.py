@@ -1,7 +1,8 @@
 """From run records to the paper's artefacts: result frames, Markdown tables, PNG figures, HTML.
 
-Everything here is a pure function of the plan, the run records and the oracle, so the command line
-and the experiments pipeline's aggregation step produce byte-identical tables from the same runs.
+Everything here is a pure function of the plan, the run records, the references and the oracle, so
+the command line and the experiments pipeline's aggregation step produce byte-identical tables from
+the same runs.
 Figures use matplotlib's object API (``matplotlib.figure.Figure`` renders with Agg), so importing
 this module never changes the caller's pyplot backend.
 """
@@ -20,6 +21,7 @@ import pandas as pd
 from cdanet import atomic
 from cdanet.studies.oracle import OracleAUC
 from cdanet.studies.plan import StudyPlan
+from cdanet.studies.reference_rows import ORACLE_LABEL, REFERENCE_LABELS, ReferenceScore, reference_cell
 from cdanet.studies.runner import RunRecord
 
 if TYPE_CHECKING:
@@ -92,12 +94,12 @@ def select_grid(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def auc_summary(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
-    """Mean, std (ddof=1; 0 for one seed), count and failures of test AUC per ``by`` over selected rows."""
+def auc_summary(df: pd.DataFrame, by: Sequence[str], metric: str = "test_auc") -> pd.DataFrame:
+    """Mean, std (ddof=1; 0 for one seed), count and failures of ``metric`` per ``by`` over selected rows."""
     sel = df[df["selected"]]
     out = []
     for key, group in sel.groupby(list(by), sort=False, dropna=False):
-        ok = group.loc[group["status"] == "ok", "test_auc"].to_numpy(dtype=float)
+        ok = group.loc[group["status"] == "ok", metric].to_numpy(dtype=float)
         out.append({
             **dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)),
             "mean": float(ok.mean()) if len(ok) else math.nan,
@@ -117,22 +119,30 @@ def _cell(mean: float, std: float, n: int, failed: int, best: bool) -> str:
     return text + (f" ({failed} failed)" if failed else "")
 
 
-def auc_table_markdown(df: pd.DataFrame, *, first_header: str, labels: Mapping[str, str], title: str,
-                       oracle: Mapping[str, OracleAUC] | None = None) -> str:
-    """A paper-style table: rows = ``variant`` (in first-seen order), columns = target domains.
+def _reference_lines(domains: Sequence[str], metric: str, references: Mapping[str, Sequence[ReferenceScore]],
+                     oracle: Mapping[str, OracleAUC], with_base_rate: bool) -> list[str]:
+    """Table rows of the references (table order) and the oracle, for ``metric`` ("auc" or "logloss")."""
+    by_key: dict[str, dict[str, float]] = {}
+    for d in domains:
+        for r in references.get(d, ()):
+            if r.key != "base_rate" or with_base_rate:
+                by_key.setdefault(r.key, {})[d] = getattr(r, metric)
+    keys = [k for k in REFERENCE_LABELS if k in by_key] + [k for k in by_key if k not in REFERENCE_LABELS]
+    lines = ["| " + " | ".join([REFERENCE_LABELS.get(k, k), *[reference_cell(by_key[k].get(d, math.nan))
+                                                              for d in domains]]) + " |" for k in keys]
+    if any(d in oracle for d in domains):
+        lines.append("| " + " | ".join([ORACLE_LABEL, *[reference_cell(getattr(oracle[d], metric)) if d in oracle
+                                                         else "" for d in domains]]) + " |")
+    return lines
 
-    Cells are test AUC mean ± std over the seeds (selected grid points only); the best mean of each
-    column is bold. An oracle row follows when ``oracle`` is given, and a footnote says its scope.
-    """
-    summary = auc_summary(df, ["variant", "target_domain"])
+
+def _model_rows(df: pd.DataFrame, metric: str, labels: Mapping[str, str], higher_is_better: bool) -> list[str]:
+    summary = auc_summary(df, ["variant", "target_domain"], metric)
     variants = list(dict.fromkeys(df["variant"]))
     domains = list(dict.fromkeys(df["target_domain"]))
-    seeds = sorted(set(df["seed"]))
-    best = {d: summary.loc[summary["target_domain"] == d, "mean"].max() for d in domains}
-    lines = [f"### {title}", "",
-             f"Test AUC, mean ± std over seeds {', '.join(map(str, seeds))}; each column is the target domain.", "",
-             "| " + " | ".join([first_header, *domains]) + " |",
-             "|" + "---|" * (len(domains) + 1)]
+    sign = 1.0 if higher_is_better else -1.0
+    best = {d: (sign * summary.loc[summary["target_domain"] == d, "mean"]).max() for d in domains}
+    lines = []
     for v in variants:
         cells = []
         for d in domains:
@@ -142,11 +152,38 @@ def auc_table_markdown(df: pd.DataFrame, *, first_header: str, labels: Mapping[s
                 continue
             r = row.iloc[0]
             cells.append(_cell(r["mean"], r["std"], int(r["n"]), int(r["failed"]),
-                               bool(r["n"]) and len(variants) > 1 and r["mean"] == best[d]))
+                               bool(r["n"]) and len(variants) > 1 and sign * r["mean"] == best[d]))
         lines.append("| " + " | ".join([labels.get(v, v), *cells]) + " |")
+    return lines
+
+
+def auc_table_markdown(df: pd.DataFrame, *, first_header: str, labels: Mapping[str, str], title: str,
+                       oracle: Mapping[str, OracleAUC] | None = None,
+                       references: Mapping[str, Sequence[ReferenceScore]] | None = None) -> str:
+    """A paper-style table: rows = ``variant`` (in first-seen order), columns = target domains.
+
+    Cells are test AUC mean ± std over the seeds (selected grid points only); the best model mean of
+    each column is bold. The reference rows (``references``: item popularity, id-only LR, learnable
+    ceilings) and the oracle row follow the models, with footnotes on how each was obtained. A second
+    table gives the test logloss of the same rows, with the base rate's (the training positive rate).
+    """
+    oracle, references = oracle or {}, references or {}
+    domains = list(dict.fromkeys(df["target_domain"]))
+    seeds = sorted(set(df["seed"]))
+    header = ["| " + " | ".join([first_header, *domains]) + " |", "|" + "---|" * (len(domains) + 1)]
+    lines = [f"### {title}", "",
+             f"Test AUC, mean ± std over seeds {', '.join(map(str, seeds))}; each column is the target domain.", "",
+             *header, *_model_rows(df, "test_auc", labels, higher_is_better=True),
+             *_reference_lines(domains, "auc", references, oracle, with_base_rate=False)]
+    lines += ["", f"Test logloss (lower is better), mean ± std over seeds {', '.join(map(str, seeds))}.", "",
+              *header, *_model_rows(df, "test_logloss", labels, higher_is_better=False),
+              *_reference_lines(domains, "logloss", references, oracle, with_base_rate=True)]
+    notes = [f"{r.label} / {d}: {r.detail}." for d in domains for r in references.get(d, ()) if r.detail]
+    if notes:
+        lines += ["", "References: fitted on the target's training split, one hyperparameter chosen on its "
+                  "validation split; learnable ceilings: the simulator's click model with each user's taste "
+                  "inferred (MAP) from their pre-test rows.", "", *[f"- {n}" for n in notes]]
     if oracle:
-        lines.append("| " + " | ".join(["Oracle (simulator p_click)",
-                                         *[f"{oracle[d].auc:.4f}" if d in oracle else "" for d in domains]]) + " |")
         lines += ["", *[f"Oracle scope: {oracle[d].describe()}." for d in domains if d in oracle]]
     grid = df[(df["selected"]) & (df["grid_point"] != "{}")]
     if not grid.empty:
@@ -248,16 +285,17 @@ def write_text(text: str, path: str) -> str:
 
 
 def study_markdown(study: str, df: pd.DataFrame, dataset: str,
-                   oracle: Mapping[str, OracleAUC] | None = None) -> str:
+                   oracle: Mapping[str, OracleAUC] | None = None,
+                   references: Mapping[str, Sequence[ReferenceScore]] | None = None) -> str:
     """The Markdown of a training study: Table 2 / Table 5 tables, or a summary table for Fig. 5 / 6."""
     if study == "table2":
         return auc_table_markdown(df, first_header="Model", labels=MODEL_LABELS, oracle=oracle,
-                                  title=f"Table 2: AUC comparison on {dataset}")
+                                  references=references, title=f"Table 2: AUC comparison on {dataset}")
     if study == "table5":
         order = [a for a in ABLATION_LABELS if a in set(df["variant"])]  # paper order, CDAnet last
         df = df.assign(_o=df["variant"].map(order.index)).sort_values("_o", kind="stable").drop(columns="_o")
         return auc_table_markdown(df, first_header="Variant", labels=ABLATION_LABELS, oracle=oracle,
-                                  title=f"Table 5: ablations of CDAnet on {dataset}")
+                                  references=references, title=f"Table 5: ablations of CDAnet on {dataset}")
     key = "variant" if study == "fig5" else "param"
     summary = auc_summary(df, [key, "target_domain", "value"])
     title = "Fig. 5: sparsity" if study == "fig5" else "Fig. 6: parameter sensitivity"
@@ -267,6 +305,11 @@ def study_markdown(study: str, df: pd.DataFrame, dataset: str,
     for r in summary.itertuples(index=False):
         label = MODEL_LABELS.get(r[0], r[0]) if study == "fig5" else r[0]
         lines.append(f"| {label} | {r.target_domain} | {r.value:g} | {r.mean:.4f} | {r.std:.4f} | {r.n} |")
+    refs = [r for d in dict.fromkeys(df["target_domain"]) for r in (references or {}).get(d, ())]
+    if refs:
+        lines += ["", "References on the same test rows (fitted on the whole training split):", "",
+                  *[f"- {r.label} / {r.domain}: test AUC {r.auc:.4f}, logloss {r.logloss:.4f} ({r.detail})."
+                    for r in refs]]
     if oracle:
         lines += ["", *[f"Oracle AUC {o.auc:.4f} ({o.describe()})." for o in oracle.values()]]
     return "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -19,6 +19,7 @@ from cdanet.features import DomainSchema, SchemaError, load_schemas
 from cdanet.studies import report
 from cdanet.studies.oracle import OracleAUC, oracle_aucs
 from cdanet.studies.plan import check_studies, plan_study, run_id_of
+from cdanet.studies.reference_rows import ReferenceScore, reference_scores, references_frame
 from cdanet.studies.runner import run_many
 from cdanet.studies.spec import STUDIES, StudySpec
 
@@ -51,13 +52,18 @@ def check_processed(processed_root: str, spec: StudySpec) -> dict[str, DomainSch
 
 
 def write_study_outputs(study: str, df: pd.DataFrame, output_dir: str, dataset: str,
-                        oracle: dict[str, OracleAUC] | None = None) -> dict[str, str]:
-    """Write ``<study>.csv``, ``<study>.md`` and (figures) ``<study>.png``; return ``{kind: path}``."""
+                        oracle: dict[str, OracleAUC] | None = None,
+                        references: Mapping[str, Sequence[ReferenceScore]] | None = None) -> dict[str, str]:
+    """Write ``<study>.csv``, ``<study>.md``, ``<study>_references.csv`` (with references or an oracle)
+    and (figures) ``<study>.png``; return ``{kind: path}``."""
     paths = {
         "csv": report.write_csv(df, os.path.join(output_dir, f"{study}.csv")),
-        "markdown": report.write_text(report.study_markdown(study, df, dataset, oracle),
+        "markdown": report.write_text(report.study_markdown(study, df, dataset, oracle, references),
                                       os.path.join(output_dir, f"{study}.md")),
     }
+    if references or oracle:
+        paths["references"] = report.write_csv(references_frame(references or {}, oracle),
+                                               os.path.join(output_dir, f"{study}_references.csv"))
     if study == "fig5":
         paths["png"] = report.plot_fig5(df, os.path.join(output_dir, "fig5.png"), oracle)
     elif study == "fig6":
@@ -67,15 +73,20 @@ def write_study_outputs(study: str, df: pd.DataFrame, output_dir: str, dataset: 
 
 def run_training_study(study: str, processed_root: str, output_dir: str, spec: StudySpec | None = None,
                        progress: bool = True, *, oracle_from: str | None = None) -> pd.DataFrame:
-    """Plan, train (or reuse) every run of ``study``, and write its CSV / Markdown / PNG."""
+    """Plan, train (or reuse) every run of ``study``, and write its CSV / Markdown / PNG.
+
+    The tables get the reference rows of :mod:`cdanet.studies.reference_rows` (item popularity and
+    id-only LR always; the learnable ceilings and the oracle with ``oracle_from``).
+    """
     spec = (spec or StudySpec()).validate()
     check_processed(processed_root, spec)
     plan = plan_study(study, spec)
     records = run_many(list(plan.runs.values()), processed_root, os.path.join(output_dir, RUNS_DIRNAME),
                        progress=progress, desc=study)
     oracle = oracle_aucs(oracle_from, processed_root, spec.target_domains)
+    references = reference_scores(processed_root, spec.target_domains, oracle_from)
     df = report.results_frame(plan, records, oracle)
-    paths = write_study_outputs(study, df, output_dir, spec.dataset, oracle)
+    paths = write_study_outputs(study, df, output_dir, spec.dataset, oracle, references)
     _announce(progress, study, paths)
     return df
 
