@@ -1,0 +1,121 @@
+"""model.shared_users: the target's users read the source's user vectors (a named departure from the paper)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import schemas
+
+from cdanet.batch import Batch, random_batch
+from cdanet.config import ConfigError, tiny_config
+from cdanet.data import OOV_MARKER, processed_vocab_dir, user_link, write_vocabularies
+from cdanet.losses import compute_loss
+from cdanet.models import AugmentationNetwork, build_model
+
+N_MOVIE_USERS, N_BOOK_USERS = schemas()["movie"].field("user_id").vocab_size, schemas()["book"].field("user_id").vocab_size
+
+
+def _cfg(model: str = "cdanet", shared: bool = True):
+    return tiny_config("amazon", model=model).with_overrides([f"model.shared_users={str(shared).lower()}"]).validate()
+
+
+def _batches(seed: int = 0) -> dict[str, Batch]:
+    g = torch.Generator().manual_seed(seed)
+    s = schemas()
+    return {"movie": random_batch(s["movie"], 32, g), "book": random_batch(s["book"], 40, g)}
+
+
+def _link(seed: int = 0) -> torch.Tensor:
+    """Every third movie user has a book account (a random book index), the others none (0)."""
+    g = torch.Generator().manual_seed(seed)
+    link = torch.randint(1, N_BOOK_USERS, (N_MOVIE_USERS,), generator=g)
+    link[torch.arange(N_MOVIE_USERS) % 3 != 0] = 0
+    link[0] = 0
+    return link
+
+
+def test_user_link_maps_raw_user_ids_between_the_vocabularies(tmp_path) -> None:
+    s = schemas()
+    movie_users = [OOV_MARKER] + [f"u{i}" for i in range(1, N_MOVIE_USERS)]
+    book_users = [OOV_MARKER] + [f"u{i}" for i in range(N_BOOK_USERS - 1, 0, -2)] + [
+        f"b{i}" for i in range(N_BOOK_USERS - 1 - len(range(N_BOOK_USERS - 1, 0, -2)))]
+    for schema, users in ((s["movie"], movie_users), (s["book"], book_users)):
+        others = {f.name: [OOV_MARKER] + [f"{f.name}{i}" for i in range(1, f.vocab_size)]
+                  for f in schema.fields if f.is_categorical and f.name != "user_id"}
+        write_vocabularies(processed_vocab_dir(str(tmp_path), schema), {"user_id": users, **others})
+    link = user_link(str(tmp_path), s["book"], s["movie"])
+    assert link.shape == (N_MOVIE_USERS,) and link[0] == 0
+    for i in range(1, N_MOVIE_USERS):
+        raw = movie_users[i]
+        assert (book_users[link[i]] == raw) if raw in book_users else link[i] == 0, raw
+    assert (link > 0).sum() == sum(u in book_users for u in movie_users[1:]) > 0
+    assert user_link(str(tmp_path / "nothing"), s["book"], s["movie"]) is None
+
+
+def test_the_target_adds_the_linked_source_user_vector() -> None:
+    torch.manual_seed(0)
+    net = build_model(_cfg(), schemas())
+    net.link_users(_link())
+    b = _batches()
+    h = net.embed(b, ("book", "movie"))
+    plain = net.embeddings["movie"](b["movie"].features)
+    users = net.user_link[b["movie"].features["user_id"]]
+    expected = plain + net.embeddings["book"].table("user_id")[users]
+    torch.testing.assert_close(h["movie"], expected)
+    torch.testing.assert_close(h["book"], net.embeddings["book"](b["book"].features))  # the source is unchanged
+
+
+def test_the_link_is_saved_with_the_model_and_checked() -> None:
+    net = build_model(_cfg(), schemas())
+    net.link_users(_link())
+    again = build_model(_cfg(), schemas())
+    again.load_state_dict(net.state_dict())
+    assert torch.equal(again.user_link, net.user_link)
+    with pytest.raises(ValueError, match="source's user vocabulary"):
+        net.link_users(torch.full((N_MOVIE_USERS,), N_BOOK_USERS))
+    with pytest.raises(ValueError, match="shape"):
+        net.link_users(torch.zeros(3, dtype=torch.long))
+    plain = build_model(_cfg(shared=False), schemas())
+    assert plain.user_link is None and "user_link" not in plain.state_dict()
+    with pytest.raises(ValueError, match="without model.shared_users"):
+        plain.link_users(_link())
+
+
+def test_stage2_folds_the_link_into_the_target_user_rows() -> None:
+    # The augmentation network has no link: the linked source vectors are added into the target's user rows,
+    # so its z_t equals the translation network's z_t for every target row.
+    torch.manual_seed(0)
+    net = build_model(_cfg(), schemas())
+    net.link_users(_link())
+    compute_loss(net, _batches()).total.backward()  # weights as after training: not all equal to init
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    net.eval()
+    aug = AugmentationNetwork.from_translation(net)
+    aug.eval()
+    b = _batches(1)
+    torch.testing.assert_close(aug.latent(b["movie"]), net.latent("movie", b["movie"]))
+    assert aug.user_link is None
+
+
+def test_gradients_reach_the_source_user_rows_from_target_rows() -> None:
+    net = build_model(_cfg(), schemas())
+    net.link_users(_link())
+    b = _batches()
+    net.embeddings["book"].sparse_grad = False
+    h = net.embed({"movie": b["movie"]}, ("movie",))["movie"]
+    h.sum().backward()
+    grad = net.embeddings["book"].weight.grad  # the book user rows come first in its fused table
+    rows = net.user_link[b["movie"].features["user_id"]].unique()
+    touched = grad[: N_BOOK_USERS].abs().sum(1).nonzero().flatten()
+    assert set(touched.tolist()) == set(rows.tolist())
+
+
+def test_single_domain_models_and_other_combiners() -> None:
+    mlp = build_model(_cfg("mlp"), schemas())
+    assert mlp.user_link is None  # the single-domain baseline has no source to link to
+    mmoe = build_model(_cfg("mmoe"), schemas())
+    assert mmoe.user_link is not None
+    with pytest.raises(ConfigError, match="shared_users needs embedding_combiner 'linear'"):
+        _cfg().with_overrides(["model.embedding_combiner=concat"]).validate()
