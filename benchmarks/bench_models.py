@@ -86,7 +86,12 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, float | str]:
     cfg = paper_config("amazon", model="cdanet" if name == "cdanet_stage2" else name)
     cfg.model.d = cfg.model.embedding_dim = cfg.model.tower_hidden = args.d
     cfg.model.embedding_combiner = args.combiner
+    cfg = cfg.with_overrides(args.overrides).validate()
     model = build_model(cfg, schemas)
+    if getattr(model, "user_link", None) is not None:  # model.shared_users: 60 % of the users linked
+        link = torch.randint(1, args.users, (args.users,), generator=torch.Generator().manual_seed(1))
+        link[torch.rand(args.users, generator=torch.Generator().manual_seed(2)) > 0.6] = 0
+        model.link_users(link)
     if name == "cdanet_stage2":
         model = AugmentationNetwork.from_translation(model)
     model.train()
@@ -164,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="embedding combiners to measure (model.embedding_combiner); each model runs with each")
     p.add_argument("--embedding-update", choices=list(EMBEDDING_UPDATES), default="dense",
                    help="Adam's update of the embedding tables (train.embedding_update; dense is the default)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="config override of every model, e.g. --set model.shared_users=false (repeatable)")
     p.add_argument("--no-retain-heap", dest="retain_heap", action="store_false",
                    help="let glibc return freed memory to the OS (the trainer's train.retain_heap=false)")
     p.add_argument("--combiner", help=argparse.SUPPRESS)  # internal: the child's combiner
