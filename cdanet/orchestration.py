@@ -181,6 +181,7 @@ def run_summary(tracking_uri: str, model_name: str, pipeline_root: str, log_path
     from mlflow import MlflowClient
 
     from cdanet.registry import TAG_BLESSED, TAG_REASONS, TAG_SUMMARY, get_champion
+    from cdanet.steps import RELIABILITY_PNG
 
     client = MlflowClient(tracking_uri=tracking_uri)
     versions = client.search_model_versions(f"name = '{model_name}'", order_by=["version_number DESC"],
@@ -191,10 +192,14 @@ def run_summary(tracking_uri: str, model_name: str, pipeline_root: str, log_path
         metrics = client.get_run(version.run_id).data.metrics
         # <domain>_test_auc is the candidate's, stage1_<domain>_test_auc the translation network's.
         stems = sorted((k.startswith("stage1_"), k[: -len("_test_auc")]) for k in metrics if k.endswith("_test_auc"))
+        nan = float("nan")
         for stage1, stem in stems:
             domain, who = stem.removeprefix("stage1_"), "stage-1 translation network" if stage1 else "candidate"
+            # The base-rate logloss (predicting the training click rate everywhere) is the bar for logloss.
             lines.append(f"  test {domain:<8} AUC {metrics[stem + '_test_auc']:.4f}   logloss "
-                         f"{metrics.get(stem + '_test_logloss', float('nan')):.4f}   ({who})")
+                         f"{metrics.get(stem + '_test_logloss', nan):.4f} (base rate "
+                         f"{metrics.get(domain + '_test_base_rate_logloss', nan):.4f})   ECE "
+                         f"{metrics.get(stem + '_test_ece', nan):.4f}   ({who})")
         tags = version.tags or {}
         verdict = "blessed" if tags.get(TAG_BLESSED) == "true" else "rejected"
         lines.append(f"  gate     {tags.get(TAG_SUMMARY) or verdict}")
@@ -211,7 +216,9 @@ def run_summary(tracking_uri: str, model_name: str, pipeline_root: str, log_path
         lines.append(f"  artifacts {run_dir}")
         for label, rel in (("processed data", "preprocess/processed"), ("validation report", "validate/report"),
                            ("model", "finetune/model"), ("training curves", "finetune/curves"),
-                           ("predictions", "evaluate/predictions")):
+                           ("predictions", "evaluate/predictions"),
+                           ("reliability diagram", f"evaluate/predictions/{RELIABILITY_PNG}"),
+                           ("gate decision", "gate/report")):
             if os.path.exists(os.path.join(run_dir, rel)):
                 lines.append(f"           {label:<18} {os.path.join(run_dir, rel)}")
     lines.append(f"  log      {log_path}")

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cdanet import __version__
-from cdanet.atomic import write_text
+from cdanet.atomic import replacing, write_json, write_text
 from cdanet.config import DATASETS, PROFILES, ConfigError, ExperimentConfig
 from cdanet.features import STATS_FILENAME
 
@@ -223,14 +224,32 @@ def write_curves_html(histories: Mapping[str, list[dict]], target: str, path: st
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
+    write_text(path, _html_page("CDAnet training curves", f"<img src='data:image/png;base64,{_png_base64(fig)}'/>"))
+
+
+def _png_base64(fig: Any) -> str:
+    """The figure as a base64 PNG (for an ``<img>`` data URI); closes the figure."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    png = base64.b64encode(buf.getvalue()).decode()
-    write_text(path, f"<html><body><h3>CDAnet training curves</h3><img src='data:image/png;base64,{png}'/></body></html>")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _html_page(title: str, body: str) -> str:
+    return f"<html><body><h3>{title}</h3>{body}</body></html>"
 
 
 # ---- evaluate -----------------------------------------------------------------------------------------
+#: Written into the evaluate step's predictions folder next to predictions.parquet.
+RELIABILITY_PNG = "reliability.png"
+CALIBRATION_JSON = "calibration.json"
+#: Equal-mass bins of the reliability diagrams.
+RELIABILITY_BINS = 10
+_MODEL_LABELS = {"": "candidate", "stage1_": "stage-1 translation network"}
+
+
 @dataclass
 class EvaluationOutput:
     metrics: dict[str, float]
@@ -239,18 +258,30 @@ class EvaluationOutput:
     tpr: list[float]
     thresholds: list[float]
     confusion_matrix: list[list[int]]
+    target_logloss: float = math.nan
+    target_base_rate_logloss: float = math.nan
+    #: ``{<prefix><domain>: Calibration.to_dict()}``, e.g. ``movie`` (candidate), ``stage1_book``.
+    calibration: dict[str, dict] = field(default_factory=dict)
 
 
 def evaluate(model_dir: str, processed_dir: str, predictions_dir: str, threshold: float | None = None,
-             pretrained_dir: str | None = None) -> EvaluationOutput:
-    """Test AUC/logloss per domain; ROC and confusion matrix of the target domain.
+             pretrained_dir: str | None = None, calibration_html: str | None = None,
+             n_bins: int = RELIABILITY_BINS) -> EvaluationOutput:
+    """Test AUC/logloss and calibration per domain; ROC and confusion matrix of the target domain.
 
     ``model_dir`` is the candidate (the augmentation network scores the target domain only), giving
-    ``<target>_test_auc`` / ``_logloss``. With ``pretrained_dir`` (the stage-1 translation network,
-    which scores both domains through its vanilla towers R_s, R_t) the source domain gets test
-    metrics too: ``stage1_<domain>_test_auc`` / ``_logloss`` for both domains, its predictions in
-    ``<predictions_dir>/stage1/``.
+    ``<target>_test_auc`` / ``_logloss`` / ``_ece``. With ``pretrained_dir`` (the stage-1 translation
+    network, which scores both domains through its vanilla towers R_s, R_t) the source domain gets
+    test metrics too: ``stage1_<domain>_test_auc`` / ``_logloss`` / ``_ece`` for both domains, its
+    predictions in ``<predictions_dir>/stage1/``. Every scored domain also gets
+    ``<domain>_test_base_rate_logloss`` (predicting the training split's click rate,
+    ``<domain>_train_positive_rate``, for every test row: the bar any usable logloss must clear).
+
+    The reliability diagrams are written to ``<predictions_dir>/reliability.png``, their bins to
+    ``calibration.json`` next to it, and with ``calibration_html`` the same plot plus tables as HTML.
     """
+    from cdanet.evaluation import train_positive_rate
+    from cdanet.features import load_schemas
     from cdanet.training import evaluate_model_dir
 
     scored = {"": evaluate_model_dir(model_dir, processed_dir, split="test", predictions_dir=predictions_dir)}
@@ -261,12 +292,96 @@ def evaluate(model_dir: str, processed_dir: str, predictions_dir: str, threshold
         f"{prefix}{domain}_test_{name}": float(getattr(m, name))
         for prefix, res in scored.items() for domain, m in res.domains.items() for name in ("auc", "logloss")
     }
+    domains = sorted({d for res in scored.values() for d in res.domains})
+    schemas = load_schemas(processed_dir, domains)
+    rates = {d: train_positive_rate(processed_dir, schemas[d]) for d in domains}
+    calibrations = {f"{prefix}{d}": res.calibration(d, rates[d], n_bins)
+                    for prefix, res in scored.items() for d in res.domains}
+    for key, cal in calibrations.items():
+        metrics[f"{key}_test_ece"] = cal.ece
+        domain = cal.domain
+        metrics[f"{domain}_test_base_rate_logloss"] = cal.base_rate_logloss
+        metrics[f"{domain}_train_positive_rate"] = cal.base_rate
+    write_json(os.path.join(predictions_dir, CALIBRATION_JSON), {k: c.to_dict() for k, c in calibrations.items()})
+    by_domain: dict[str, dict[str, Any]] = {}
+    for prefix, res in scored.items():
+        for d in res.domains:
+            by_domain.setdefault(d, {})[_MODEL_LABELS[prefix]] = calibrations[f"{prefix}{d}"]
+    write_reliability(by_domain, os.path.join(predictions_dir, RELIABILITY_PNG), calibration_html)
+
     result = scored[""]
     target = result.target_domain
     roc = result.roc(target)
     # Without a chosen threshold, the confusion matrix uses the target's positive rate as the cut-off.
     cm = result.confusion_matrix(target, threshold)
-    return EvaluationOutput(metrics, float(result.domains[target].auc), roc.fpr, roc.tpr, roc.thresholds, cm)
+    return EvaluationOutput(
+        metrics, float(result.domains[target].auc), roc.fpr, roc.tpr, roc.thresholds, cm,
+        target_logloss=float(result.domains[target].logloss),
+        target_base_rate_logloss=calibrations[target].base_rate_logloss,
+        calibration={k: c.to_dict() for k, c in calibrations.items()},
+    )
+
+
+def write_reliability(calibrations: Mapping[str, Mapping[str, Any]], png_path: str,
+                      html_path: str | None = None) -> None:
+    """Reliability diagrams, one panel per domain and one line per model, as a PNG (and an HTML page).
+
+    ``calibrations`` is ``{domain: {model label: cdanet.evaluation.Calibration}}``. The HTML page
+    embeds the same plot and adds, per domain and model, logloss against the base-rate logloss, the
+    ECE and the bins with their row counts.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    domains = list(calibrations)
+    fig, axes = plt.subplots(1, len(domains), figsize=(4.6 * len(domains), 4.2), squeeze=False)
+    for ax, domain in zip(axes[0], domains, strict=True):
+        models = calibrations[domain]
+        hi = 0.0
+        for label, cal in models.items():
+            r = cal.reliability
+            ax.plot(r.mean_predicted, r.observed_rate, marker="o",
+                    label=f"{label}: logloss {cal.logloss:.4f}, ECE {cal.ece:.4f}")
+            hi = max(hi, *r.mean_predicted, *r.observed_rate)
+        base = next(iter(models.values()))
+        hi = min(1.0, hi * 1.05 + 0.01)
+        ax.plot([0, hi], [0, hi], color="grey", linestyle=":", label="perfectly calibrated")
+        ax.axhline(base.base_rate, color="grey", linestyle="--", linewidth=0.8,
+                   label=f"base rate = train click rate {base.base_rate:.3f} (logloss {base.base_rate_logloss:.4f})")
+        ax.set(xlim=(0, hi), ylim=(0, hi), xlabel="mean predicted probability", ylabel="observed click rate",
+               title=f"{domain} (test, {len(base.reliability.count)} equal-mass bins)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    png = _png_base64(fig)
+    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
+    with replacing(png_path) as tmp, open(tmp, "wb") as fh:
+        fh.write(base64.b64decode(png))
+    if html_path is None:
+        return
+    parts = [f"<img src='data:image/png;base64,{png}'/>",
+             "<table border='1' cellpadding='3'><tr><th>domain</th><th>model</th><th>logloss</th>"
+             "<th>base-rate logloss</th><th>beats base rate</th><th>ECE</th></tr>"]
+    for domain, models in calibrations.items():
+        for label, cal in models.items():
+            parts.append(f"<tr><td>{domain}</td><td>{label}</td><td>{cal.logloss:.4f}</td>"
+                         f"<td>{cal.base_rate_logloss:.4f}</td><td>{'yes' if cal.beats_base_rate else 'NO'}</td>"
+                         f"<td>{cal.ece:.4f}</td></tr>")
+    parts.append("</table>")
+    for domain, models in calibrations.items():
+        for label, cal in models.items():
+            r = cal.reliability
+            rows = "".join(
+                f"<tr><td>{i + 1}</td><td>{lo:.4f} - {up:.4f}</td><td>{p:.4f}</td><td>{o:.4f}</td><td>{n}</td></tr>"
+                for i, (lo, up, p, o, n) in enumerate(zip(r.bin_lower, r.bin_upper, r.mean_predicted,
+                                                          r.observed_rate, r.count, strict=True))
+            )
+            parts.append(f"<h4>{domain}: {label}</h4><table border='1' cellpadding='3'><tr><th>bin</th>"
+                         "<th>score range</th><th>mean predicted</th><th>observed click rate</th><th>rows</th></tr>"
+                         f"{rows}</table>")
+    write_text(html_path, _html_page("Calibration on the test split (reliability diagrams)", "".join(parts)))
 
 
 # ---- gate and registry ------------------------------------------------------------------------------

@@ -98,9 +98,25 @@ def test_train_evaluate_gate_register_chain(workspace, tmp_path):
 
     metrics, roc = artifact(dsl.Metrics, tmp_path, "metrics"), artifact(dsl.ClassificationMetrics, tmp_path, "roc")
     predictions = artifact(dsl.Dataset, tmp_path, "predictions", directory=True)
+    calibration = artifact(dsl.HTML, tmp_path, "calibration.html")
     out = C.evaluate.python_func(processed=processed_in, model=model, pretrained=pretrained, metrics=metrics,
-                                 roc=roc, predictions=predictions)
+                                 roc=roc, calibration=calibration, predictions=predictions)
     assert out.target_auc == pytest.approx(metrics.metadata["movie_test_auc"])
+    assert out.target_logloss == pytest.approx(metrics.metadata["movie_test_logloss"])
+    assert out.target_base_rate_logloss == pytest.approx(metrics.metadata["movie_test_base_rate_logloss"])
+    assert 0.0 < metrics.metadata["movie_train_positive_rate"] < 1.0
+    for key in ("movie_test_ece", "stage1_movie_test_ece", "stage1_book_test_ece", "book_test_base_rate_logloss"):
+        assert key in metrics.metadata, key
+    # reliability data as plain lists (artifact metadata and calibration.json), plotted as PNG and HTML
+    bins = calibration.metadata["reliability"]["movie"]["reliability"]
+    assert len(bins["count"]) == 10 and sum(bins["count"]) == 300  # 10 % of the 3000 movie rows
+    saved = json.load(open(os.path.join(predictions.path, "calibration.json")))
+    assert set(saved) == {"movie", "stage1_movie", "stage1_book"}
+    assert saved["movie"]["ece"] == pytest.approx(metrics.metadata["movie_test_ece"])
+    with open(os.path.join(predictions.path, "reliability.png"), "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    html = open(calibration.path).read()
+    assert "data:image/png;base64," in html and "base-rate logloss" in html and "stage-1 translation network" in html
     assert "book_test_auc" not in metrics.metadata  # the augmentation network scores the target only
     for domain in ("movie", "book"):  # the stage-1 translation network scores both
         assert 0.0 <= metrics.metadata[f"stage1_{domain}_test_auc"] <= 1.0

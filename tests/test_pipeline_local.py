@@ -43,6 +43,7 @@ def test_first_run_promotes_a_champion_that_scores_rows(two_runs):
     text = "\n".join(out)
     assert "test movie    AUC" in text and "(now @champion)" in text
     assert "test book     AUC" in text and "(stage-1 translation network)" in text
+    assert "(base rate 0." in text and "ECE 0." in text  # logloss next to the base-rate logloss
     for task in ("configure", "preprocess", "validate", "pretrain", "finetune", "evaluate", "gate"):
         assert any(f"{task} " in line and "SUCCESS" in line for line in out), task
 
@@ -64,8 +65,11 @@ def test_first_run_promotes_a_champion_that_scores_rows(two_runs):
     assert glob.glob(os.path.join(run_dir, "evaluate", "predictions", "*.parquet"))
     executor_output = open(os.path.join(run_dir, "evaluate", "executor_output.json")).read()
     for key in ('"movie_test_auc"', '"movie_test_logloss"', '"stage1_book_test_auc"', '"confusionMatrix"',
-                '"confidenceMetrics"'):
+                '"confidenceMetrics"', '"movie_test_base_rate_logloss"', '"movie_test_ece"', '"reliability"'):
         assert key in executor_output, key
+    reliability_png = os.path.join(run_dir, "evaluate", "predictions", "reliability.png")
+    assert os.path.exists(reliability_png) and reliability_png in text  # the summary points at it
+    assert os.path.exists(os.path.join(run_dir, "evaluate", "calibration"))
 
 
 def test_worse_second_model_is_rejected_and_champion_untouched(two_runs):
