@@ -39,6 +39,8 @@ class PipelineConfig:
     tolerance: float
     raw_uri: str
     glove_uri: str
+    #: Defaulted so a config artifact frozen before the baseline check still loads (as "at least as good").
+    baseline_margin: float = 0.0
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
@@ -56,7 +58,7 @@ class PipelineConfig:
         e = self.experiment
         return {"dataset": e.dataset, "source_domain": e.source_domain, "target_domain": e.target_domain,
                 "alpha": e.model.alpha, "beta": e.model.beta, "num_experts": e.model.num_experts,
-                "min_auc": self.min_auc, "tolerance": self.tolerance}
+                "min_auc": self.min_auc, "tolerance": self.tolerance, "baseline_margin": self.baseline_margin}
 
 
 def _uri_exists(uri: str) -> bool:
@@ -71,6 +73,7 @@ def configure(
     *, dataset: str, target_domain: str, raw_uri: str, glove_uri: str, profile: str, alpha: float | None,
     beta: float | None, num_experts: int, latent_dim: int, max_epochs: int, batch_size: int,
     learning_rate: float, seed: int, extra_overrides: Sequence[str], min_auc: float, tolerance: float,
+    baseline_margin: float,
 ) -> PipelineConfig:
     """Validate every parameter; raise one error listing all problems (nothing has run yet)."""
     problems: list[str] = []
@@ -102,6 +105,8 @@ def configure(
         problems.append(f"min_auc must be in [0, 1], got {min_auc}")
     if tolerance < 0:
         problems.append(f"tolerance must be >= 0, got {tolerance}")
+    if not (math.isfinite(baseline_margin) and -1.0 <= baseline_margin <= 1.0):
+        problems.append(f"baseline_margin must be in [-1, 1], got {baseline_margin}")
     if not raw_uri:
         problems.append("raw_uri is empty: give the folder of raw files")
     elif not _uri_exists(raw_uri):
@@ -112,7 +117,7 @@ def configure(
         problems.append(f"glove_uri {glove_uri!r} does not exist or is not readable")
     if problems:
         raise PipelineParameterError("invalid pipeline parameters:\n  - " + "\n  - ".join(problems))
-    return PipelineConfig(cfg, min_auc, tolerance, raw_uri, glove_uri)
+    return PipelineConfig(cfg, min_auc, tolerance, raw_uri, glove_uri, baseline_margin)
 
 
 # ---- preprocess ---------------------------------------------------------------------------------------
@@ -384,6 +389,69 @@ def write_reliability(calibrations: Mapping[str, Mapping[str, Any]], png_path: s
     write_text(html_path, _html_page("Calibration on the test split (reliability diagrams)", "".join(parts)))
 
 
+# ---- baseline -----------------------------------------------------------------------------------------
+#: Name of the in-run baseline in reports, gate reasons and registry tags.
+BASELINE_MODEL = "id-only logistic regression"
+
+
+@dataclass(frozen=True)
+class BaselineReport:
+    """The in-run baseline's test metrics on the target domain: the artifact the gate reads."""
+
+    model: str
+    domain: str
+    split: str
+    auc: float
+    logloss: float
+    n: int
+    positive_rate: float
+    val_auc: float
+    #: What was chosen on validation, e.g. ``{"C": 0.3}``.
+    chosen: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def load(cls, path: str) -> BaselineReport:
+        with open(path) as fh:
+            d = json.load(fh)
+        expected = sorted(f.name for f in dataclasses.fields(cls))
+        if not isinstance(d, dict) or sorted(d) != expected:
+            raise ValueError(f"{path} is not a baseline report: expected keys {expected}, "
+                             f"got {sorted(d) if isinstance(d, dict) else type(d).__name__}")
+        return cls(**d)
+
+    def metrics(self) -> dict[str, float]:
+        """For KFP ``Metrics``: ``baseline_<domain>_test_auc`` / ``_test_logloss`` / ``_val_auc``."""
+        p = f"baseline_{self.domain}"
+        return {f"{p}_test_auc": self.auc, f"{p}_test_logloss": self.logloss, f"{p}_val_auc": self.val_auc}
+
+
+def baseline(config_path: str, processed_dir: str, report_path: str) -> BaselineReport:
+    """Train the id-only logistic regression on the target's training split and score its test split.
+
+    Same processed data, same split and same rows as the candidate's evaluation, so the gate can ask
+    whether the deep model learnt more than a user bias plus an item bias. Its regularisation is
+    chosen on the validation split (inside ``IdLogisticRegression.fit``); the test split is only scored.
+    """
+    from cdanet.data import load_split
+    from cdanet.evaluation import compute_metrics
+    from cdanet.features import load_schemas
+    from cdanet.references import IdLogisticRegression
+
+    domain = PipelineConfig.load(config_path).experiment.target_domain
+    schema = load_schemas(processed_dir, [domain])[domain]
+    train, val, test = (load_split(processed_dir, schema, split) for split in ("train", "validation", "test"))
+    model = IdLogisticRegression().fit(train, val)
+    val_m = compute_metrics(domain, val.label.cpu().numpy(), model.predict(val))
+    m = compute_metrics(domain, test.label.cpu().numpy(), model.predict(test))
+    chosen = {"C": float(model.c_)} if hasattr(model, "c_") else {}
+    report = BaselineReport(BASELINE_MODEL, domain, "test", m.auc, m.logloss, m.n, m.positive_rate, val_m.auc, chosen)
+    write_text(report_path, report.to_json())
+    return report
+
+
 # ---- gate and registry ------------------------------------------------------------------------------
 def _tracking_uri(uri: str) -> str:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")
@@ -395,15 +463,24 @@ def _tracking_uri(uri: str) -> str:
     return uri
 
 
-def gate(config_path: str, processed_dir: str, candidate_auc: float, tracking_uri: str, model_name: str):
-    """Floor + non-regression against the champion, scored on this run's test split."""
+def gate(config_path: str, processed_dir: str, candidate_auc: float, tracking_uri: str, model_name: str, *,
+         candidate_logloss: float, base_rate_logloss: float, baseline_path: str):
+    """Floor, non-regression against the champion, the in-run baseline and the base-rate logloss,
+    all on this run's test split of the target domain."""
     from cdanet.gate import GateConfig, decide
     from cdanet.registry import score_champion_on
 
     pc = PipelineConfig.load(config_path)
     domain = pc.experiment.target_domain
+    base = BaselineReport.load(baseline_path)
+    if (base.domain, base.split) != (domain, "test"):
+        raise ValueError(f"the baseline report {baseline_path} scores {base.domain}/{base.split}, "
+                         f"not the candidate's {domain}/test")
     champion_auc = score_champion_on(processed_dir, _tracking_uri(tracking_uri), model_name, domain, split="test")
-    return decide(candidate_auc, champion_auc, GateConfig(min_auc=pc.min_auc, tolerance=pc.tolerance, domain=domain))
+    cfg = GateConfig(min_auc=pc.min_auc, tolerance=pc.tolerance, baseline_margin=pc.baseline_margin, domain=domain)
+    return decide(candidate_auc, champion_auc, cfg, baseline_auc=base.auc, baseline_model=base.model,
+                  baseline_logloss=base.logloss, candidate_logloss=candidate_logloss,
+                  base_rate_logloss=base_rate_logloss)
 
 
 def data_fingerprint(processed_dir: str, domains: Sequence[str]) -> str:
