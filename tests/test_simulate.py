@@ -26,7 +26,9 @@ from cdanet.simulate import (
     SCALES,
     SimulationManifest,
     ground_truth_auc,
+    ground_truth_path,
     load_ground_truth,
+    load_user_prior,
     resolve_sizes,
     simulate,
     vocab,
@@ -369,6 +371,38 @@ def test_oracle_auc_and_shared_users(tiny: str) -> None:
         assert 0.4 < shared / len(t_users) < 0.8, "default overlap is about 60 % of target users"
 
 
+def test_ground_truth_logit_decomposes_into_offset_taste_and_activity(tiny: str) -> None:
+    """``logit(p_click) = offset + a * taste[user, topic] + c * activity[user]`` on every row."""
+    for dataset, domains in (("amazon", ("movie", "book")), ("taobao", ("ad", "rec"))):
+        users = load_user_prior(tiny, dataset).to_pandas()
+        index = {u: i for i, u in enumerate(users["user"])}
+        taste, activity = np.stack(users["taste"].to_numpy()), users["activity"].to_numpy()
+        mean, sd = np.stack(users["prior_mean"].to_numpy()), np.stack(users["prior_sd"].to_numpy())
+        assert taste.shape == mean.shape == sd.shape and taste.shape[1] == 8
+        # The drawn tastes are consistent with their priors (z-scores of a standard normal).
+        z = (taste - mean) / sd
+        assert abs(z.mean()) < 0.1 and 0.85 < z.std() < 1.15
+        for domain in domains:
+            gt = pq.read_table(ground_truth_path(tiny, domain)).to_pandas()
+            u = gt["user"].map(index).to_numpy()
+            assert not np.isnan(u.astype(float)).any()
+            logit = (gt["offset"] + gt["taste_weight"] * taste[u, gt["topic"]]
+                     + gt["activity_weight"] * activity[u]).to_numpy()
+            np.testing.assert_allclose(1 / (1 + np.exp(-logit)), gt["p_click"], rtol=0, atol=1e-12)
+            assert gt["topic"].between(0, 7).all() and gt["offset"].std() > 0.3
+    amazon = load_user_prior(tiny, "amazon").to_pandas()
+    assert len({tuple(m) for m in amazon["prior_mean"]}) == 1 and (np.stack(amazon["prior_sd"]) == 1).all()
+    # Taobao: a profile row reveals the demographic prototype; without one the prior is the wider mixture.
+    taobao = load_user_prior(tiny, "taobao").to_pandas()
+    profiled = {line.split(",")[0] for line in text_lines(tiny, "taobao/user_profile.csv")[1:]}
+    known = taobao["user"].isin(profiled).to_numpy()
+    sd = np.stack(taobao["prior_sd"].to_numpy())
+    assert known.any() and (~known).any()
+    assert (sd[known] == 0.75).all() and (sd[~known] > 0.75).all()
+    with pytest.raises(FileNotFoundError, match="simulate again"):
+        load_user_prior(os.path.join(tiny, "amazon"), "amazon")
+
+
 def test_source_domain_behaviour_predicts_the_target(small: str) -> None:
     """Per-(user, topic) click rates learned on books alone rank the same users' movie rows."""
     def item_topics(cat: str) -> dict[str, str]:
@@ -485,7 +519,7 @@ def test_same_seed_gives_byte_identical_files(tmp_path: pytest.TempPathFactory) 
     simulate(b, **kwargs)
     simulate(c, **{**kwargs, "seed": 8})
     first = _digests(a)
-    assert len(first) == 14 and first == _digests(b)
+    assert len(first) == 16 and first == _digests(b)
     differ = {p for p, h in _digests(c).items() if first.get(p) != h}
     assert differ >= set(first) - {"manifest.json"}
 
@@ -541,6 +575,7 @@ def test_ground_truth_schema_and_errors(tiny: str, tmp_path: pytest.TempPathFact
     schema = pq.read_schema(os.path.join(tiny, "ground_truth", "movie.parquet"))
     assert [(f.name, str(f.type)) for f in schema] == [
         ("user", "string"), ("item", "string"), ("timestamp", "int64"), ("p_click", "double"), ("label", "int64"),
+        ("topic", "int64"), ("offset", "double"), ("taste_weight", "double"), ("activity_weight", "double"),
     ]
     with pytest.raises(ValueError, match="unknown domain 'music'"):
         ground_truth_auc(tiny, "music")

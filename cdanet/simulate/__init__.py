@@ -2,7 +2,8 @@
 
 Writes synthetic Amazon (2014 / 2018 / 2023 formats) and Taobao (Tianchi 56 + 649) raw files,
 byte-for-byte in the public files' formats, plus a GloVe-format word-vector file, the true click
-probability of every row (``ground_truth/<domain>.parquet``) and a ``manifest.json``. The planted
+probability of every row with the parts of its logit (``ground_truth/<domain>.parquet``), the
+users' taste priors (``ground_truth/<dataset>_users.parquet``) and a ``manifest.json``. The planted
 structure (shared user tastes over latent topics, topic-clustered title words, a sparse target and
 a rich source domain) makes cross-domain transfer real and measurable; see
 :mod:`cdanet.simulate.world` for the click model.
@@ -20,7 +21,9 @@ from cdanet.simulate.core import (
     ground_truth_auc,
     ground_truth_path,
     load_ground_truth,
+    load_user_prior,
     simulate,
+    user_prior_path,
 )
 from cdanet.simulate.sizes import ALL_DOMAINS, DOMAINS, SCALES, SimulationSizes, resolve_sizes
 
@@ -37,6 +40,8 @@ __all__ = [
     "ground_truth_auc",
     "ground_truth_path",
     "load_ground_truth",
+    "load_user_prior",
     "resolve_sizes",
     "simulate",
+    "user_prior_path",
 ]

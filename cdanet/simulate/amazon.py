@@ -43,9 +43,11 @@ from cdanet.simulate.world import (
     ExposureModel,
     Interactions,
     Population,
+    calibrate_bias,
     child_rng,
     click_logits,
     draw_exposures,
+    known_offset,
     sample_in_groups,
     sample_labels,
     split_users,
@@ -108,6 +110,8 @@ class AmazonDomainData:
     seconds: np.ndarray  # int64 unix seconds (ground truth timestamp)
     millis: np.ndarray  # int64 (2023 only; seconds * 1000 otherwise)
     use_variant: np.ndarray  # bool: the 2023 row names the variant asin
+    offset: np.ndarray  # float64: the ground-truth logit minus the user's taste and activity terms
+    click: ClickModel
 
 
 def _names(rng: np.random.Generator, n: int) -> list[str]:
@@ -206,6 +210,7 @@ class AmazonWorld:
     user_name: list[str]  # JSON-encoded reviewer names [population]
     glove_words: list[str]
     glove_vectors: np.ndarray
+    population: Population
 
 
 def build_world(seed: int, sizes: SimulationSizes, fmt: str, glove_dim: int) -> AmazonWorld:
@@ -227,7 +232,9 @@ def build_world(seed: int, sizes: SimulationSizes, fmt: str, glove_dim: int) -> 
         rng = child_rng(seed, "amazon", domain, "rows")
         rows = draw_exposures(rng, users, sizes.rows(domain), population, items.catalog, EXPOSURE)
         rows = click_logits(rng, rows, population, items.catalog, CLICK)
-        p, label = sample_labels(rng, rows.logit, CLICK.target_rate)
+        bias = calibrate_bias(rows.logit, CLICK.target_rate)
+        p, label = sample_labels(rng, rows.logit, CLICK.target_rate, bias)
+        offset = known_offset(rows, population, items.catalog, CLICK, bias)
         rating = _ratings_from_labels(rng, label)
         exact = _T0 + rows.tau * (_T1[fmt] - _T0)
         if fmt == "2023json":
@@ -250,6 +257,7 @@ def build_world(seed: int, sizes: SimulationSizes, fmt: str, glove_dim: int) -> 
         domains[domain] = AmazonDomainData(
             domain=domain, items=items, rows=rows.take(order), p_click=p[order], label=label[order],
             rating=rating[order], seconds=seconds[order], millis=millis[order], use_variant=use_variant[order],
+            offset=offset[order], click=CLICK,
         )
 
     topic_words = {k: vocab.TOPIC_WORDS[t] for k, t in enumerate(vocab.AMAZON_TOPICS)}
@@ -263,7 +271,7 @@ def build_world(seed: int, sizes: SimulationSizes, fmt: str, glove_dim: int) -> 
                  for f, m in zip(first.tolist(), last.tolist(), strict=True)]
     return AmazonWorld(
         fmt=fmt, domains=domains, user_id=user_id, user_name=user_name,
-        glove_words=[words[i] for i in order], glove_vectors=vectors[order],
+        glove_words=[words[i] for i in order], glove_vectors=vectors[order], population=population,
     )
 
 

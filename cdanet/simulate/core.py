@@ -15,7 +15,7 @@ from cdanet.atomic import replacing, write_text
 from cdanet.simulate import amazon, taobao
 from cdanet.simulate.rawfile import FileReport, TextTable, write_lines, write_table
 from cdanet.simulate.sizes import ALL_DOMAINS, DOMAINS, SCALES, resolve_sizes
-from cdanet.simulate.world import child_rng
+from cdanet.simulate.world import ClickModel, Population, child_rng
 
 DATASET_CHOICES: tuple[str, ...] = ("amazon", "taobao", "both")
 MANIFEST_FILENAME = "manifest.json"
@@ -32,6 +32,10 @@ _MAX_FRACTION = 0.5
 
 def ground_truth_path(output_dir: str, domain: str) -> str:
     return os.path.join(output_dir, "ground_truth", f"{domain}.parquet")
+
+
+def user_prior_path(output_dir: str, dataset: str) -> str:
+    return os.path.join(output_dir, "ground_truth", f"{dataset}_users.parquet")
 
 
 @dataclass
@@ -107,16 +111,57 @@ def _ids(values: np.ndarray, index: np.ndarray) -> pa.Array:
 
 
 def _write_ground_truth(output_dir: str, domain: str, user: pa.Array, item: pa.Array, timestamp: np.ndarray,
-                        p_click: np.ndarray, label: np.ndarray) -> str:
-    """Ground truth, one row per valid raw row in file order (duplicates and malformed lines excluded)."""
+                        p_click: np.ndarray, label: np.ndarray, topic: np.ndarray, offset: np.ndarray,
+                        click: ClickModel) -> str:
+    """Ground truth, one row per valid raw row in file order (duplicates and malformed lines excluded).
+
+    Besides ``p_click`` and ``label``, the parts of the logit (:mod:`cdanet.simulate.world`):
+    ``logit(p_click) = offset + taste_weight * taste[user, topic] + activity_weight * activity[user]``
+    with ``topic`` the item's latent topic and ``offset`` every item-side, time and bias term.
+    """
+    n = len(label)
     table = pa.table({
         "user": user,
         "item": item,
         "timestamp": pa.array(timestamp, pa.int64()),
         "p_click": pa.array(p_click, pa.float64()),
         "label": pa.array(label, pa.int64()),
+        "topic": pa.array(topic, pa.int64()),
+        "offset": pa.array(offset, pa.float64()),
+        "taste_weight": pa.array(np.full(n, click.taste_weight), pa.float64()),
+        "activity_weight": pa.array(np.full(n, click.activity_weight), pa.float64()),
     })
     path = ground_truth_path(output_dir, domain)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with replacing(path) as tmp:
+        pq.write_table(table, tmp)
+    return os.path.relpath(path, output_dir)
+
+
+def _write_user_prior(output_dir: str, dataset: str, user_id: np.ndarray, population: Population,
+                      group_known: np.ndarray | None = None) -> str:
+    """``ground_truth/<dataset>_users.parquet``: every user's taste prior and true latent values.
+
+    One row per user of the dataset's population: ``prior_mean``/``prior_sd`` (lists over topics,
+    see :meth:`Population.taste_prior`), ``activity_prior_sd`` (activity ~ N(0, sd^2)), and the
+    drawn ``taste`` (list over topics) and ``activity``.
+    """
+    mean, sd = population.taste_prior(group_known)
+    n_topics = population.taste.shape[1]
+
+    def lists(values: np.ndarray) -> pa.Array:
+        flat = pa.array(np.ascontiguousarray(values, dtype=np.float64).ravel(), pa.float64())
+        return pa.FixedSizeListArray.from_arrays(flat, n_topics)
+
+    table = pa.table({
+        "user": pa.array(user_id.astype(str), pa.string()),
+        "prior_mean": lists(mean),
+        "prior_sd": lists(sd),
+        "activity_prior_sd": pa.array(np.ones(len(user_id)), pa.float64()),
+        "taste": lists(population.taste),
+        "activity": pa.array(population.activity, pa.float64()),
+    })
+    path = user_prior_path(output_dir, dataset)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with replacing(path) as tmp:
         pq.write_table(table, tmp)
@@ -160,7 +205,8 @@ def simulate(output_dir: str, dataset: str = "both", scale: str = "small", seed:
 
     Layout: ``amazon/`` (ratings + metadata per domain, see :mod:`cdanet.simulate.amazon`),
     ``taobao/`` (:mod:`cdanet.simulate.taobao`), ``glove/glove.sim.<dim>d.txt`` (with Amazon),
-    ``ground_truth/<domain>.parquet`` and ``manifest.json``. The same arguments give byte-identical
+    ``ground_truth/<domain>.parquet``, ``ground_truth/<dataset>_users.parquet`` (the users' taste
+    priors) and ``manifest.json``. The same arguments give byte-identical
     files, and each dataset's files do not depend on whether the other one is simulated too.
 
     ``malformed_fraction`` injects that fraction (of each file's valid rows) of malformed lines into
@@ -191,7 +237,8 @@ def simulate(output_dir: str, dataset: str = "both", scale: str = "small", seed:
             ratings = write(amazon.ratings_table(world, domain, seed), gzip)
             meta = write(amazon.meta_table(world, domain), gzip)
             truth = _write_ground_truth(output_dir, domain, _ids(world.user_id, d.rows.user),
-                                        _ids(d.items.parent_id, d.rows.item), d.seconds, d.p_click, d.label)
+                                        _ids(d.items.parent_id, d.rows.item), d.seconds, d.p_click, d.label,
+                                        d.items.catalog.topic[d.rows.item], d.offset, d.click)
             manifest.domains[domain] = {
                 "dataset": "amazon", "files": {"ratings": ratings, "meta": meta, "glove": glove},
                 "ground_truth": truth, "label_rule": LABEL_RULES[domain],
@@ -200,6 +247,7 @@ def simulate(output_dir: str, dataset: str = "both", scale: str = "small", seed:
             }
         movie_users, book_users = (np.unique(world.domains[x].rows.user) for x in DOMAINS["amazon"])
         manifest.shared_users["amazon"] = int(len(np.intersect1d(movie_users, book_users)))
+        _write_user_prior(output_dir, "amazon", world.user_id, world.population)
 
     if dataset in ("taobao", "both"):
         manifest.formats["taobao"] = "tianchi-56+649"
@@ -210,17 +258,22 @@ def simulate(output_dir: str, dataset: str = "both", scale: str = "small", seed:
             "dataset": "taobao",
             "files": {"raw_sample": raw_sample, "ad_feature": ad_feature, "user_profile": user_profile},
             "ground_truth": _write_ground_truth(output_dir, "ad", _ids(tb.user_id, ad.rows.user), _ids(tb.ad_id, ad.rows.item),
-                                                ad.seconds, ad.p_click, ad.label),
+                                                ad.seconds, ad.p_click, ad.label, ad.topic, ad.offset, ad.click),
             "label_rule": LABEL_RULES["ad"], **_domain_stats(ad.rows.user, ad.rows.item, ad.label),
         }
         manifest.domains["rec"] = {
             "dataset": "taobao", "files": {"behavior": behavior},
             "ground_truth": _write_ground_truth(output_dir, "rec", _ids(tb.user_id, rec.rows.user),
                                                 _ids(tb.rec_item_id, rec.rows.item), rec.seconds, rec.p_click,
-                                                rec.label),
+                                                rec.label, rec.topic, rec.offset, rec.click),
             "label_rule": LABEL_RULES["rec"], **_domain_stats(rec.rows.user, rec.rows.item, rec.label),
         }
         manifest.shared_users["taobao"] = int(len(np.intersect1d(np.unique(ad.rows.user), np.unique(rec.rows.user))))
+        # A user's demographic group (hence the prototype in their taste prior) is in the data only
+        # through their profile row.
+        group_known = np.zeros(len(tb.user_id), dtype=bool)
+        group_known[tb.profile_users] = True
+        _write_user_prior(output_dir, "taobao", tb.user_id, tb.population, group_known)
 
     manifest.save(output_dir)
     return manifest
@@ -235,6 +288,19 @@ def load_ground_truth(output_dir: str, domain: str) -> pa.Table:
         raise FileNotFoundError(
             f"no ground truth for domain {domain!r} at {path}: run cdanet.simulate with a dataset "
             f"that includes it (python -m cdanet.simulate --output {output_dir})"
+        )
+    return pq.read_table(path)
+
+
+def load_user_prior(output_dir: str, dataset: str) -> pa.Table:
+    """The users' taste priors of ``dataset`` (columns user, prior_mean, prior_sd, activity_prior_sd, taste, activity)."""
+    if dataset not in DOMAINS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(DOMAINS)}")
+    path = user_prior_path(output_dir, dataset)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"no user priors of dataset {dataset!r} at {path}: simulations written before the priors were "
+            f"added lack them; simulate again (python -m cdanet.simulate --output {output_dir})"
         )
     return pq.read_table(path)
 

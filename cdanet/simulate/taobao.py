@@ -34,9 +34,11 @@ from cdanet.simulate.world import (
     ExposureModel,
     Interactions,
     Population,
+    calibrate_bias,
     child_rng,
     click_logits,
     draw_exposures,
+    known_offset,
     sample_in_groups,
     sample_labels,
     split_users,
@@ -106,6 +108,9 @@ class TaobaoDomainData:
     label: np.ndarray
     seconds: np.ndarray  # int64
     extra: np.ndarray  # ad: pid index; rec: behavior type index into BEHAVIOR_TYPES
+    topic: np.ndarray  # int64: latent topic of the row's item
+    offset: np.ndarray  # float64: the ground-truth logit minus the user's taste and activity terms
+    click: ClickModel
 
 
 @dataclass
@@ -122,6 +127,7 @@ class TaobaoWorld:
     rec_item_id: np.ndarray
     rec_category: np.ndarray
     domains: dict[str, TaobaoDomainData]
+    population: Population
 
 
 def _categories(rng: np.random.Generator, n_topics: int, n_ad: int, n_rec: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -187,23 +193,29 @@ def build_world(seed: int, sizes: SimulationSizes) -> TaobaoWorld:
     sensitivity = _PRICE_SENSITIVITY[profiles.pvalue_level[rows.user]]
     extra = _PID_EFFECT[pid] - sensitivity * z_price[rows.item]
     rows = click_logits(rng, rows, population, ad_catalog, AD_CLICK, extra=extra)
-    p, label = sample_labels(rng, rows.logit, AD_CLICK.target_rate)
+    bias = calibrate_bias(rows.logit, AD_CLICK.target_rate)
+    p, label = sample_labels(rng, rows.logit, AD_CLICK.target_rate, bias)
+    offset = known_offset(rows, population, ad_catalog, AD_CLICK, bias)
     seconds = (_AD_SPAN[0] + np.floor(rows.tau * (_AD_SPAN[1] - _AD_SPAN[0]))).astype(np.int64)
     order = rng.permutation(len(rows))
-    domains["ad"] = TaobaoDomainData("ad", rows.take(order), p[order], label[order], seconds[order], pid[order])
+    domains["ad"] = TaobaoDomainData("ad", rows.take(order), p[order], label[order], seconds[order], pid[order],
+                                     ad_catalog.topic[rows.item[order]], offset[order], AD_CLICK)
 
     # rec: UserBehavior grouped by user id, then time. Non-buy rows are pv, or cart/fav (likelier when
     # the buy probability is high, as carts precede purchases).
     rng = child_rng(seed, "taobao", "rec", "rows")
     rows = draw_exposures(rng, source, sizes.rec_rows, population, rec_catalog, REC_EXPOSURE)
     rows = click_logits(rng, rows, population, rec_catalog, REC_CLICK)
-    p, label = sample_labels(rng, rows.logit, REC_CLICK.target_rate)
+    bias = calibrate_bias(rows.logit, REC_CLICK.target_rate)
+    p, label = sample_labels(rng, rows.logit, REC_CLICK.target_rate, bias)
+    offset = known_offset(rows, population, rec_catalog, REC_CLICK, bias)
     u = rng.random(len(rows))
     behavior = np.where(u < 0.04 + 0.5 * p, 2, np.where(u < 0.07 + 0.8 * p, 3, 0))
     behavior[label == 1] = 1
     seconds = (_REC_SPAN[0] + np.floor(rows.tau * (_REC_SPAN[1] - _REC_SPAN[0]))).astype(np.int64)
     order = np.lexsort((seconds, user_id[rows.user]))
-    domains["rec"] = TaobaoDomainData("rec", rows.take(order), p[order], label[order], seconds[order], behavior[order])
+    domains["rec"] = TaobaoDomainData("rec", rows.take(order), p[order], label[order], seconds[order], behavior[order],
+                                      rec_catalog.topic[rows.item[order]], offset[order], REC_CLICK)
 
     rng = child_rng(seed, "taobao", "item_ids")
     return TaobaoWorld(
@@ -212,7 +224,7 @@ def build_world(seed: int, sizes: SimulationSizes) -> TaobaoWorld:
         ad_campaign=campaign_ids[ad_campaign_idx], ad_customer=customer_ids[campaign_customer[ad_campaign_idx]],
         ad_brand=customer_brand[campaign_customer[ad_campaign_idx]], ad_price=ad_price,
         rec_item_id=distinct_ints(rng, sizes.rec_items, 1, max(5_200_000, 4 * sizes.rec_items)),
-        rec_category=rec_category, domains=domains,
+        rec_category=rec_category, domains=domains, population=population,
     )
 
 

@@ -65,12 +65,17 @@ class Population:
     """The users of one dataset family (both domains), indexed 0..n-1.
 
     ``taste`` [n, T], ``activity`` [n] (standard normal), ``centre`` [n] (normalised time of the
-    user's activity, skewed late like real review volume).
+    user's activity, skewed late like real review volume). How ``taste`` was drawn (its prior):
+    ``taste[u] ~ N(base_mean + group_taste[u], taste_sd^2 I)`` with ``base_mean`` [T] shared by all
+    users and ``group_taste`` [n, T] the demographic prototype of the user's group (None: no groups).
     """
 
     taste: np.ndarray
     activity: np.ndarray
     centre: np.ndarray
+    base_mean: np.ndarray
+    taste_sd: float = 1.0
+    group_taste: np.ndarray | None = None
 
     @classmethod
     def draw(cls, rng: np.random.Generator, n: int, n_topics: int,
@@ -78,9 +83,29 @@ class Population:
         """``group_taste`` [n, T] adds a demographic prototype (Taobao profiles) to the taste."""
         topic_mean = rng.normal(0.0, 0.4, n_topics)
         taste = rng.normal(0.0, 1.0, (n, n_topics)) + topic_mean
+        scale = 1.0
         if group_taste is not None:
-            taste = 0.75 * taste + group_taste
-        return cls(taste=taste, activity=rng.normal(0.0, 1.0, n), centre=rng.power(1.6, n))
+            scale = 0.75
+            taste = scale * taste + group_taste
+        return cls(taste=taste, activity=rng.normal(0.0, 1.0, n), centre=rng.power(1.6, n),
+                   base_mean=scale * topic_mean, taste_sd=scale, group_taste=group_taste)
+
+    def taste_prior(self, group_known: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(mean [n, T], sd [n, T]) of each user's taste before any of their rows is seen.
+
+        ``group_known`` [n] bool says whose demographic group the data reveal (Taobao: users with a
+        profile row); the others get the Gaussian with the moments of the population's mixture of
+        group prototypes. Every user's activity has the prior N(0, 1).
+        """
+        n, n_topics = self.taste.shape
+        mean = np.broadcast_to(self.base_mean, (n, n_topics)).copy()
+        sd = np.full((n, n_topics), self.taste_sd)
+        if self.group_taste is not None:
+            known = np.ones(n, dtype=bool) if group_known is None else np.asarray(group_known, dtype=bool)
+            mean[known] += self.group_taste[known]
+            mean[~known] += self.group_taste.mean(axis=0)
+            sd[~known] = np.sqrt(self.taste_sd ** 2 + self.group_taste.var(axis=0))
+        return mean, sd
 
 
 def split_users(n_target: int, n_source: int, n_shared: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -265,8 +290,24 @@ def calibrate_bias(logit: np.ndarray, target_rate: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def sample_labels(rng: np.random.Generator, logit: np.ndarray, target_rate: float) -> tuple[np.ndarray, np.ndarray]:
-    """(p_click float64 [N], label int64 [N]) with the bias calibrated to ``target_rate``."""
-    p = sigmoid(logit + calibrate_bias(logit, target_rate))
+def sample_labels(rng: np.random.Generator, logit: np.ndarray, target_rate: float,
+                  bias: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(p_click float64 [N], label int64 [N]) with the bias calibrated to ``target_rate``.
+
+    ``bias``: the result of ``calibrate_bias(logit, target_rate)`` when the caller already has it.
+    """
+    p = sigmoid(logit + (calibrate_bias(logit, target_rate) if bias is None else bias))
     label = (rng.random(len(p)) < p).astype(np.int64)
     return p, label
+
+
+def known_offset(rows: Interactions, population: Population, catalog: Catalog, click: ClickModel,
+                 bias: float) -> np.ndarray:
+    """Everything in the ground-truth logit but the user's taste and activity terms, bias included.
+
+    ``logit = offset + taste_weight * taste[u, topic(i)] + activity_weight * activity[u]`` per row
+    (float64 [N]): what a learner that knew every item-side and time term would still have to infer.
+    """
+    topic = catalog.topic[rows.item]
+    return (rows.logit + bias - click.taste_weight * population.taste[rows.user, topic]
+            - click.activity_weight * population.activity[rows.user])
