@@ -263,9 +263,14 @@ def decide(
     else:
         needed = base + cfg.baseline_margin
         baseline_ok = cand >= needed
+        if not baseline_ok:
+            verdict = f"does not beat the in-run baseline ({baseline_model}) by the margin"
+        elif cand >= base:
+            verdict = f"beats the in-run baseline ({baseline_model}) by the margin"
+        else:  # a negative margin lets it trail
+            verdict = f"trails the in-run baseline ({baseline_model}) within the allowed margin"
         reasons.append(
-            f"candidate AUC {cand:.4f} {'beats' if baseline_ok else 'does not beat'} the in-run baseline "
-            f"({baseline_model}) by the margin: {cand - base:+.4f} vs its AUC {base:.4f} on the same split "
+            f"candidate AUC {cand:.4f} {verdict}: {cand - base:+.4f} vs its AUC {base:.4f} on the same split "
             f"(required: baseline_margin={cfg.baseline_margin:+.4f}, threshold {needed:.4f})"
         )
     if cand_ll is None or rate_ll is None:

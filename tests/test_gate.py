@@ -148,7 +148,10 @@ class TestBaseline:
 
     def test_negative_margin_lets_the_candidate_trail_the_baseline(self) -> None:
         lenient = GateConfig(min_auc=0.5, baseline_margin=-0.02, domain="movie")
-        assert decide(0.63, None, lenient, **GOOD).blessed
+        trailing = decide(0.63, None, lenient, **GOOD)
+        assert trailing.blessed and trailing.baseline_passed
+        assert any("trails the in-run baseline (id-only logistic regression) within the allowed margin: -0.0100" in r
+                   and "baseline_margin=-0.0200, threshold 0.6200" in r for r in trailing.reasons)
         assert not decide(0.61, None, lenient, **GOOD).blessed
 
     def test_baseline_rejects_even_a_candidate_that_beats_the_champion(self) -> None:
