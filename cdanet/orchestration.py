@@ -224,7 +224,7 @@ def run_summary(tracking_uri: str, model_name: str, pipeline_root: str, log_path
                            ("reliability diagram", f"evaluate/predictions/{RELIABILITY_PNG}"),
                            ("baseline metrics", "baseline/test_metrics"), ("gate decision", "gate/report")):
             if os.path.exists(os.path.join(run_dir, rel)):
-                lines.append(f"           {label:<18} {os.path.join(run_dir, rel)}")
+                lines.append(f"           {label:<19} {os.path.join(run_dir, rel)}")
     lines.append(f"  log      {log_path}")
     return "\n".join(lines)
 
