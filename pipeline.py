@@ -2,6 +2,7 @@
 
     configure -> preprocess (Beam) -> validate (GX) -> pretrain (translation network)
       -> finetune (augmentation network) -> evaluate -> gate -> register (promote | record rejection)
+                                  validate -> baseline (id-only logistic regression) -> gate
 
 ``create_pipeline(...)`` is the single factory (TFX style): its arguments are compile-time settings
 (image, GPU request, volumes, secrets); the returned ``@dsl.pipeline`` has the typed run-time
@@ -96,7 +97,7 @@ def create_pipeline(
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description="CDAnet: Beam preprocessing, GX validation, translation pretraining, augmentation "
-        "fine-tuning, AUC gate and MLflow promotion.",
+        "fine-tuning, an in-run id-only logistic-regression baseline, AUC/calibration gate and MLflow promotion.",
     )
     def cdanet_pipeline(
         raw_uri: str,
@@ -116,6 +117,7 @@ def create_pipeline(
         tuned_config_uri: str = "",
         min_auc: float = 0.6,
         tolerance: float = 0.005,
+        baseline_margin: float = 0.005,
         model_name: str = "cdanet",
         mlflow_tracking_uri: str = "",
         data_until: str = "",
@@ -123,10 +125,11 @@ def create_pipeline(
         beam_args: list = [],  # noqa: B006
     ):
         """Run-time parameters. ``target_domain`` empty = the dataset's sparse domain (movie / ad);
-        ``alpha``/``beta`` unset = the paper's values for the dataset; ``mlflow_tracking_uri`` empty =
-        the task environment's ``MLFLOW_TRACKING_URI`` (from the Secret in a cluster); ``tuned_config_uri``
-        = a ``best_config.json`` of ``cdanet tune`` whose hyperparameters replace the named ones (see
-        ``cdanet.steps.configure``)."""
+        ``alpha``/``beta`` unset = the paper's values for the dataset; ``baseline_margin`` = how much
+        higher than the in-run baseline's the candidate's test AUC must be (negative: may trail it);
+        ``mlflow_tracking_uri`` empty = the task environment's ``MLFLOW_TRACKING_URI`` (from the
+        Secret in a cluster); ``tuned_config_uri`` = a ``best_config.json`` of ``cdanet tune`` whose
+        hyperparameters replace the named ones (see ``cdanet.steps.configure``)."""
         cfg = _common(
             C.configure(
                 dataset=dataset, target_domain=target_domain, raw_uri=raw_uri, glove_uri=glove_uri,
@@ -134,6 +137,7 @@ def create_pipeline(
                 max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
                 extra_overrides=extra_overrides, min_auc=min_auc, tolerance=tolerance,
                 tuned_config_uri=tuned_config_uri,
+                baseline_margin=baseline_margin,
             ),
             "500m", "1Gi",
         )
@@ -160,6 +164,10 @@ def create_pipeline(
             ),
             "4", "16Gi",
         ))
+        # The cheap model the candidate must beat: same split, runs alongside the training tasks.
+        base = _common(
+            C.baseline(config=cfg.outputs["config"], processed=pre.outputs["processed"]), "2", "8Gi"
+        ).after(val)
         ev = _common(
             C.evaluate(processed=pre.outputs["processed"], model=stage2.outputs["model"],
                        pretrained=stage1.outputs["pretrained"]),
@@ -169,8 +177,9 @@ def create_pipeline(
         gt = _mlflow(_common(
             C.gate(
                 config=cfg.outputs["config"], processed=pre.outputs["processed"],
-                candidate_auc=ev.outputs["target_auc"], mlflow_tracking_uri=mlflow_tracking_uri,
-                model_name=model_name,
+                candidate_auc=ev.outputs["target_auc"], candidate_logloss=ev.outputs["target_logloss"],
+                base_rate_logloss=ev.outputs["target_base_rate_logloss"], baseline=base.outputs["test_metrics"],
+                mlflow_tracking_uri=mlflow_tracking_uri, model_name=model_name,
             ),
             "2", "8Gi", cache=False,
         ))

@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     for scale in args.scales:
         with tempfile.TemporaryDirectory(prefix=f"bench-pipeline-{scale}-") as workdir:
             results.append(run_scale(scale, args.param, workdir))
-    steps = ["configure", "preprocess", "validate", "pretrain", "finetune", "evaluate", "gate", "register"]
+    steps = ["configure", "preprocess", "validate", "baseline", "pretrain", "finetune", "evaluate", "gate",
+             "register"]
     print("scale    simulate  " + "  ".join(f"{s[:10]:>10}" for s in steps) + "   pipeline  peakRSS(MB)  AUC")
     for r in results:
         cells = "  ".join(f"{r['steps'].get(s, float('nan')):>10.1f}" for s in steps)

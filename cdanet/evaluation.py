@@ -1,12 +1,17 @@
-"""Offline evaluation: AUC and logloss per domain, per-row predictions, ROC and confusion data.
+"""Offline evaluation: AUC and logloss per domain, per-row predictions, ROC, confusion and calibration data.
 
 AUC is the paper's metric (Sec. 5.2.1); logloss is reported alongside because a gate on AUC alone
-would bless a model with badly calibrated scores. ROC points and the confusion matrix are plain
-lists so the pipeline can log them to KFP ``ClassificationMetrics`` without this module knowing KFP.
+would bless a model with badly calibrated scores. A logloss means little on its own, so
+:func:`calibration` puts it next to the *base-rate logloss* (the logloss of predicting the training
+split's click rate for every row: a model that does not beat it has learnt nothing usable as a
+probability) and a reliability diagram (equal-mass bins of predicted probability against the
+observed click rate) with its expected calibration error. ROC points, the confusion matrix and the
+reliability bins are plain lists so the pipeline can log and plot them without this module knowing KFP.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -19,6 +24,7 @@ from sklearn.metrics import log_loss, roc_auc_score, roc_curve
 
 from cdanet.atomic import replacing, write_json
 from cdanet.data import DomainData
+from cdanet.features import DomainSchema, split_files
 
 PREDICTIONS_FILENAME = "predictions.parquet"
 METRICS_FILENAME = "metrics.json"
@@ -91,6 +97,109 @@ def confusion_matrix_at(labels: np.ndarray, scores: np.ndarray, threshold: float
     return [[int((~y & ~p).sum()), int((~y & p).sum())], [int((y & ~p).sum()), int((y & p).sum())]]
 
 
+def base_rate_logloss(labels: np.ndarray, rate: float) -> float:
+    """Logloss of predicting the constant click probability ``rate`` for every row of ``labels`` [N].
+
+    With ``rate`` the *training* split's positive rate this is the score of a model that knows only
+    the base rate; clipped like :func:`compute_metrics` so a 0 or 1 rate gives a finite number.
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    if y.ndim != 1 or y.size == 0:
+        raise EvaluationError(f"base-rate logloss needs a non-empty 1-d label array, got shape {y.shape}")
+    rate = float(rate)
+    if not (math.isfinite(rate) and 0.0 <= rate <= 1.0):
+        raise EvaluationError(f"the base rate must be a probability in [0, 1], got {rate}")
+    p = min(max(rate, 1e-7), 1 - 1e-7)
+    return float(-(y * math.log(p) + (1 - y) * math.log(1 - p)).mean())
+
+
+@dataclass(frozen=True)
+class ReliabilityDiagram:
+    """Binned predicted probability against the observed click rate (one entry per bin, ascending).
+
+    Bins hold equal numbers of rows (equal mass), so every point rests on the same amount of
+    evidence even when the scores crowd around the base rate, as CTR scores do. ``ece`` is the
+    expected calibration error: the row-weighted mean of ``|mean_predicted - observed_rate|``.
+    """
+
+    bin_lower: list[float]
+    bin_upper: list[float]
+    mean_predicted: list[float]
+    observed_rate: list[float]
+    count: list[int]
+    ece: float
+
+
+def reliability_diagram(labels: np.ndarray, scores: np.ndarray, n_bins: int = 10) -> ReliabilityDiagram:
+    """Equal-mass reliability bins of click probabilities ``scores`` [N] against 0/1 ``labels`` [N].
+
+    Rows are sorted by score (stable) and cut into ``min(n_bins, N)`` chunks whose sizes differ by at
+    most one; rows with tied scores may fall into neighbouring bins, which keeps the masses equal.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(scores, dtype=np.float64)
+    if y.shape != p.shape or y.ndim != 1 or y.size == 0:
+        raise EvaluationError(f"labels {y.shape} and scores {p.shape} must be equal, non-empty 1-d arrays")
+    if not np.isfinite(p).all():
+        raise EvaluationError(f"{int((~np.isfinite(p)).sum())} non-finite scores")
+    chunks = np.array_split(np.argsort(p, kind="stable"), min(n_bins, y.size))
+    lower = [float(p[c].min()) for c in chunks]
+    upper = [float(p[c].max()) for c in chunks]
+    predicted = [float(p[c].mean()) for c in chunks]
+    observed = [float(y[c].mean()) for c in chunks]
+    count = [int(c.size) for c in chunks]
+    ece = float(sum(n * abs(a - b) for n, a, b in zip(count, predicted, observed, strict=True)) / y.size)
+    return ReliabilityDiagram(lower, upper, predicted, observed, count, ece)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How usable a domain's scores are as probabilities: logloss against the base rate, reliability bins."""
+
+    domain: str
+    logloss: float
+    base_rate: float
+    base_rate_logloss: float
+    reliability: ReliabilityDiagram
+
+    @property
+    def ece(self) -> float:
+        return self.reliability.ece
+
+    @property
+    def beats_base_rate(self) -> bool:
+        return self.logloss < self.base_rate_logloss
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the scalars plus the bins as plain lists."""
+        return {"domain": self.domain, "logloss": self.logloss, "base_rate": self.base_rate,
+                "base_rate_logloss": self.base_rate_logloss, "ece": self.ece,
+                "reliability": asdict(self.reliability)}
+
+
+def calibration(domain: str, labels: np.ndarray, scores: np.ndarray, base_rate: float,
+                n_bins: int = 10) -> Calibration:
+    """Logloss, base-rate logloss (``base_rate``: the training split's positive rate) and reliability bins."""
+    m = compute_metrics(domain, labels, scores)
+    return Calibration(domain, m.logloss, float(base_rate), base_rate_logloss(labels, base_rate),
+                       reliability_diagram(labels, scores, n_bins))
+
+
+def train_positive_rate(processed_root: str, schema: DomainSchema) -> float:
+    """The click rate of ``schema.domain``'s training split, read from its parquet label column.
+
+    Read from the rows rather than ``stats.json`` because the label column is the one contract every
+    writer of processed data (Beam preprocessing, the synthetic generator) shares.
+    """
+    files = split_files(os.path.join(processed_root, schema.domain), "train")
+    labels = np.concatenate([pq.read_table(f, columns=[schema.label_column]).column(0).to_numpy() for f in files])
+    if labels.size == 0:
+        raise EvaluationError(f"domain {schema.domain!r}: the training split has no rows")
+    return float(labels.mean())
+
+
 @dataclass
 class EvaluationResult:
     """Per-domain metrics of a model on one split, with the scores they came from."""
@@ -120,6 +229,10 @@ class EvaluationResult:
         """
         cut = self.domains[domain].positive_rate if threshold is None else threshold
         return confusion_matrix_at(self.data[domain].label.cpu().numpy(), self.scores[domain], cut)
+
+    def calibration(self, domain: str, base_rate: float, n_bins: int = 10) -> Calibration:
+        """Calibration of ``domain``'s scores; ``base_rate`` is the training split's positive rate."""
+        return calibration(domain, self.data[domain].label.cpu().numpy(), self.scores[domain], base_rate, n_bins)
 
     def predictions_table(self) -> pa.Table:
         """One row per evaluated example: domain, raw user id, raw item id, timestamp, label, score."""

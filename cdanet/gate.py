@@ -1,16 +1,24 @@
 """The blessing rule: may a candidate model replace the registry's champion?
 
-It mirrors TFX's Evaluator blessing with two checks on the target domain's test AUC (the paper's
-metric, Sec. 5.2.1):
+It mirrors TFX's Evaluator blessing, extended so that a model that has not learnt the users' taste
+cannot pass. All checks are on the target domain's test split:
 
-1. an absolute floor: ``candidate_auc >= min_auc``;
+1. an absolute floor: ``candidate_auc >= min_auc`` (AUC is the paper's metric, Sec. 5.2.1);
 2. non-regression against the current champion, scored on the SAME test split:
-   ``candidate_auc >= champion_auc - tolerance``.
+   ``candidate_auc >= champion_auc - tolerance``;
+3. a cheap model trained in the same run on the same split (the id-only logistic regression: a
+   user bias plus an item bias) must be beaten: ``candidate_auc >= baseline_auc + baseline_margin``.
+   A deep model that ranks no better than "popular items for active users" is not worth serving;
+4. calibration: ``candidate_logloss < base_rate_logloss``, the logloss of predicting the training
+   click rate for every row. Scores that lose to a constant are no usable click probabilities,
+   whatever their AUC.
 
-The first model (no champion yet) is judged by the floor alone. The decision travels between
-pipeline steps as a JSON artifact (:meth:`GateDecision.to_json` / :meth:`GateDecision.from_json`)
+The first model (no champion yet) skips check 2 only. Checks 3 and 4 are skipped (and say so) when
+their inputs are not given, for callers outside the pipeline; the pipeline always gives them. The
+decision travels between pipeline steps as a JSON artifact (:meth:`GateDecision.to_json` /
+:meth:`GateDecision.from_json`, which still reads format-1 decisions written before checks 3 and 4)
 and is shown to people as Markdown (:meth:`GateDecision.to_markdown`); its ``reasons`` explain
-both outcomes, so a rejected model's registry tag says why.
+every check in both outcomes, so a rejected model's registry tag says why.
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ from typing import Any
 
 __all__ = ["GateConfig", "GateDecision", "decide"]
 
-DECISION_FORMAT_VERSION = 1
+DECISION_FORMAT_VERSION = 2
+#: Versions :meth:`GateDecision.from_json` reads: 1 predates the baseline and calibration checks.
+READABLE_FORMAT_VERSIONS = (1, 2)
 
 
 def _check_auc(value: float, what: str) -> float:
@@ -35,17 +45,29 @@ def _check_auc(value: float, what: str) -> float:
     return value
 
 
+def _check_logloss(value: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} must be a number >= 0, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"{what} must be a finite logloss >= 0, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class GateConfig:
     """Thresholds of the gate.
 
     ``min_auc`` is the absolute floor (0.5 is a random ranker); ``tolerance`` is how far below the
-    champion's AUC a candidate may land and still be blessed (0 means "no worse"); ``domain`` is
-    the target domain whose test AUC is compared.
+    champion's AUC a candidate may land and still be blessed (0 means "no worse");
+    ``baseline_margin`` is how far above the in-run baseline's AUC the candidate must land (0 means
+    "at least as good"; a negative margin, down to -1, lets it trail the baseline by that much, and
+    -1 turns the check off in effect); ``domain`` is the target domain whose test AUC is compared.
     """
 
     min_auc: float = 0.5
     tolerance: float = 0.0
+    baseline_margin: float = 0.0
     domain: str = field(kw_only=True)
 
     def __post_init__(self) -> None:
@@ -58,6 +80,10 @@ class GateConfig:
             math.isfinite(self.tolerance) and self.tolerance >= 0.0
         ):
             problems.append(f"tolerance must be a finite number >= 0, got {self.tolerance!r}")
+        if isinstance(self.baseline_margin, bool) or not isinstance(self.baseline_margin, (int, float)) or not (
+            math.isfinite(self.baseline_margin) and -1.0 <= self.baseline_margin <= 1.0
+        ):
+            problems.append(f"baseline_margin must be a number in [-1, 1], got {self.baseline_margin!r}")
         if not isinstance(self.domain, str) or not self.domain:
             problems.append(f"domain must name the target domain, got {self.domain!r}")
         if problems:
@@ -68,7 +94,9 @@ class GateConfig:
 class GateDecision:
     """The gate's verdict with everything needed to audit it later.
 
-    ``non_regression_passed`` is ``None`` when there was no champion to compare with.
+    ``non_regression_passed`` is ``None`` when there was no champion to compare with;
+    ``baseline_passed`` / ``calibration_passed`` are ``None`` when that check had no input (and in
+    format-1 decisions, which predate them). ``baseline_logloss`` is recorded, not checked.
     """
 
     blessed: bool
@@ -82,6 +110,14 @@ class GateDecision:
     floor_passed: bool
     non_regression_passed: bool | None
     champion_version: str | None = None
+    baseline_model: str | None = None
+    baseline_auc: float | None = None
+    baseline_logloss: float | None = None
+    baseline_margin: float | None = None
+    baseline_passed: bool | None = None
+    candidate_logloss: float | None = None
+    base_rate_logloss: float | None = None
+    calibration_passed: bool | None = None
 
     # ---- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -101,9 +137,9 @@ class GateDecision:
         if not isinstance(d, dict):
             raise ValueError(f"{source} must hold a JSON object with keys {expected}, got {type(d).__name__}")
         version = d.pop("format_version", None)
-        if version != DECISION_FORMAT_VERSION:
+        if version not in READABLE_FORMAT_VERSIONS:
             raise ValueError(
-                f"{source} has format_version {version!r}; this library reads version {DECISION_FORMAT_VERSION}"
+                f"{source} has format_version {version!r}; this library reads versions {list(READABLE_FORMAT_VERSIONS)}"
             )
         try:
             decision = cls(**d)
@@ -119,30 +155,38 @@ class GateDecision:
         """One line, e.g. for a registry tag or a log: ``BLESSED: candidate AUC 0.7312 ...``."""
         verdict = "BLESSED" if self.blessed else "REJECTED"
         champion = "no champion" if self.champion_auc is None else f"champion AUC {self.champion_auc:.4f}"
-        return f"{verdict}: candidate AUC {self.candidate_auc:.4f} on {self.domain}/{self.split} ({champion})"
+        baseline = "" if self.baseline_auc is None else f", baseline AUC {self.baseline_auc:.4f}"
+        return f"{verdict}: candidate AUC {self.candidate_auc:.4f} on {self.domain}/{self.split} ({champion}{baseline})"
 
     def to_markdown(self) -> str:
         """A Markdown report (KFP renders Markdown artifacts): verdict, checks table, reasons."""
         def fmt(x: float | None) -> str:
             return "n/a" if x is None else f"{x:.4f}"
 
-        def mark(ok: bool | None) -> str:
-            return "skipped (no champion)" if ok is None else ("pass" if ok else "**FAIL**")
+        def mark(ok: bool | None, skipped: str) -> str:
+            return f"skipped ({skipped})" if ok is None else ("pass" if ok else "**FAIL**")
 
         threshold = None if self.champion_auc is None else self.champion_auc - self.tolerance
+        beat = None if self.baseline_auc is None or self.baseline_margin is None else (
+            self.baseline_auc + self.baseline_margin)
         lines = [
             f"## Model gate: {'BLESSED' if self.blessed else 'REJECTED'}",
             "",
-            f"Target domain `{self.domain}`, split `{self.split}`, metric AUC.",
+            f"Target domain `{self.domain}`, split `{self.split}`, metric AUC (and logloss for calibration).",
             "",
             "| check | candidate | threshold | result |",
             "|---|---|---|---|",
-            f"| absolute floor | {fmt(self.candidate_auc)} | >= {fmt(self.min_auc)} | {mark(self.floor_passed)} |",
+            f"| absolute floor | {fmt(self.candidate_auc)} | >= {fmt(self.min_auc)} | {mark(self.floor_passed, '')} |",
             f"| non-regression vs champion"
             f"{'' if self.champion_version is None else f' (version {self.champion_version})'} "
             f"| {fmt(self.candidate_auc)} | >= {fmt(threshold)} "
             f"(champion {fmt(self.champion_auc)} - tolerance {fmt(self.tolerance)}) "
-            f"| {mark(self.non_regression_passed)} |",
+            f"| {mark(self.non_regression_passed, 'no champion')} |",
+            f"| beats the in-run baseline ({self.baseline_model or 'n/a'}) | {fmt(self.candidate_auc)} | >= {fmt(beat)} "
+            f"(baseline {fmt(self.baseline_auc)} + margin {fmt(self.baseline_margin)}) "
+            f"| {mark(self.baseline_passed, 'no baseline')} |",
+            f"| logloss below the base rate | {fmt(self.candidate_logloss)} | < {fmt(self.base_rate_logloss)} "
+            f"(training click rate for every row) | {mark(self.calibration_passed, 'no logloss')} |",
             "",
             "Reasons:",
             "",
@@ -159,23 +203,41 @@ def decide(
     *,
     split: str = "test",
     champion_version: str | None = None,
+    baseline_auc: float | None = None,
+    baseline_model: str = "baseline",
+    baseline_logloss: float | None = None,
+    candidate_logloss: float | None = None,
+    base_rate_logloss: float | None = None,
 ) -> GateDecision:
-    """Bless or reject a candidate by its test AUC on ``cfg.domain``.
+    """Bless or reject a candidate by its test AUC (and logloss) on ``cfg.domain``.
 
     Args:
         candidate_auc: the candidate's AUC on ``cfg.domain``'s ``split``.
         champion_auc: the current champion's AUC on the same rows, or ``None`` if the registry has
-            no champion yet (then only the floor applies).
+            no champion yet (then the non-regression check is skipped).
         cfg: thresholds.
-        split: recorded in the decision; both AUCs must come from this split.
+        split: recorded in the decision; every figure must come from this split.
         champion_version: recorded in the decision (the registry version that was compared).
+        baseline_auc: the AUC of a simple model trained in the same run on the same split
+            (``baseline_model`` names it); ``None`` skips the baseline check.
+        baseline_logloss: the baseline's logloss, recorded for comparison, not checked.
+        candidate_logloss, base_rate_logloss: the candidate's logloss and that of predicting the
+            training click rate for every row; both or neither (``None`` skips the calibration check).
 
     Raises:
-        ValueError: an AUC is not a finite number in [0, 1] (an evaluation bug must stop the run,
-            not be read as a regression or an improvement).
+        ValueError: an AUC is not a finite number in [0, 1], or a logloss not a finite number >= 0,
+            or only one of the two loglosses is given (an evaluation bug must stop the run, not be
+            read as a regression or an improvement).
     """
     cand = _check_auc(candidate_auc, "candidate_auc")
     champ = None if champion_auc is None else _check_auc(champion_auc, "champion_auc")
+    base = None if baseline_auc is None else _check_auc(baseline_auc, "baseline_auc")
+    base_ll = None if baseline_logloss is None else _check_logloss(baseline_logloss, "baseline_logloss")
+    if (candidate_logloss is None) != (base_rate_logloss is None):
+        raise ValueError("give both candidate_logloss and base_rate_logloss, or neither: the calibration check "
+                         f"needs both (got {candidate_logloss!r} and {base_rate_logloss!r})")
+    cand_ll = None if candidate_logloss is None else _check_logloss(candidate_logloss, "candidate_logloss")
+    rate_ll = None if base_rate_logloss is None else _check_logloss(base_rate_logloss, "base_rate_logloss")
     where = f"{cfg.domain}/{split}"
     reasons: list[str] = []
 
@@ -185,7 +247,7 @@ def decide(
     )
     if champ is None:
         regression_ok: bool | None = None
-        reasons.append("no champion in the registry: the first model is judged by the floor only")
+        reasons.append("no champion in the registry: the first model skips the non-regression check")
     else:
         threshold = champ - cfg.tolerance
         regression_ok = cand >= threshold
@@ -195,7 +257,33 @@ def decide(
             f"champion{version}: {cand - champ:+.4f} vs its AUC {champ:.4f} on the same split "
             f"(allowed drop: tolerance={cfg.tolerance:.4f}, threshold {threshold:.4f})"
         )
-    blessed = floor_ok and regression_ok is not False
+    if base is None:
+        baseline_ok: bool | None = None
+        reasons.append("no in-run baseline was given: the baseline check is skipped")
+    else:
+        needed = base + cfg.baseline_margin
+        baseline_ok = cand >= needed
+        if not baseline_ok:
+            verdict = f"does not beat the in-run baseline ({baseline_model}) by the margin"
+        elif cand >= base:
+            verdict = f"beats the in-run baseline ({baseline_model}) by the margin"
+        else:  # a negative margin lets it trail
+            verdict = f"trails the in-run baseline ({baseline_model}) within the allowed margin"
+        reasons.append(
+            f"candidate AUC {cand:.4f} {verdict}: {cand - base:+.4f} vs its AUC {base:.4f} on the same split "
+            f"(required: baseline_margin={cfg.baseline_margin:+.4f}, threshold {needed:.4f})"
+        )
+    if cand_ll is None or rate_ll is None:
+        calibration_ok: bool | None = None
+        reasons.append("no logloss was given: the calibration check is skipped")
+    else:
+        calibration_ok = cand_ll < rate_ll
+        reasons.append(
+            f"candidate logloss {cand_ll:.4f} on {where} {'is below' if calibration_ok else 'is not below'} the "
+            f"base-rate logloss {rate_ll:.4f} (predicting the training click rate for every row): "
+            f"{cand_ll - rate_ll:+.4f}"
+        )
+    blessed = floor_ok and regression_ok is not False and baseline_ok is not False and calibration_ok is not False
     return GateDecision(
         blessed=blessed,
         reasons=reasons,
@@ -208,4 +296,12 @@ def decide(
         floor_passed=floor_ok,
         non_regression_passed=regression_ok,
         champion_version=champion_version,
+        baseline_model=None if base is None else baseline_model,
+        baseline_auc=base,
+        baseline_logloss=base_ll,
+        baseline_margin=None if base is None else float(cfg.baseline_margin),
+        baseline_passed=baseline_ok,
+        candidate_logloss=cand_ll,
+        base_rate_logloss=rate_ll,
+        calibration_passed=calibration_ok,
     )

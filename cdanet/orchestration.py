@@ -180,7 +180,8 @@ def run_summary(tracking_uri: str, model_name: str, pipeline_root: str, log_path
     """Metrics, the gate decision with its reasons, the registry state and where the artifacts are."""
     from mlflow import MlflowClient
 
-    from cdanet.registry import TAG_BLESSED, TAG_REASONS, TAG_SUMMARY, get_champion
+    from cdanet.registry import TAG_BLESSED, TAG_REASONS, TAG_SUMMARY, TAG_TARGET, get_champion
+    from cdanet.steps import BASELINE_MODEL, RELIABILITY_PNG
 
     client = MlflowClient(tracking_uri=tracking_uri)
     versions = client.search_model_versions(f"name = '{model_name}'", order_by=["version_number DESC"],
@@ -191,10 +192,18 @@ def run_summary(tracking_uri: str, model_name: str, pipeline_root: str, log_path
         metrics = client.get_run(version.run_id).data.metrics
         # <domain>_test_auc is the candidate's, stage1_<domain>_test_auc the translation network's.
         stems = sorted((k.startswith("stage1_"), k[: -len("_test_auc")]) for k in metrics if k.endswith("_test_auc"))
+        nan = float("nan")
         for stage1, stem in stems:
             domain, who = stem.removeprefix("stage1_"), "stage-1 translation network" if stage1 else "candidate"
+            # The base-rate logloss (predicting the training click rate everywhere) is the bar for logloss.
             lines.append(f"  test {domain:<8} AUC {metrics[stem + '_test_auc']:.4f}   logloss "
-                         f"{metrics.get(stem + '_test_logloss', float('nan')):.4f}   ({who})")
+                         f"{metrics.get(stem + '_test_logloss', nan):.4f} (base rate "
+                         f"{metrics.get(domain + '_test_base_rate_logloss', nan):.4f})   ECE "
+                         f"{metrics.get(stem + '_test_ece', nan):.4f}   ({who})")
+        if "gate_baseline_auc" in metrics:
+            target = (version.tags or {}).get(TAG_TARGET, "")
+            lines.append(f"  test {target:<8} AUC {metrics['gate_baseline_auc']:.4f}   logloss "
+                         f"{metrics.get('gate_baseline_logloss', nan):.4f}   (in-run baseline: {BASELINE_MODEL})")
         tags = version.tags or {}
         verdict = "blessed" if tags.get(TAG_BLESSED) == "true" else "rejected"
         lines.append(f"  gate     {tags.get(TAG_SUMMARY) or verdict}")
@@ -211,9 +220,11 @@ def run_summary(tracking_uri: str, model_name: str, pipeline_root: str, log_path
         lines.append(f"  artifacts {run_dir}")
         for label, rel in (("processed data", "preprocess/processed"), ("validation report", "validate/report"),
                            ("model", "finetune/model"), ("training curves", "finetune/curves"),
-                           ("predictions", "evaluate/predictions")):
+                           ("predictions", "evaluate/predictions"),
+                           ("reliability diagram", f"evaluate/predictions/{RELIABILITY_PNG}"),
+                           ("baseline metrics", "baseline/test_metrics"), ("gate decision", "gate/report")):
             if os.path.exists(os.path.join(run_dir, rel)):
-                lines.append(f"           {label:<18} {os.path.join(run_dir, rel)}")
+                lines.append(f"           {label:<19} {os.path.join(run_dir, rel)}")
     lines.append(f"  log      {log_path}")
     return "\n".join(lines)
 

@@ -323,6 +323,7 @@ def _version_tags(
         TAG_TARGET: target,
         "cdanet.gate.candidate_auc": repr(decision.candidate_auc),
         "cdanet.gate.champion_auc": "none" if decision.champion_auc is None else repr(decision.champion_auc),
+        "cdanet.gate.baseline_auc": "none" if decision.baseline_auc is None else repr(decision.baseline_auc),
         "cdanet.code_version": cdanet.__version__,
     }
     for key, value in lineage.items():
@@ -639,8 +640,13 @@ def _log_run_data(
     for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
         client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in items[start : start + 100]])
     gate_metrics = {"gate_candidate_auc": decision.candidate_auc, "gate_blessed": float(decision.blessed)}
-    if decision.champion_auc is not None:
-        gate_metrics["gate_champion_auc"] = decision.champion_auc
+    # The comparisons the gate made (those it had inputs for), next to the evaluate step's metrics.
+    for key, value in (("gate_champion_auc", decision.champion_auc), ("gate_baseline_auc", decision.baseline_auc),
+                       ("gate_baseline_logloss", decision.baseline_logloss),
+                       ("gate_candidate_logloss", decision.candidate_logloss),
+                       ("gate_base_rate_logloss", decision.base_rate_logloss)):
+        if value is not None:
+            gate_metrics[key] = value
     for key, value in {**metrics, **gate_metrics}.items():
         client.log_metric(run_id, key, value)
     client.log_text(run_id, decision.to_json(), "gate/decision.json")

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cdanet import __version__
-from cdanet.atomic import write_text
+from cdanet.atomic import replacing, write_json, write_text
 from cdanet.config import DATASETS, PROFILES, ConfigError, ExperimentConfig
 from cdanet.features import STATS_FILENAME
 
@@ -38,6 +39,8 @@ class PipelineConfig:
     tolerance: float
     raw_uri: str
     glove_uri: str
+    #: Defaulted so a config artifact frozen before the baseline check still loads (as "at least as good").
+    baseline_margin: float = 0.0
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
@@ -55,7 +58,7 @@ class PipelineConfig:
         e = self.experiment
         return {"dataset": e.dataset, "source_domain": e.source_domain, "target_domain": e.target_domain,
                 "alpha": e.model.alpha, "beta": e.model.beta, "num_experts": e.model.num_experts,
-                "min_auc": self.min_auc, "tolerance": self.tolerance}
+                "min_auc": self.min_auc, "tolerance": self.tolerance, "baseline_margin": self.baseline_margin}
 
 
 def _uri_exists(uri: str) -> bool:
@@ -70,6 +73,7 @@ def configure(
     *, dataset: str, target_domain: str, raw_uri: str, glove_uri: str, profile: str, alpha: float | None,
     beta: float | None, num_experts: int, latent_dim: int, max_epochs: int, batch_size: int,
     learning_rate: float, seed: int, extra_overrides: Sequence[str], min_auc: float, tolerance: float,
+    baseline_margin: float = 0.0,
     tuned_config_uri: str = "",
 ) -> PipelineConfig:
     """Validate every parameter; raise one error listing all problems (nothing has run yet).
@@ -126,6 +130,8 @@ def configure(
         problems.append(f"min_auc must be in [0, 1], got {min_auc}")
     if tolerance < 0:
         problems.append(f"tolerance must be >= 0, got {tolerance}")
+    if not (math.isfinite(baseline_margin) and -1.0 <= baseline_margin <= 1.0):
+        problems.append(f"baseline_margin must be in [-1, 1], got {baseline_margin}")
     if not raw_uri:
         problems.append("raw_uri is empty: give the folder of raw files")
     elif not _uri_exists(raw_uri):
@@ -136,7 +142,7 @@ def configure(
         problems.append(f"glove_uri {glove_uri!r} does not exist or is not readable")
     if problems:
         raise PipelineParameterError("invalid pipeline parameters:\n  - " + "\n  - ".join(problems))
-    return PipelineConfig(cfg, min_auc, tolerance, raw_uri, glove_uri)
+    return PipelineConfig(cfg, min_auc, tolerance, raw_uri, glove_uri, baseline_margin)
 
 
 # ---- preprocess ---------------------------------------------------------------------------------------
@@ -248,14 +254,32 @@ def write_curves_html(histories: Mapping[str, list[dict]], target: str, path: st
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
+    write_text(path, _html_page("CDAnet training curves", f"<img src='data:image/png;base64,{_png_base64(fig)}'/>"))
+
+
+def _png_base64(fig: Any) -> str:
+    """The figure as a base64 PNG (for an ``<img>`` data URI); closes the figure."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    png = base64.b64encode(buf.getvalue()).decode()
-    write_text(path, f"<html><body><h3>CDAnet training curves</h3><img src='data:image/png;base64,{png}'/></body></html>")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _html_page(title: str, body: str) -> str:
+    return f"<html><body><h3>{title}</h3>{body}</body></html>"
 
 
 # ---- evaluate -----------------------------------------------------------------------------------------
+#: Written into the evaluate step's predictions folder next to predictions.parquet.
+RELIABILITY_PNG = "reliability.png"
+CALIBRATION_JSON = "calibration.json"
+#: Equal-mass bins of the reliability diagrams.
+RELIABILITY_BINS = 10
+_MODEL_LABELS = {"": "candidate", "stage1_": "stage-1 translation network"}
+
+
 @dataclass
 class EvaluationOutput:
     metrics: dict[str, float]
@@ -264,18 +288,30 @@ class EvaluationOutput:
     tpr: list[float]
     thresholds: list[float]
     confusion_matrix: list[list[int]]
+    target_logloss: float = math.nan
+    target_base_rate_logloss: float = math.nan
+    #: ``{<prefix><domain>: Calibration.to_dict()}``, e.g. ``movie`` (candidate), ``stage1_book``.
+    calibration: dict[str, dict] = field(default_factory=dict)
 
 
 def evaluate(model_dir: str, processed_dir: str, predictions_dir: str, threshold: float | None = None,
-             pretrained_dir: str | None = None) -> EvaluationOutput:
-    """Test AUC/logloss per domain; ROC and confusion matrix of the target domain.
+             pretrained_dir: str | None = None, calibration_html: str | None = None,
+             n_bins: int = RELIABILITY_BINS) -> EvaluationOutput:
+    """Test AUC/logloss and calibration per domain; ROC and confusion matrix of the target domain.
 
     ``model_dir`` is the candidate (the augmentation network scores the target domain only), giving
-    ``<target>_test_auc`` / ``_logloss``. With ``pretrained_dir`` (the stage-1 translation network,
-    which scores both domains through its vanilla towers R_s, R_t) the source domain gets test
-    metrics too: ``stage1_<domain>_test_auc`` / ``_logloss`` for both domains, its predictions in
-    ``<predictions_dir>/stage1/``.
+    ``<target>_test_auc`` / ``_logloss`` / ``_ece``. With ``pretrained_dir`` (the stage-1 translation
+    network, which scores both domains through its vanilla towers R_s, R_t) the source domain gets
+    test metrics too: ``stage1_<domain>_test_auc`` / ``_logloss`` / ``_ece`` for both domains, its
+    predictions in ``<predictions_dir>/stage1/``. Every scored domain also gets
+    ``<domain>_test_base_rate_logloss`` (predicting the training split's click rate,
+    ``<domain>_train_positive_rate``, for every test row: the bar any usable logloss must clear).
+
+    The reliability diagrams are written to ``<predictions_dir>/reliability.png``, their bins to
+    ``calibration.json`` next to it, and with ``calibration_html`` the same plot plus tables as HTML.
     """
+    from cdanet.evaluation import train_positive_rate
+    from cdanet.features import load_schemas
     from cdanet.training import evaluate_model_dir
 
     scored = {"": evaluate_model_dir(model_dir, processed_dir, split="test", predictions_dir=predictions_dir)}
@@ -286,12 +322,159 @@ def evaluate(model_dir: str, processed_dir: str, predictions_dir: str, threshold
         f"{prefix}{domain}_test_{name}": float(getattr(m, name))
         for prefix, res in scored.items() for domain, m in res.domains.items() for name in ("auc", "logloss")
     }
+    domains = sorted({d for res in scored.values() for d in res.domains})
+    schemas = load_schemas(processed_dir, domains)
+    rates = {d: train_positive_rate(processed_dir, schemas[d]) for d in domains}
+    calibrations = {f"{prefix}{d}": res.calibration(d, rates[d], n_bins)
+                    for prefix, res in scored.items() for d in res.domains}
+    for key, cal in calibrations.items():
+        metrics[f"{key}_test_ece"] = cal.ece
+        domain = cal.domain
+        metrics[f"{domain}_test_base_rate_logloss"] = cal.base_rate_logloss
+        metrics[f"{domain}_train_positive_rate"] = cal.base_rate
+    write_json(os.path.join(predictions_dir, CALIBRATION_JSON), {k: c.to_dict() for k, c in calibrations.items()})
+    by_domain: dict[str, dict[str, Any]] = {}
+    for prefix, res in scored.items():
+        for d in res.domains:
+            by_domain.setdefault(d, {})[_MODEL_LABELS[prefix]] = calibrations[f"{prefix}{d}"]
+    write_reliability(by_domain, os.path.join(predictions_dir, RELIABILITY_PNG), calibration_html)
+
     result = scored[""]
     target = result.target_domain
     roc = result.roc(target)
     # Without a chosen threshold, the confusion matrix uses the target's positive rate as the cut-off.
     cm = result.confusion_matrix(target, threshold)
-    return EvaluationOutput(metrics, float(result.domains[target].auc), roc.fpr, roc.tpr, roc.thresholds, cm)
+    return EvaluationOutput(
+        metrics, float(result.domains[target].auc), roc.fpr, roc.tpr, roc.thresholds, cm,
+        target_logloss=float(result.domains[target].logloss),
+        target_base_rate_logloss=calibrations[target].base_rate_logloss,
+        calibration={k: c.to_dict() for k, c in calibrations.items()},
+    )
+
+
+def write_reliability(calibrations: Mapping[str, Mapping[str, Any]], png_path: str,
+                      html_path: str | None = None) -> None:
+    """Reliability diagrams, one panel per domain and one line per model, as a PNG (and an HTML page).
+
+    ``calibrations`` is ``{domain: {model label: cdanet.evaluation.Calibration}}``. The HTML page
+    embeds the same plot and adds, per domain and model, logloss against the base-rate logloss, the
+    ECE and the bins with their row counts.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    domains = list(calibrations)
+    fig, axes = plt.subplots(1, len(domains), figsize=(4.6 * len(domains), 4.2), squeeze=False)
+    for ax, domain in zip(axes[0], domains, strict=True):
+        models = calibrations[domain]
+        hi = 0.0
+        for label, cal in models.items():
+            r = cal.reliability
+            ax.plot(r.mean_predicted, r.observed_rate, marker="o",
+                    label=f"{label}: logloss {cal.logloss:.4f}, ECE {cal.ece:.4f}")
+            hi = max(hi, *r.mean_predicted, *r.observed_rate)
+        base = next(iter(models.values()))
+        hi = min(1.0, hi * 1.05 + 0.01)
+        ax.plot([0, hi], [0, hi], color="grey", linestyle=":", label="perfectly calibrated")
+        ax.axhline(base.base_rate, color="grey", linestyle="--", linewidth=0.8,
+                   label=f"base rate = train click rate {base.base_rate:.3f} (logloss {base.base_rate_logloss:.4f})")
+        ax.set(xlim=(0, hi), ylim=(0, hi), xlabel="mean predicted probability", ylabel="observed click rate",
+               title=f"{domain} (test, {len(base.reliability.count)} equal-mass bins)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    png = _png_base64(fig)
+    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
+    with replacing(png_path) as tmp, open(tmp, "wb") as fh:
+        fh.write(base64.b64decode(png))
+    if html_path is None:
+        return
+    parts = [f"<img src='data:image/png;base64,{png}'/>",
+             "<table border='1' cellpadding='3'><tr><th>domain</th><th>model</th><th>logloss</th>"
+             "<th>base-rate logloss</th><th>beats base rate</th><th>ECE</th></tr>"]
+    for domain, models in calibrations.items():
+        for label, cal in models.items():
+            parts.append(f"<tr><td>{domain}</td><td>{label}</td><td>{cal.logloss:.4f}</td>"
+                         f"<td>{cal.base_rate_logloss:.4f}</td><td>{'yes' if cal.beats_base_rate else 'NO'}</td>"
+                         f"<td>{cal.ece:.4f}</td></tr>")
+    parts.append("</table>")
+    for domain, models in calibrations.items():
+        for label, cal in models.items():
+            r = cal.reliability
+            rows = "".join(
+                f"<tr><td>{i + 1}</td><td>{lo:.4f} - {up:.4f}</td><td>{p:.4f}</td><td>{o:.4f}</td><td>{n}</td></tr>"
+                for i, (lo, up, p, o, n) in enumerate(zip(r.bin_lower, r.bin_upper, r.mean_predicted,
+                                                          r.observed_rate, r.count, strict=True))
+            )
+            parts.append(f"<h4>{domain}: {label}</h4><table border='1' cellpadding='3'><tr><th>bin</th>"
+                         "<th>score range</th><th>mean predicted</th><th>observed click rate</th><th>rows</th></tr>"
+                         f"{rows}</table>")
+    write_text(html_path, _html_page("Calibration on the test split (reliability diagrams)", "".join(parts)))
+
+
+# ---- baseline -----------------------------------------------------------------------------------------
+#: Name of the in-run baseline in reports, gate reasons and registry tags.
+BASELINE_MODEL = "id-only logistic regression"
+
+
+@dataclass(frozen=True)
+class BaselineReport:
+    """The in-run baseline's test metrics on the target domain: the artifact the gate reads."""
+
+    model: str
+    domain: str
+    split: str
+    auc: float
+    logloss: float
+    n: int
+    positive_rate: float
+    val_auc: float
+    #: What was chosen on validation, e.g. ``{"C": 0.3}``.
+    chosen: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def load(cls, path: str) -> BaselineReport:
+        with open(path) as fh:
+            d = json.load(fh)
+        expected = sorted(f.name for f in dataclasses.fields(cls))
+        if not isinstance(d, dict) or sorted(d) != expected:
+            raise ValueError(f"{path} is not a baseline report: expected keys {expected}, "
+                             f"got {sorted(d) if isinstance(d, dict) else type(d).__name__}")
+        return cls(**d)
+
+    def metrics(self) -> dict[str, float]:
+        """For KFP ``Metrics``: ``baseline_<domain>_test_auc`` / ``_test_logloss`` / ``_val_auc``."""
+        p = f"baseline_{self.domain}"
+        return {f"{p}_test_auc": self.auc, f"{p}_test_logloss": self.logloss, f"{p}_val_auc": self.val_auc}
+
+
+def baseline(config_path: str, processed_dir: str, report_path: str) -> BaselineReport:
+    """Train the id-only logistic regression on the target's training split and score its test split.
+
+    Same processed data, same split and same rows as the candidate's evaluation, so the gate can ask
+    whether the deep model learnt more than a user bias plus an item bias. Its regularisation is
+    chosen on the validation split (inside ``IdLogisticRegression.fit``); the test split is only scored.
+    """
+    from cdanet.data import load_split
+    from cdanet.evaluation import compute_metrics
+    from cdanet.features import load_schemas
+    from cdanet.references import IdLogisticRegression
+
+    domain = PipelineConfig.load(config_path).experiment.target_domain
+    schema = load_schemas(processed_dir, [domain])[domain]
+    train, val, test = (load_split(processed_dir, schema, split) for split in ("train", "validation", "test"))
+    model = IdLogisticRegression().fit(train, val)
+    val_m = compute_metrics(domain, val.label.cpu().numpy(), model.predict(val))
+    m = compute_metrics(domain, test.label.cpu().numpy(), model.predict(test))
+    chosen = {"C": float(model.c_)} if hasattr(model, "c_") else {}
+    report = BaselineReport(BASELINE_MODEL, domain, "test", m.auc, m.logloss, m.n, m.positive_rate, val_m.auc, chosen)
+    write_text(report_path, report.to_json())
+    return report
 
 
 # ---- gate and registry ------------------------------------------------------------------------------
@@ -305,15 +488,24 @@ def _tracking_uri(uri: str) -> str:
     return uri
 
 
-def gate(config_path: str, processed_dir: str, candidate_auc: float, tracking_uri: str, model_name: str):
-    """Floor + non-regression against the champion, scored on this run's test split."""
+def gate(config_path: str, processed_dir: str, candidate_auc: float, tracking_uri: str, model_name: str, *,
+         candidate_logloss: float, base_rate_logloss: float, baseline_path: str):
+    """Floor, non-regression against the champion, the in-run baseline and the base-rate logloss,
+    all on this run's test split of the target domain."""
     from cdanet.gate import GateConfig, decide
     from cdanet.registry import score_champion_on
 
     pc = PipelineConfig.load(config_path)
     domain = pc.experiment.target_domain
+    base = BaselineReport.load(baseline_path)
+    if (base.domain, base.split) != (domain, "test"):
+        raise ValueError(f"the baseline report {baseline_path} scores {base.domain}/{base.split}, "
+                         f"not the candidate's {domain}/test")
     champion_auc = score_champion_on(processed_dir, _tracking_uri(tracking_uri), model_name, domain, split="test")
-    return decide(candidate_auc, champion_auc, GateConfig(min_auc=pc.min_auc, tolerance=pc.tolerance, domain=domain))
+    cfg = GateConfig(min_auc=pc.min_auc, tolerance=pc.tolerance, baseline_margin=pc.baseline_margin, domain=domain)
+    return decide(candidate_auc, champion_auc, cfg, baseline_auc=base.auc, baseline_model=base.model,
+                  baseline_logloss=base.logloss, candidate_logloss=candidate_logloss,
+                  base_rate_logloss=base_rate_logloss)
 
 
 def data_fingerprint(processed_dir: str, domains: Sequence[str]) -> str:

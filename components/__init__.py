@@ -8,6 +8,7 @@ compile-time setting: ``pipeline.create_pipeline(image=...)`` overrides it per t
 """
 
 from components._image import DEFAULT_IMAGE
+from components.baseline import baseline
 from components.configure import configure
 from components.evaluate import evaluate
 from components.gate import gate
@@ -24,6 +25,7 @@ __all__ = [
     "pretrain",
     "finetune",
     "evaluate",
+    "baseline",
     "gate",
     "register",
 ]

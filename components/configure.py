@@ -26,10 +26,12 @@ def configure(
     extra_overrides: list,
     min_auc: float,
     tolerance: float,
+    baseline_margin: float,
     config: Output[Artifact],
     tuned_config_uri: str = "",
 ):
-    """Fail fast on invalid parameters (unknown dataset/domain, negative alpha, min_auc outside [0, 1], unreadable input).
+    """Fail fast on invalid parameters (unknown dataset/domain, negative alpha, min_auc outside [0, 1],
+    baseline_margin outside [-1, 1], unreadable input).
 
     ``tuned_config_uri``: a ``best_config.json`` of ``cdanet tune`` whose hyperparameters replace the named ones."""
     from cdanet import steps
@@ -38,7 +40,7 @@ def configure(
         dataset=dataset, target_domain=target_domain, raw_uri=raw_uri, glove_uri=glove_uri, profile=profile,
         alpha=alpha, beta=beta, num_experts=num_experts, latent_dim=latent_dim, max_epochs=max_epochs,
         batch_size=batch_size, learning_rate=learning_rate, seed=seed, extra_overrides=extra_overrides,
-        min_auc=min_auc, tolerance=tolerance, tuned_config_uri=tuned_config_uri,
+        min_auc=min_auc, tolerance=tolerance, baseline_margin=baseline_margin, tuned_config_uri=tuned_config_uri,
     )
     with open(config.path, "w") as fh:
         fh.write(frozen.to_json())

@@ -1,9 +1,9 @@
-"""Test-split evaluation: scalar metrics, ROC curve and confusion matrix, per-row predictions."""
+"""Test-split evaluation: scalar metrics, ROC curve and confusion matrix, calibration, per-row predictions."""
 
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from components._image import COMPONENT_KWARGS
 
@@ -15,16 +15,22 @@ def evaluate(
     pretrained: Input[Model],
     metrics: Output[Metrics],
     roc: Output[ClassificationMetrics],
+    calibration: Output[HTML],
     predictions: Output[Dataset],
-) -> NamedTuple("EvalOutputs", [("target_auc", float)]):
-    """Test AUC and logloss: the candidate's on the target, the stage-1 model's on both domains; target ROC."""
+) -> NamedTuple("EvalOutputs", [("target_auc", float), ("target_logloss", float),
+                                ("target_base_rate_logloss", float)]):
+    """Test AUC, logloss and calibration: the candidate's on the target, the stage-1 model's on both
+    domains; target ROC; reliability diagrams as HTML (and reliability.png in the predictions folder)."""
     from collections import namedtuple
 
     from cdanet import steps
 
-    result = steps.evaluate(model.path, processed.path, predictions.path, pretrained_dir=pretrained.path)
+    result = steps.evaluate(model.path, processed.path, predictions.path, pretrained_dir=pretrained.path,
+                            calibration_html=calibration.path)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
     roc.log_roc_curve(result.fpr, result.tpr, result.thresholds)
     roc.log_confusion_matrix(["no click", "click"], result.confusion_matrix)
-    return namedtuple("EvalOutputs", ["target_auc"])(result.target_auc)
+    calibration.metadata["reliability"] = result.calibration
+    outputs = namedtuple("EvalOutputs", ["target_auc", "target_logloss", "target_base_rate_logloss"])
+    return outputs(result.target_auc, result.target_logloss, result.target_base_rate_logloss)

@@ -1,4 +1,5 @@
-"""The blessing gate: AUC floor plus non-regression against the registry's champion on the same test split."""
+"""The blessing gate: AUC floor, non-regression against the registry's champion, beating the in-run
+baseline, and logloss below the base rate, all on the same test split."""
 
 from typing import NamedTuple
 
@@ -13,6 +14,9 @@ def gate(
     config: Input[Artifact],
     processed: Input[Dataset],
     candidate_auc: float,
+    candidate_logloss: float,
+    base_rate_logloss: float,
+    baseline: Input[Artifact],
     mlflow_tracking_uri: str,
     model_name: str,
     decision: Output[Artifact],
@@ -23,7 +27,9 @@ def gate(
 
     from cdanet import steps
 
-    result = steps.gate(config.path, processed.path, candidate_auc, mlflow_tracking_uri, model_name)
+    result = steps.gate(config.path, processed.path, candidate_auc, mlflow_tracking_uri, model_name,
+                        candidate_logloss=candidate_logloss, base_rate_logloss=base_rate_logloss,
+                        baseline_path=baseline.path)
     with open(decision.path, "w") as fh:
         fh.write(result.to_json())
     with open(report.path, "w") as fh:

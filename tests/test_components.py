@@ -34,7 +34,7 @@ def workspace(tmp_path_factory):
     C.configure.python_func(
         dataset="amazon", target_domain="", raw_uri=str(raw), glove_uri=str(glove), profile="tiny", alpha=None,
         beta=None, num_experts=2, latent_dim=8, max_epochs=3, batch_size=128, learning_rate=0.005, seed=0,
-        extra_overrides=[], min_auc=0.5, tolerance=0.0, config=config,
+        extra_overrides=[], min_auc=0.5, tolerance=0.0, baseline_margin=0.005, config=config,
     )
     return root, processed, config
 
@@ -51,7 +51,8 @@ def test_configure_rejects_invalid_parameters(tmp_path):
         C.configure.python_func(
             dataset="amazon", target_domain="", raw_uri=str(tmp_path), glove_uri=str(tmp_path), profile="tiny",
             alpha=None, beta=None, num_experts=2, latent_dim=8, max_epochs=1, batch_size=64, learning_rate=0.001,
-            seed=0, extra_overrides=[], min_auc=2.0, tolerance=0.0, config=artifact(dsl.Artifact, tmp_path, "c"),
+            seed=0, extra_overrides=[], min_auc=2.0, tolerance=0.0, baseline_margin=0.0,
+            config=artifact(dsl.Artifact, tmp_path, "c"),
         )
 
 
@@ -78,8 +79,51 @@ def test_validate_passes_clean_data_and_stops_on_corruption(workspace, tmp_path)
     assert os.path.exists(report2.path), "the report is written before the run stops"
 
 
+@pytest.fixture(scope="module")
+def baseline_run(workspace, tmp_path_factory):
+    root, processed, config = workspace
+    out = tmp_path_factory.mktemp("baseline")
+    test_metrics, metrics = artifact(dsl.Artifact, out, "test_metrics"), artifact(dsl.Metrics, out, "metrics")
+    C.baseline.python_func(config=config, processed=dsl.Dataset(name="processed", uri=str(processed)),
+                           test_metrics=test_metrics, metrics=metrics)
+    return test_metrics, metrics
+
+
+def test_baseline_writes_its_target_test_metrics(baseline_run):
+    from cdanet.steps import BaselineReport
+
+    test_metrics, metrics = baseline_run
+    report = BaselineReport.load(test_metrics.path)
+    assert (report.model, report.domain, report.split, report.n) == ("id-only logistic regression", "movie", "test", 300)
+    assert 0.5 < report.auc <= 1.0 and report.logloss > 0.0 and report.chosen["C"] > 0
+    assert metrics.metadata["baseline_movie_test_auc"] == report.auc
+    assert metrics.metadata["baseline_movie_test_logloss"] == report.logloss
+    assert 0.0 <= metrics.metadata["baseline_movie_val_auc"] <= 1.0
+    assert test_metrics.metadata["auc"] == report.auc
+
+
+def test_gate_refuses_a_baseline_of_another_domain_or_a_malformed_report(workspace, baseline_run, tmp_path):
+    root, processed, config = workspace
+    good = json.loads(open(baseline_run[0].path).read())
+    kwargs = dict(config=config, processed=dsl.Dataset(name="processed", uri=str(processed)), candidate_auc=0.7,
+                  candidate_logloss=0.5, base_rate_logloss=0.6, mlflow_tracking_uri=f"sqlite:///{tmp_path}/m.db",
+                  model_name="cdanet-test", decision=artifact(dsl.Artifact, tmp_path, "decision"),
+                  report=artifact(dsl.Markdown, tmp_path, "gate.md"))
+    other = artifact(dsl.Artifact, tmp_path, "other")
+    with open(other.path, "w") as fh:
+        json.dump({**good, "domain": "book"}, fh)
+    with pytest.raises(ValueError, match="scores book/test, not the candidate's movie/test"):
+        C.gate.python_func(baseline=other, **kwargs)
+    broken = artifact(dsl.Artifact, tmp_path, "broken")
+    with open(broken.path, "w") as fh:
+        json.dump({"auc": 0.7}, fh)
+    with pytest.raises(ValueError, match="is not a baseline report"):
+        C.gate.python_func(baseline=broken, **kwargs)
+    assert not os.path.exists(tmp_path / "m.db")  # refused before the registry was touched
+
+
 @pytest.mark.slow
-def test_train_evaluate_gate_register_chain(workspace, tmp_path):
+def test_train_evaluate_gate_register_chain(workspace, baseline_run, tmp_path):
     import mlflow
 
     from cdanet.registry import get_champion
@@ -98,9 +142,25 @@ def test_train_evaluate_gate_register_chain(workspace, tmp_path):
 
     metrics, roc = artifact(dsl.Metrics, tmp_path, "metrics"), artifact(dsl.ClassificationMetrics, tmp_path, "roc")
     predictions = artifact(dsl.Dataset, tmp_path, "predictions", directory=True)
+    calibration = artifact(dsl.HTML, tmp_path, "calibration.html")
     out = C.evaluate.python_func(processed=processed_in, model=model, pretrained=pretrained, metrics=metrics,
-                                 roc=roc, predictions=predictions)
+                                 roc=roc, calibration=calibration, predictions=predictions)
     assert out.target_auc == pytest.approx(metrics.metadata["movie_test_auc"])
+    assert out.target_logloss == pytest.approx(metrics.metadata["movie_test_logloss"])
+    assert out.target_base_rate_logloss == pytest.approx(metrics.metadata["movie_test_base_rate_logloss"])
+    assert 0.0 < metrics.metadata["movie_train_positive_rate"] < 1.0
+    for key in ("movie_test_ece", "stage1_movie_test_ece", "stage1_book_test_ece", "book_test_base_rate_logloss"):
+        assert key in metrics.metadata, key
+    # reliability data as plain lists (artifact metadata and calibration.json), plotted as PNG and HTML
+    bins = calibration.metadata["reliability"]["movie"]["reliability"]
+    assert len(bins["count"]) == 10 and sum(bins["count"]) == 300  # 10 % of the 3000 movie rows
+    saved = json.load(open(os.path.join(predictions.path, "calibration.json")))
+    assert set(saved) == {"movie", "stage1_movie", "stage1_book"}
+    assert saved["movie"]["ece"] == pytest.approx(metrics.metadata["movie_test_ece"])
+    with open(os.path.join(predictions.path, "reliability.png"), "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    html = open(calibration.path).read()
+    assert "data:image/png;base64," in html and "base-rate logloss" in html and "stage-1 translation network" in html
     assert "book_test_auc" not in metrics.metadata  # the augmentation network scores the target only
     for domain in ("movie", "book"):  # the stage-1 translation network scores both
         assert 0.0 <= metrics.metadata[f"stage1_{domain}_test_auc"] <= 1.0
@@ -111,10 +171,20 @@ def test_train_evaluate_gate_register_chain(workspace, tmp_path):
     uri = "sqlite:///" + str(tmp_path / "mlflow.db")
     decision = artifact(dsl.Artifact, tmp_path, "decision")
     gate_report = artifact(dsl.Markdown, tmp_path, "gate.md")
+    baseline_metrics, _ = baseline_run
     gated = C.gate.python_func(config=config, processed=processed_in, candidate_auc=out.target_auc,
+                               candidate_logloss=out.target_logloss,
+                               base_rate_logloss=out.target_base_rate_logloss, baseline=baseline_metrics,
                                mlflow_tracking_uri=uri, model_name="cdanet-test", decision=decision,
                                report=gate_report)
-    assert gated.blessed is True  # first model, above the 0.5 floor
+    assert gated.blessed is True  # first model: above the floor, beats the baseline, logloss below the base rate
+    from cdanet.gate import GateDecision
+    from cdanet.steps import BaselineReport
+
+    judged = GateDecision.from_json(open(decision.path).read())
+    assert judged.baseline_auc == BaselineReport.load(baseline_metrics.path).auc and judged.baseline_passed
+    assert judged.candidate_logloss == out.target_logloss and judged.calibration_passed
+    assert "beats the in-run baseline (id-only logistic regression)" in open(gate_report.path).read()
 
     for _ in range(2):  # a retried promote task must not create a second version
         registered = artifact(dsl.Markdown, tmp_path, "registered.md")

@@ -14,11 +14,15 @@ from cdanet.config import tiny_config
 from cdanet.data import load_split
 from cdanet.evaluation import (
     EvaluationError,
+    base_rate_logloss,
+    calibration,
     compute_metrics,
     confusion_matrix_at,
     evaluate,
     predict_scores,
+    reliability_diagram,
     roc_curve_points,
+    train_positive_rate,
 )
 from cdanet.models import build_model
 
@@ -86,3 +90,49 @@ def test_evaluate_a_model_and_write_predictions(processed_dir, processed_schemas
 
     with pytest.raises(EvaluationError, match=r"no test data for domain\(s\) \['movie'\]"):
         evaluate(model, {"book": load_split(processed_dir, processed_schemas["book"], "test")})
+
+
+def test_base_rate_logloss_is_the_logloss_of_a_constant_prediction() -> None:
+    labels = np.array([0, 0, 0, 1, 0, 1, 0, 0])
+    assert base_rate_logloss(labels, 0.3) == pytest.approx(log_loss(labels, np.full(8, 0.3)))
+    # the test split's own rate is the best constant; any other rate (e.g. the training one) does worse
+    assert base_rate_logloss(labels, 0.25) < base_rate_logloss(labels, 0.3)
+    assert np.isfinite(base_rate_logloss(labels, 0.0))  # clipped like compute_metrics
+    with pytest.raises(EvaluationError, match="base rate"):
+        base_rate_logloss(labels, 1.5)
+
+
+def test_reliability_bins_have_equal_mass_and_the_hand_computed_ece() -> None:
+    labels = np.array([0, 0, 1, 0, 1, 1, 0, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.15, 0.3, 0.35, 0.4, 0.6, 0.7, 0.8, 0.9])
+    r = reliability_diagram(labels, scores, n_bins=4)
+    assert r.count == [3, 3, 2, 2]  # sizes differ by at most one
+    assert r.bin_lower == [0.1, 0.3, 0.6, 0.8] and r.bin_upper == [0.2, 0.4, 0.7, 0.9]
+    assert r.mean_predicted == pytest.approx([0.15, 0.35, 0.65, 0.85])
+    assert r.observed_rate == pytest.approx([1 / 3, 2 / 3, 0.5, 1.0])
+    expected = (3 * abs(0.15 - 1 / 3) + 3 * abs(0.35 - 2 / 3) + 2 * 0.15 + 2 * 0.15) / 10
+    assert r.ece == pytest.approx(expected)
+    assert len(reliability_diagram(labels, scores, n_bins=50).count) == 10  # never an empty bin
+    json.dumps(r.__dict__)  # plain lists, like the ROC data
+    with pytest.raises(ValueError, match="n_bins"):
+        reliability_diagram(labels, scores, n_bins=0)
+
+
+def test_calibrated_scores_have_a_small_ece_and_beat_the_base_rate() -> None:
+    rng = np.random.default_rng(3)
+    p = rng.beta(1, 6, 20_000)
+    labels = (rng.random(20_000) < p).astype(int)
+    good = calibration("movie", labels, p, base_rate=labels.mean(), n_bins=10)
+    assert good.ece < 0.01 and good.beats_base_rate
+    assert good.base_rate_logloss == pytest.approx(log_loss(labels, np.full(labels.size, labels.mean())))
+    overconfident = calibration("movie", labels, np.clip(p * 3, 0, 0.999), base_rate=labels.mean())
+    assert overconfident.ece > 0.1 and not overconfident.beats_base_rate
+    d = good.to_dict()
+    assert d["reliability"]["count"] == [2000] * 10 and d["ece"] == good.ece
+
+
+def test_train_positive_rate_reads_the_training_labels(processed_dir, processed_schemas) -> None:
+    train = load_split(processed_dir, processed_schemas["movie"], "train")
+    stats = json.load(open(f"{processed_dir}/movie/stats.json"))
+    rate = train_positive_rate(processed_dir, processed_schemas["movie"])
+    assert rate == pytest.approx(float(train.label.mean())) == pytest.approx(stats["positive_rate"]["train"])

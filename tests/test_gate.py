@@ -1,4 +1,4 @@
-"""The blessing rule: floor for the first model, non-regression against the champion afterwards."""
+"""The blessing rule: floor, non-regression against the champion, the in-run baseline, logloss vs the base rate."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class TestFirstModel:
     def test_floor_met_is_blessed(self) -> None:
         d = decide(0.65, None, CFG)
         assert d.blessed and d.floor_passed and d.non_regression_passed is None
-        assert any("no champion" in r and "floor only" in r for r in d.reasons)
+        assert any("no champion" in r and "skips the non-regression check" in r for r in d.reasons)
         assert any("0.6500" in r and "meets the floor" in r for r in d.reasons)
 
     def test_below_floor_is_rejected(self) -> None:
@@ -67,6 +67,9 @@ class TestAgainstChampion:
         ({"min_auc": math.nan}, "min_auc"),
         ({"tolerance": -0.01}, "tolerance"),
         ({"tolerance": math.inf}, "tolerance"),
+        ({"baseline_margin": 1.5}, "baseline_margin"),
+        ({"baseline_margin": math.nan}, "baseline_margin"),
+        ({"baseline_margin": True}, "baseline_margin"),
         ({"domain": ""}, "domain"),
     ],
 )
@@ -85,7 +88,7 @@ def test_json_round_trip(champion: float | None) -> None:
     d = decide(0.71, champion, CFG, champion_version=None if champion is None else "2")
     back = GateDecision.from_json(d.to_json())
     assert back == d
-    assert json.loads(d.to_json())["format_version"] == 1
+    assert json.loads(d.to_json())["format_version"] == 2
 
 
 @pytest.mark.parametrize(
@@ -115,3 +118,117 @@ def test_markdown_shows_verdict_checks_and_reasons() -> None:
 def test_summary_line() -> None:
     assert decide(0.65, None, CFG).summary == "BLESSED: candidate AUC 0.6500 on movie/test (no champion)"
     assert decide(0.6, 0.7, CFG).summary.startswith("REJECTED: candidate AUC 0.6000")
+
+
+BASE_CFG = GateConfig(min_auc=0.5, tolerance=0.0, baseline_margin=0.005, domain="movie")
+#: A candidate that passes every check against a baseline at 0.64 and a base-rate logloss of 0.50.
+GOOD = dict(baseline_auc=0.64, baseline_model="id-only logistic regression", baseline_logloss=0.48,
+            candidate_logloss=0.45, base_rate_logloss=0.50)
+
+
+class TestBaseline:
+    def test_beating_the_baseline_by_the_margin_is_blessed(self) -> None:
+        d = decide(0.66, None, BASE_CFG, **GOOD)
+        assert d.blessed and d.baseline_passed
+        assert (d.baseline_auc, d.baseline_margin, d.baseline_logloss) == (0.64, 0.005, 0.48)
+        assert d.baseline_model == "id-only logistic regression"
+        assert any("beats the in-run baseline (id-only logistic regression)" in r and "+0.0200" in r
+                   and "baseline_margin=+0.0050" in r and "threshold 0.6450" in r for r in d.reasons)
+
+    def test_within_the_margin_is_rejected_with_the_reason(self) -> None:
+        d = decide(0.643, None, BASE_CFG, **GOOD)
+        assert not d.blessed and d.floor_passed and d.calibration_passed and d.baseline_passed is False
+        assert any("does not beat the in-run baseline" in r and "+0.0030" in r and "0.6450" in r for r in d.reasons)
+
+    def test_margin_is_inclusive_and_zero_margin_accepts_a_tie(self) -> None:
+        assert decide(0.645, None, BASE_CFG, **GOOD).blessed
+        tie = GateConfig(min_auc=0.5, baseline_margin=0.0, domain="movie")
+        assert decide(0.64, None, tie, **GOOD).blessed
+        assert not decide(0.6399, None, tie, **GOOD).blessed
+
+    def test_negative_margin_lets_the_candidate_trail_the_baseline(self) -> None:
+        lenient = GateConfig(min_auc=0.5, baseline_margin=-0.02, domain="movie")
+        trailing = decide(0.63, None, lenient, **GOOD)
+        assert trailing.blessed and trailing.baseline_passed
+        assert any("trails the in-run baseline (id-only logistic regression) within the allowed margin: -0.0100" in r
+                   and "baseline_margin=-0.0200, threshold 0.6200" in r for r in trailing.reasons)
+        assert not decide(0.61, None, lenient, **GOOD).blessed
+
+    def test_baseline_rejects_even_a_candidate_that_beats_the_champion(self) -> None:
+        d = decide(0.64, 0.60, BASE_CFG, champion_version="2", **GOOD)
+        assert not d.blessed and d.non_regression_passed and d.baseline_passed is False
+        assert d.summary == "REJECTED: candidate AUC 0.6400 on movie/test (champion AUC 0.6000, baseline AUC 0.6400)"
+
+    def test_no_baseline_skips_the_check_and_says_so(self) -> None:
+        d = decide(0.66, None, BASE_CFG, candidate_logloss=0.45, base_rate_logloss=0.5)
+        assert d.blessed and d.baseline_passed is None and d.baseline_auc is None and d.baseline_model is None
+        assert any("no in-run baseline" in r and "skipped" in r for r in d.reasons)
+
+    @pytest.mark.parametrize("bad", [math.nan, -0.1, 1.5, "0.6"])
+    def test_invalid_baseline_auc_raises(self, bad: object) -> None:
+        with pytest.raises(ValueError, match="baseline_auc"):
+            decide(0.7, None, BASE_CFG, baseline_auc=bad)  # type: ignore[arg-type]
+
+
+class TestCalibration:
+    def test_logloss_below_the_base_rate_is_blessed(self) -> None:
+        d = decide(0.66, None, BASE_CFG, **GOOD)
+        assert d.calibration_passed and (d.candidate_logloss, d.base_rate_logloss) == (0.45, 0.50)
+        assert any("logloss 0.4500" in r and "is below the base-rate logloss 0.5000" in r and "-0.0500" in r
+                   for r in d.reasons)
+
+    def test_logloss_not_below_the_base_rate_is_rejected_despite_a_good_auc(self) -> None:
+        d = decide(0.80, 0.70, BASE_CFG, **{**GOOD, "candidate_logloss": 0.50})  # a tie is not below
+        assert not d.blessed and d.floor_passed and d.non_regression_passed and d.baseline_passed
+        assert d.calibration_passed is False
+        assert any("is not below the base-rate logloss 0.5000" in r for r in d.reasons)
+
+    def test_no_logloss_skips_the_check_and_says_so(self) -> None:
+        d = decide(0.66, None, BASE_CFG, baseline_auc=0.6)
+        assert d.blessed and d.calibration_passed is None
+        assert any("no logloss" in r and "skipped" in r for r in d.reasons)
+
+    def test_one_logloss_without_the_other_raises(self) -> None:
+        with pytest.raises(ValueError, match="both candidate_logloss and base_rate_logloss"):
+            decide(0.66, None, BASE_CFG, candidate_logloss=0.4)
+
+    @pytest.mark.parametrize("bad", [math.nan, math.inf, -0.1, "0.4", True])
+    def test_invalid_logloss_raises(self, bad: object) -> None:
+        with pytest.raises(ValueError, match="candidate_logloss"):
+            decide(0.66, None, BASE_CFG, candidate_logloss=bad, base_rate_logloss=0.5)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="base_rate_logloss"):
+            decide(0.66, None, BASE_CFG, candidate_logloss=0.4, base_rate_logloss=bad)  # type: ignore[arg-type]
+
+
+def test_every_check_gives_a_reason_in_both_outcomes() -> None:
+    passed = decide(0.70, 0.65, BASE_CFG, **GOOD).reasons
+    failed = decide(0.55, 0.65, GateConfig(min_auc=0.6, baseline_margin=0.005, domain="movie"),
+                    **{**GOOD, "candidate_logloss": 0.6}).reasons
+    assert len(passed) == len(failed) == 4
+    for words in (("meets the floor", "is below the floor"), ("does not regress", "regresses"),
+                  ("beats the in-run baseline", "does not beat the in-run baseline"),
+                  ("is below the base-rate logloss", "is not below the base-rate logloss")):
+        assert any(words[0] in r for r in passed) and any(words[1] in r for r in failed), words
+
+
+def test_full_decision_round_trips_and_renders_every_check() -> None:
+    d = decide(0.643, 0.63, BASE_CFG, champion_version="1", **{**GOOD, "candidate_logloss": 0.52})
+    assert GateDecision.from_json(d.to_json()) == d
+    md = d.to_markdown()
+    assert "| beats the in-run baseline (id-only logistic regression) | 0.6430 | >= 0.6450" in md
+    assert "(baseline 0.6400 + margin 0.0050) | **FAIL** |" in md
+    assert "| logloss below the base rate | 0.5200 | < 0.5000" in md and md.count("**FAIL**") == 2
+    skipped = decide(0.66, None, BASE_CFG).to_markdown()
+    assert "skipped (no baseline)" in skipped and "skipped (no logloss)" in skipped
+
+
+def test_format_1_decisions_still_load() -> None:
+    """A decision written before the baseline and calibration checks (e.g. by a running older pipeline)."""
+    v1 = {"format_version": 1, "blessed": True, "reasons": ["candidate AUC 0.7000 on movie/test meets the floor"],
+          "candidate_auc": 0.7, "champion_auc": None, "domain": "movie", "split": "test", "min_auc": 0.6,
+          "tolerance": 0.005, "floor_passed": True, "non_regression_passed": None, "champion_version": None}
+    d = GateDecision.from_json(json.dumps(v1), source="old.json")
+    assert d.blessed and d.baseline_auc is None and d.baseline_passed is None and d.calibration_passed is None
+    assert d.summary == "BLESSED: candidate AUC 0.7000 on movie/test (no champion)"
+    assert "skipped (no baseline)" in d.to_markdown()
+    assert json.loads(d.to_json())["format_version"] == 2  # re-written in the current format

@@ -15,7 +15,8 @@ def configure(tmp_path, **overrides):
     glove.write_text("the 0.1 0.2\n")
     kwargs = dict(dataset="amazon", target_domain="", raw_uri=str(raw), glove_uri=str(glove), profile="tiny",
                   alpha=None, beta=None, num_experts=2, latent_dim=8, max_epochs=1, batch_size=64,
-                  learning_rate=0.001, seed=0, extra_overrides=[], min_auc=0.6, tolerance=0.0)
+                  learning_rate=0.001, seed=0, extra_overrides=[], min_auc=0.6, tolerance=0.0,
+                  baseline_margin=0.005)
     kwargs.update(overrides)
     return steps.configure(**kwargs)
 
@@ -35,6 +36,17 @@ def test_config_artifact_round_trip(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(cfg.to_json())
     assert steps.PipelineConfig.load(str(path)) == cfg
+    assert cfg.baseline_margin == 0.005 and cfg.summary()["baseline_margin"] == 0.005
+
+
+def test_config_frozen_before_the_baseline_check_still_loads(tmp_path):
+    import json
+
+    old = json.loads(configure(tmp_path).to_json())
+    del old["baseline_margin"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    assert steps.PipelineConfig.load(str(path)).baseline_margin == 0.0
 
 
 @pytest.mark.parametrize(
@@ -45,6 +57,7 @@ def test_config_artifact_round_trip(tmp_path):
         (dict(alpha=-0.1), "model.alpha must be >= 0"),
         (dict(min_auc=1.5), r"min_auc must be in \[0, 1\]"),
         (dict(tolerance=-0.01), "tolerance must be >= 0"),
+        (dict(baseline_margin=1.5), r"baseline_margin must be in \[-1, 1\]"),
         (dict(raw_uri="/nonexistent/raw"), "raw_uri '/nonexistent/raw' does not exist"),
         (dict(glove_uri=""), "needs a GloVe file"),
         (dict(extra_overrides=["model.ablation=no_orth"]), "trains full CDAnet"),

@@ -29,8 +29,8 @@ def executor_of(spec: dict, task: str, dag: dict | None = None) -> dict:
 def test_tasks_and_dependencies(tmp_path):
     spec, _ = compiled(tmp_path)
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"configure", "preprocess", "validate", "pretrain", "finetune", "evaluate", "gate",
-                          "condition-branches-1"}
+    assert set(tasks) == {"configure", "preprocess", "validate", "baseline", "pretrain", "finetune", "evaluate",
+                          "gate", "condition-branches-1"}
     deps = {name: set(t.get("dependentTasks", [])) for name, t in tasks.items()}
     assert deps["preprocess"] == {"configure"}
     assert deps["validate"] == {"configure", "preprocess"}
@@ -38,6 +38,19 @@ def test_tasks_and_dependencies(tmp_path):
     assert "pretrain" in deps["finetune"]
     assert deps["evaluate"] == {"preprocess", "pretrain", "finetune"}  # stage 1 scores the source domain
     assert "evaluate" in deps["gate"]
+    # the in-run baseline: after validation, beside the training tasks (neither waits for the other)
+    assert deps["baseline"] == {"configure", "preprocess", "validate"}
+    assert "baseline" in deps["gate"] and not deps["baseline"] & {"pretrain", "finetune"}
+    assert "baseline" not in deps["pretrain"] | deps["finetune"] | deps["evaluate"]
+    gate_inputs = tasks["gate"]["inputs"]
+    assert gate_inputs["artifacts"]["baseline"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "test_metrics", "producerTask": "baseline"}
+    for name, output in (("candidate_logloss", "target_logloss"), ("base_rate_logloss", "target_base_rate_logloss")):
+        assert gate_inputs["parameters"][name]["taskOutputParameter"] == {
+            "outputParameterKey": output, "producerTask": "evaluate"}
+    configure_inputs = tasks["configure"]["inputs"]["parameters"]
+    assert configure_inputs["baseline_margin"]["componentInputParameter"] == "baseline_margin"
+    assert spec["root"]["inputDefinitions"]["parameters"]["baseline_margin"]["defaultValue"] == 0.005
 
 
 def test_promotion_only_when_blessed(tmp_path):
@@ -64,7 +77,7 @@ def test_gpu_request_only_when_enabled(tmp_path):
 def test_resources_retries_caching_and_image(tmp_path):
     spec, _ = compiled(tmp_path, image="registry.example/cdanet:1.2.3")
     tasks = spec["root"]["dag"]["tasks"]
-    for name in ("configure", "preprocess", "validate", "pretrain", "finetune", "evaluate", "gate"):
+    for name in ("configure", "preprocess", "validate", "baseline", "pretrain", "finetune", "evaluate", "gate"):
         container = executor_of(spec, name)["container"]
         assert container["image"] == "registry.example/cdanet:1.2.3"
         assert container["resources"]["resourceCpuRequest"] and container["resources"]["resourceMemoryRequest"]

@@ -2,7 +2,10 @@
 
 Two runs on the same simulated raw data: the first model is promoted to ``@champion``; a
 deliberately worse second model (one epoch at a negligible learning rate) is gated against it on
-the same test split, recorded as rejected, and the champion stays where it was.
+the same test split, recorded as rejected, and the champion stays where it was. A third run, in a
+fresh store, shows the in-run baseline at work: the same untrained candidate as the first model,
+with the AUC floor switched off, is rejected because it does not beat the id-only logistic
+regression trained in the same run, and nothing becomes champion.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ def two_runs(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("local_pipeline")
     common = dict(raw_dir=None, glove=None, dataset="amazon", scale="tiny", workdir=str(workdir), profile="tiny")
     first_out: list[str] = []
-    good = {"max_epochs": 10, "batch_size": 128, "learning_rate": 0.005, "min_auc": 0.55, "tolerance": 0.0}
+    # Five epochs at 0.003: on the tiny data (281 movie test rows) longer or faster training overfits
+    # into scores whose logloss loses to the base rate, which the gate rejects.
+    good = {"max_epochs": 5, "batch_size": 128, "learning_rate": 0.003, "min_auc": 0.55, "tolerance": 0.0}
     first = run_local(P.create_pipeline(), params=good, out=first_out.append, **common)
     second_out: list[str] = []
     worse = {"max_epochs": 1, "batch_size": 128, "learning_rate": 1e-7, "min_auc": 0.0, "tolerance": 0.0}
@@ -43,7 +48,11 @@ def test_first_run_promotes_a_champion_that_scores_rows(two_runs):
     text = "\n".join(out)
     assert "test movie    AUC" in text and "(now @champion)" in text
     assert "test book     AUC" in text and "(stage-1 translation network)" in text
-    for task in ("configure", "preprocess", "validate", "pretrain", "finetune", "evaluate", "gate"):
+    assert "(base rate 0." in text and "ECE 0." in text  # logloss next to the base-rate logloss
+    # blessed by every check: floor, (no champion), the in-run baseline, the base-rate logloss
+    assert "beats the in-run baseline (id-only logistic regression)" in text
+    assert "is below the base-rate logloss" in text and "(in-run baseline: id-only logistic regression)" in text
+    for task in ("configure", "preprocess", "validate", "baseline", "pretrain", "finetune", "evaluate", "gate"):
         assert any(f"{task} " in line and "SUCCESS" in line for line in out), task
 
     uri = "sqlite:///" + str(workdir / "mlflow.db")
@@ -59,13 +68,16 @@ def test_first_run_promotes_a_champion_that_scores_rows(two_runs):
     scores = champion.predict(features_frame(test.slice(0, 50), schema))
     assert len(scores) == 50 and all(0.0 <= float(s) <= 1.0 for s in scores)
     # reports and predictions are files; Metrics / ClassificationMetrics live in the task's metadata
-    for rel in ("validate/report", "finetune/curves", "gate/decision", "register/registered"):
+    for rel in ("validate/report", "finetune/curves", "baseline/test_metrics", "gate/decision", "register/registered"):
         assert os.path.exists(os.path.join(run_dir, rel)), rel
     assert glob.glob(os.path.join(run_dir, "evaluate", "predictions", "*.parquet"))
     executor_output = open(os.path.join(run_dir, "evaluate", "executor_output.json")).read()
     for key in ('"movie_test_auc"', '"movie_test_logloss"', '"stage1_book_test_auc"', '"confusionMatrix"',
-                '"confidenceMetrics"'):
+                '"confidenceMetrics"', '"movie_test_base_rate_logloss"', '"movie_test_ece"', '"reliability"'):
         assert key in executor_output, key
+    reliability_png = os.path.join(run_dir, "evaluate", "predictions", "reliability.png")
+    assert os.path.exists(reliability_png) and reliability_png in text  # the summary points at it
+    assert os.path.exists(os.path.join(run_dir, "evaluate", "calibration"))
 
 
 def test_worse_second_model_is_rejected_and_champion_untouched(two_runs):
@@ -79,8 +91,49 @@ def test_worse_second_model_is_rejected_and_champion_untouched(two_runs):
     assert get_champion(uri, "cdanet-amazon-movie").version == "1"
     second = MlflowClient(tracking_uri=uri).get_model_version("cdanet-amazon-movie", "2")
     assert second.tags[TAG_BLESSED] == "false"
-    assert "champion" in second.tags[TAG_REASONS]
+    assert "regresses against the champion" in second.tags[TAG_REASONS]
     assert "(not promoted)" in "\n".join(out)
+
+
+@pytest.fixture(scope="module")
+def untrained_first_run(tmp_path_factory):
+    import pipeline as P
+    from cdanet.orchestration import run_local
+
+    workdir = tmp_path_factory.mktemp("local_pipeline_baseline")
+    out: list[str] = []
+    untrained = {"max_epochs": 1, "batch_size": 128, "learning_rate": 1e-7, "min_auc": 0.0, "tolerance": 0.0}
+    code = run_local(P.create_pipeline(), raw_dir=None, glove=None, dataset="amazon", scale="tiny",
+                     workdir=str(workdir), profile="tiny", params=untrained, out=out.append)
+    return workdir, code, out
+
+
+def test_candidate_that_does_not_beat_the_in_run_baseline_is_not_promoted(untrained_first_run):
+    from mlflow import MlflowClient
+
+    from cdanet.gate import GateDecision
+    from cdanet.registry import TAG_BLESSED, TAG_REASONS, get_champion
+    from cdanet.steps import BaselineReport
+
+    workdir, code, out = untrained_first_run
+    text = "\n".join(out)
+    assert code == 0, text
+    run_dir = sorted(glob.glob(str(workdir / "pipeline_root" / "cdanet-training-*")))[0]
+    baseline = BaselineReport.load(os.path.join(run_dir, "baseline", "test_metrics"))
+    decision = GateDecision.from_json(open(os.path.join(run_dir, "gate", "decision")).read())
+    assert not decision.blessed
+    # the floor is off and there is no champion: the baseline is what stops it
+    assert decision.floor_passed and decision.non_regression_passed is None and decision.baseline_passed is False
+    assert decision.baseline_auc == baseline.auc and decision.candidate_auc < baseline.auc + 0.005
+    assert any("does not beat the in-run baseline (id-only logistic regression)" in r for r in decision.reasons)
+
+    uri = "sqlite:///" + str(workdir / "mlflow.db")
+    assert get_champion(uri, "cdanet-amazon-movie") is None
+    version = MlflowClient(tracking_uri=uri).get_model_version("cdanet-amazon-movie", "1")
+    assert version.tags[TAG_BLESSED] == "false" and "does not beat the in-run baseline" in version.tags[TAG_REASONS]
+    assert "(not promoted)" in text and "@champion -> none" in text
+    assert "(in-run baseline: id-only logistic regression)" in text
+    assert any(" register" in line and "SUCCESS" in line for line in out)  # the record-rejection branch ran
 
 
 def test_invalid_parameter_fails_at_the_first_step(tmp_path):

@@ -157,6 +157,23 @@ def test_rejected_candidate_keeps_the_alias_and_its_reasons(trained: tuple[str, 
     assert "latest: version 2 (REJECTED" in summary and "champion: version 1" in summary
 
 
+def test_baseline_and_calibration_figures_travel_to_tags_and_metrics(trained: tuple[str, float], uri: str) -> None:
+    model_dir, _ = trained
+    rejected = decide(0.70, None, GATE, baseline_auc=0.72, baseline_model="id-only logistic regression",
+                      baseline_logloss=0.55, candidate_logloss=0.5, base_rate_logloss=0.6)
+    assert not rejected.blessed and rejected.baseline_passed is False
+
+    v = _register(model_dir, uri, rejected, "run-3")
+
+    tags = MlflowClient(uri, registry_uri=uri).get_model_version(NAME, v.version).tags
+    assert tags["cdanet.gate.baseline_auc"] == "0.72" and "does not beat the in-run baseline" in tags[TAG_REASONS]
+    assert "baseline AUC 0.7200" in tags["cdanet.gate.summary"]
+    metrics = MlflowClient(uri).get_run(v.run_id).data.metrics
+    assert (metrics["gate_baseline_auc"], metrics["gate_baseline_logloss"]) == (0.72, 0.55)
+    assert (metrics["gate_candidate_logloss"], metrics["gate_base_rate_logloss"]) == (0.5, 0.6)
+    assert get_champion(uri, NAME) is None
+
+
 def test_same_pipeline_run_registers_once(trained: tuple[str, float], uri: str) -> None:
     model_dir, _ = trained
     first = _register(model_dir, uri, decide(0.7, None, GATE), "run-7")
