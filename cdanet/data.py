@@ -388,6 +388,26 @@ def load_vocabularies(processed_root: str, schema: DomainSchema) -> dict[str, Vo
     return read_vocabularies(vocab_dir, schema)
 
 
+def user_history(data: DomainData, field: str, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each user's ``k`` most frequent values of ``field`` in ``data`` (a training split), with counts.
+
+    Returns ``(values, counts, totals)``: int64 and float32 ``[user vocab, k]`` (value 0 = padding with
+    count 0 where a user has fewer than k distinct values) and float32 ``[user vocab]``, the user's count
+    over all values. Only exposure is counted, never labels.
+    """
+    users = data.features["user_id"].cpu()
+    x = data.features[field].cpu()
+    n_users, n_values = data.schema.field("user_id").vocab_size, data.schema.field(field).vocab_size
+    if x.dim() == 1:
+        x = x.unsqueeze(1)
+    keys = (users.unsqueeze(1) * n_values + x).flatten()[x.flatten() > 0]
+    counts = torch.bincount(keys, minlength=n_users * n_values).view(n_users, n_values).float()
+    k = min(k, n_values)
+    top, values = counts.topk(k, dim=1)
+    values[top == 0] = 0
+    return values, top, counts.sum(1)
+
+
 def user_link(processed_root: str, source: DomainSchema, target: DomainSchema, field: str = "user_id") -> np.ndarray | None:
     """int64 ``[target's user vocab]``: for each target user index, the source's index of the same raw
     user id (0 when the source never saw that user); None when the processed data has no vocabularies."""

@@ -56,7 +56,10 @@ class DomainModel(nn.Module):
         self.source, self.target = cfg.source_domain, cfg.target_domain
         m = cfg.model
         self.embeddings = nn.ModuleDict(
-            {dom: DomainEmbedding(schemas[dom], m.d, m.embedding_dim, m.embedding_combiner) for dom in embedded}
+            {dom: DomainEmbedding(schemas[dom], m.d, m.embedding_dim, m.embedding_combiner,
+                                  history_field=m.history_fields.get(dom), history_len=m.history_len,
+                                  history_init_std=m.history_init_std)
+             for dom in embedded}
         )
         # model.shared_users: user_link[i] = the source's user index of the target's user i (0: none).
         self.user_link: Tensor | None

@@ -31,7 +31,7 @@ from torch import nn
 from cdanet.artifacts import KIND_TRANSLATION, LoadedModel, load_model_dir, read_model_config, save_model_dir
 from cdanet.atomic import write_json
 from cdanet.config import ConfigError, ExperimentConfig
-from cdanet.data import DomainData, load_split, stable_seed, user_link
+from cdanet.data import DomainData, load_split, stable_seed, user_history, user_link
 from cdanet.evaluation import EvaluationResult, evaluate
 from cdanet.features import DomainSchema, load_schemas
 from cdanet.training.trainer import TrainResult, resolve_device, train_model
@@ -116,6 +116,13 @@ def _build_stage1(cfg: ExperimentConfig, schemas: dict[str, DomainSchema], proce
     return model
 
 
+def _set_histories(model: nn.Module, train: dict[str, DomainData]) -> None:
+    """model.history_fields: each listed domain's user profiles from its training split."""
+    for dom, emb in getattr(model, "embeddings", {}).items():
+        if emb.history is not None and dom in train:
+            emb.history.set_profile(*user_history(train[dom], emb.history.field, emb.history.values.shape[1]))
+
+
 def _build_stage2(cfg: ExperimentConfig, schemas: dict[str, DomainSchema], translation: nn.Module | None) -> nn.Module:
     from cdanet.models import AugmentationNetwork
 
@@ -160,11 +167,15 @@ def fit_stages(
     if "pretrain" in plan:
         model = _build_stage1(cfg, schemas, processed_root)
         train, val = _load_for(model, cfg, processed_root, schemas, cache)
+        _set_histories(model, train)
         stage = _stage1_name(cfg)
         stages[stage] = train_model(model, train, val, cfg, stage, checkpoint_dir, on_epoch_end=callback(stage))
     if "finetune" in plan:
+        fresh = model is None
         model = _build_stage2(cfg, schemas, model)
         train, val = _load_for(model, cfg, processed_root, schemas, cache)
+        if fresh:  # the no_translation ablation: no stage 1 to carry the profiles over
+            _set_histories(model, train)
         stages["finetune"] = train_model(model, train, val, cfg, "finetune", checkpoint_dir,
                                          on_epoch_end=callback("finetune"))
     assert model is not None  # plan_stages always returns at least one stage
@@ -217,6 +228,7 @@ def pretrain(
     schemas = load_schemas(processed_root, cfg.domains)
     model = _build_stage1(cfg, schemas, processed_root)
     train, val = _load_for(model, cfg, processed_root, schemas, {})
+    _set_histories(model, train)
     result = train_model(model, train, val, cfg, _stage1_name(cfg), checkpoint_dir)
     save_model_dir(model, cfg, schemas, model_dir_out, extra=_stage_extra(result), history=result.history,
                    processed_root=processed_root)
@@ -250,6 +262,8 @@ def finetune(
         translation = loaded.model
     model = _build_stage2(cfg, schemas, translation)
     train, val = _load_for(model, cfg, processed_root, schemas, {})
+    if translation is None:
+        _set_histories(model, train)
     result = train_model(model, train, val, cfg, "finetune", checkpoint_dir)
     save_model_dir(model, cfg, schemas, model_dir_out, extra=_stage_extra(result), history=result.history,
                    processed_root=processed_root)
