@@ -402,9 +402,12 @@ def user_history(data: DomainData, field: str, k: int) -> tuple[torch.Tensor, to
         x = x.unsqueeze(1)
     keys = (users.unsqueeze(1) * n_values + x).flatten()[x.flatten() > 0]
     counts = torch.bincount(keys, minlength=n_users * n_values).view(n_users, n_values).float()
-    k = min(k, n_values)
-    top, values = counts.topk(k, dim=1)
+    top, values = counts.topk(min(k, n_values), dim=1)
     values[top == 0] = 0
+    pad = k - values.shape[1]  # a field with fewer than k values: padding columns
+    if pad > 0:
+        values = torch.cat([values, values.new_zeros(n_users, pad)], dim=1)
+        top = torch.cat([top, top.new_zeros(n_users, pad)], dim=1)
     return values, top, counts.sum(1)
 
 

@@ -26,8 +26,8 @@ def configure(
     extra_overrides: list,
     min_auc: float,
     tolerance: float,
-    baseline_margin: float,
     config: Output[Artifact],
+    baseline_margin: float = 0.005,
     tuned_config_uri: str = "",
 ):
     """Fail fast on invalid parameters (unknown dataset/domain, negative alpha, min_auc outside [0, 1],

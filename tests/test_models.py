@@ -23,6 +23,13 @@ from cdanet.models import (
 B = 24
 
 
+def paper_inputs(target_domain: str | None = None) -> ExperimentConfig:
+    """The tiny profile with the paper's inputs only: the stage-transfer tests check exact copies, which
+    model.shared_users (folded into the user rows) and model.history_fields (per target) change on purpose
+    (tests/test_shared_users.py, tests/test_user_history.py)."""
+    return tiny_config(target_domain=target_domain).with_overrides(["model.shared_users=false", "model.history_fields={}"])
+
+
 def batches(seed: int = 1, n: int = B) -> dict[str, Batch]:
     g = torch.Generator().manual_seed(seed)
     s = schemas()
@@ -141,7 +148,7 @@ class TestTranslationNetwork:
 
 class TestStageTransfer:
     def trained_stage1(self, cfg: ExperimentConfig | None = None) -> TranslationNetwork:
-        net = build_model(cfg or tiny_config(), schemas())
+        net = build_model(cfg or paper_inputs(), schemas())
         train_steps(net, steps=2)  # move the weights away from their initialisation
         return net
 
@@ -194,7 +201,7 @@ class TestStageTransfer:
             assert torch.equal(v, snapshot[k]), k
 
     def test_either_domain_as_target(self) -> None:
-        cfg = tiny_config(target_domain="book")
+        cfg = paper_inputs(target_domain="book")
         assert cfg.target_domain == "book"
         net = self.trained_stage1(cfg)
         aug = AugmentationNetwork.from_translation(net)
@@ -204,7 +211,7 @@ class TestStageTransfer:
         assert set(out) == {"book"} and out["book"].shape == (B + 7,)
         # a stage-1 net trained with movie as target can also feed a book-target stage 2
         net_movie = self.trained_stage1()
-        aug_book = AugmentationNetwork.from_translation(net_movie, tiny_config(target_domain="book"))
+        aug_book = AugmentationNetwork.from_translation(net_movie, paper_inputs(target_domain="book"))
         assert torch.equal(aug_book.translator.weight, net_movie.translators["book"].weight)
 
     def test_fresh_matches_transferred_architecture(self) -> None:

@@ -32,6 +32,8 @@ def test_user_history_counts_each_users_values_most_frequent_first() -> None:
     assert values[0].tolist() == [0, 0] and totals[0] == 0  # a user without rows has no profile
     top1, counts1, totals1 = user_history(data, "genre", k=1)
     assert top1[1].tolist() == [4] and totals1[1] == 3  # the total counts every value, not only the top k
+    wide, wide_counts, _ = user_history(data, "genre", k=8)  # more columns than the field has values
+    assert wide.shape == (50, 8) and wide[1].tolist() == [4, 2] + [0] * 6 and wide_counts[1, 2:].sum() == 0
 
 
 def _layer(std: float = 0.5) -> UserHistory:
