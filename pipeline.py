@@ -244,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--dataset", default="amazon", choices=["amazon", "taobao"])
     run.add_argument("--scale", default="small", help="simulator scale when --raw is not given (default small)")
     run.add_argument("--workdir", default="runs/local", help="pipeline root, MLflow store and simulated data")
-    run.add_argument("--profile", default="paper", choices=["paper", "tiny"])
+    run.add_argument("--profile", default="paper", choices=["paper", "strict", "tiny"],
+                     help="paper: the paper's settings with the measured defaults; strict: the paper's inputs only")
     run.add_argument("params", nargs="*", metavar="key=value", help="pipeline parameters, e.g. max_epochs=5")
 
     comp = sub.add_parser("compile", help="compile the pipeline to YAML")

@@ -284,12 +284,8 @@ def load_ground_truth(output_dir: str, domain: str) -> pa.Table:
     if domain not in ALL_DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; expected one of {list(ALL_DOMAINS)}")
     path = ground_truth_path(output_dir, domain)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"no ground truth for domain {domain!r} at {path}: run cdanet.simulate with a dataset "
-            f"that includes it (python -m cdanet.simulate --output {output_dir})"
-        )
-    return pq.read_table(path)
+    return _read_table(path, f"no ground truth for domain {domain!r} at {path}: run cdanet.simulate with a "
+                             f"dataset that includes it (python -m cdanet.simulate --output {output_dir})")
 
 
 def load_user_prior(output_dir: str, dataset: str) -> pa.Table:
@@ -297,11 +293,14 @@ def load_user_prior(output_dir: str, dataset: str) -> pa.Table:
     if dataset not in DOMAINS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(DOMAINS)}")
     path = user_prior_path(output_dir, dataset)
+    return _read_table(path, f"no user priors of dataset {dataset!r} at {path}: simulations written before the "
+                             f"priors were added lack them; simulate again (python -m cdanet.simulate --output {output_dir})")
+
+
+def _read_table(path: str, missing: str) -> pa.Table:
+    """The parquet table at ``path``; ``FileNotFoundError(missing)`` when there is none."""
     if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"no user priors of dataset {dataset!r} at {path}: simulations written before the priors were "
-            f"added lack them; simulate again (python -m cdanet.simulate --output {output_dir})"
-        )
+        raise FileNotFoundError(missing)
     return pq.read_table(path)
 
 
