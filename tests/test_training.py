@@ -15,7 +15,6 @@ from cdanet.data import DomainData, TwoDomainSampler, load_split, stable_seed
 from cdanet.evaluation import evaluate
 from cdanet.features import load_schemas
 from cdanet.models import build_model
-from cdanet.training.trainer import eval_points
 from cdanet.training import (
     CheckpointMismatchError,
     NonFiniteLossError,
@@ -26,6 +25,7 @@ from cdanet.training import (
     run_experiment,
     train_model,
 )
+from cdanet.training.trainer import eval_points
 
 # One intra-op thread: the test machine's cores are shared, and oversubscription only slows us down.
 FAST = ["train.num_threads=1", "train.batch_size=256"]
