@@ -344,16 +344,15 @@ class UserHistory(nn.Module):
         users = features["user_id"]
         x = features[self.field]
         x = x if self.multi else x.unsqueeze(1)  # B x L item values, 0 = padding
-        values = self.values[users]
-        p = F.embedding_bag(values, self.table.weight, per_sample_weights=self.counts[users], mode="sum",
-                            padding_idx=0)
-        total = self.totals[users]
-        if self.training:  # leave the row's own values out of its user's profile
-            counted = ((x.unsqueeze(2) == values.unsqueeze(1)).any(2) & (x != 0)).to(p.dtype)  # B x L
-            p = p - F.embedding_bag(x, self.table.weight, per_sample_weights=counted, mode="sum", padding_idx=0)
+        values, counts, total = self.values[users], self.counts[users], self.totals[users]
+        mask = (x != 0).to(counts.dtype)
+        if self.training:  # leave the row's own values out of its user's profile: one bag with negative weights
+            counted = (x.unsqueeze(2) == values.unsqueeze(1)).any(2).to(counts.dtype) * mask  # B x L
+            values, counts = torch.cat([values, x], dim=1), torch.cat([counts, -counted], dim=1)
             total = total - counted.sum(1)
-        p = p / total.clamp_min(1.0).unsqueeze(1)
-        mask = (x != 0).to(p.dtype)
-        q = F.embedding_bag(x, self.table.weight, per_sample_weights=mask / mask.sum(1, keepdim=True).clamp_min(1.0),
-                            mode="sum", padding_idx=0)
+        # Weighted bags through _Lookup (its backward is cheaper than embedding_bag's on CPU); padding
+        # slots weigh 0, so they add nothing either way.
+        weight = self.table.weight
+        p = _Lookup.apply(weight, values, counts, True) / total.clamp_min(1.0).unsqueeze(1)
+        q = _Lookup.apply(weight, x, mask / mask.sum(1, keepdim=True).clamp_min(1.0), True)
         return p + p * q
