@@ -80,13 +80,15 @@ def test_eval_points_are_evenly_spaced_and_end_the_epoch() -> None:
     assert eval_points(100, 4) == [25, 50, 75, 100]
     assert eval_points(10, 3) == [3, 7, 10]
     assert eval_points(3, 10) == [1, 2, 3]  # never more validations than steps
+    assert eval_points(100, 10, min_steps=20) == [20, 40, 60, 80, 100]  # at least min_steps apart
+    assert eval_points(11, 10, min_steps=20) == [11]  # a short epoch: its end only
 
 
 def test_validation_inside_the_epoch_stops_and_restores_at_that_point(processed_dir, train_val) -> None:
     # Several validations per epoch: the history has one entry per validation, at fractional epochs, and
     # early stopping can end the run mid-epoch with the weights of the best validation point.
     cfg = _cfg("mlp", "train.learning_rate=0.05", "train.max_epochs=25", "train.patience=2",
-               "train.evals_per_epoch=4")
+               "train.evals_per_epoch=4", "train.min_eval_steps=1")
     model = _fresh(cfg, processed_dir)
     train, val = train_val
     result = train_model(model, train, val, cfg, "train")

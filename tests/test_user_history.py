@@ -85,6 +85,6 @@ def test_profiles_default_on_the_target_and_strict_leaves_them_out() -> None:
     assert paper_config("amazon").model.history_fields == {"movie": "genre"}
     assert paper_config("taobao", "rec").model.history_fields == {"rec": "category"}
     assert paper_config("amazon").model.shared_users and not strict_config("amazon").model.shared_users
-    assert strict_config("amazon").model.history_fields == {}
+    assert strict_config("amazon").model.history_fields == {} == tiny_config().model.history_fields
     with pytest.raises(ConfigError, match="history_fields names unknown domains"):
         tiny_config().with_overrides(['model.history_fields={"ad": "category"}']).validate()

@@ -149,10 +149,11 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def eval_points(steps: int, evals_per_epoch: int) -> list[int]:
+def eval_points(steps: int, evals_per_epoch: int, min_steps: int = 1) -> list[int]:
     """The 1-based steps of an epoch after which the model is validated: ``evals_per_epoch`` evenly
-    spaced points, the last one at the epoch's end (fewer when the epoch has fewer steps)."""
-    n = max(1, min(evals_per_epoch, steps))
+    spaced points, the last one at the epoch's end; fewer when they would be less than ``min_steps``
+    apart (at least the epoch's end)."""
+    n = max(1, min(evals_per_epoch, steps // max(min_steps, 1)))
     return sorted({max(1, round(steps * k / n)) for k in range(1, n + 1)})
 
 
@@ -168,6 +169,7 @@ def _train_one_epoch(
     max_epochs: int,
     show_progress: bool,
     evals_per_epoch: int = 1,
+    min_eval_steps: int = 1,
     on_segment: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> None:
     """One pass of ``sampler`` (epoch is 1-based), split into ``evals_per_epoch`` segments.
@@ -177,7 +179,7 @@ def _train_one_epoch(
     """
     device = next(model.parameters()).device
     steps = len(sampler)
-    points = eval_points(steps, evals_per_epoch)
+    points = eval_points(steps, evals_per_epoch, min_eval_steps)
     bar = tqdm(total=steps, desc=f"{stage} {epoch}/{max_epochs}", unit="step", leave=False,
                disable=not show_progress, dynamic_ncols=True)
 
@@ -379,7 +381,8 @@ def train_model(
 
         _train_one_epoch(
             model, sampler, optimizer, compute_loss, autocast, stage=stage, epoch=epoch, max_epochs=max_epochs,
-            show_progress=show_progress, evals_per_epoch=t.evals_per_epoch, on_segment=on_segment,
+            show_progress=show_progress, evals_per_epoch=t.evals_per_epoch, min_eval_steps=t.min_eval_steps,
+            on_segment=on_segment,
         )
 
     if best_state is not None:
