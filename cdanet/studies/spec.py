@@ -3,7 +3,7 @@
 A spec is YAML or JSON with every key optional (the defaults reproduce the paper's protocol)::
 
     dataset: amazon          # amazon | taobao
-    profile: paper           # paper | tiny (cdanet.config.PROFILES)
+    profile: paper           # paper | strict | tiny (cdanet.config.PROFILES)
     seeds: [0, 1, 2]
     targets: [movie, book]   # each domain in turn as the target; default: both domains
     overrides: ["train.max_epochs=30"]   # applied to every run (dotted keys of ExperimentConfig)
