@@ -27,7 +27,7 @@ import torch
 
 from cdanet.batch import Batch
 from cdanet.config import EPOCH_BASES
-from cdanet.features import DomainSchema, FieldKind, FieldSpec, SchemaError, split_files
+from cdanet.features import USER_FIELD, DomainSchema, FieldKind, FieldSpec, SchemaError, split_files
 
 __all__ = [
     "Batch",
@@ -395,9 +395,9 @@ def user_history(data: DomainData, field: str, k: int) -> tuple[torch.Tensor, to
     count 0 where a user has fewer than k distinct values) and float32 ``[user vocab]``, the user's count
     over all values. Only exposure is counted, never labels.
     """
-    users = data.features["user_id"].cpu()
+    users = data.features[USER_FIELD].cpu()
     x = data.features[field].cpu()
-    n_users, n_values = data.schema.field("user_id").vocab_size, data.schema.field(field).vocab_size
+    n_users, n_values = data.schema.field(USER_FIELD).vocab_size, data.schema.field(field).vocab_size
     if x.dim() == 1:
         x = x.unsqueeze(1)
     keys = (users.unsqueeze(1) * n_values + x).flatten()[x.flatten() > 0]
@@ -411,7 +411,7 @@ def user_history(data: DomainData, field: str, k: int) -> tuple[torch.Tensor, to
     return values, top, counts.sum(1)
 
 
-def user_link(processed_root: str, source: DomainSchema, target: DomainSchema, field: str = "user_id") -> np.ndarray | None:
+def user_link(processed_root: str, source: DomainSchema, target: DomainSchema, field: str = USER_FIELD) -> np.ndarray | None:
     """int64 ``[target's user vocab]``: for each target user index, the source's index of the same raw
     user id (0 when the source never saw that user); None when the processed data has no vocabularies."""
     vocabs = {s.domain: load_vocabularies(processed_root, s) for s in (source, target)}

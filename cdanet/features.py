@@ -42,6 +42,9 @@ STATS_FILENAME = "stats.json"
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 SCHEMA_VERSION = 1
 OOV_INDEX = 0
+#: The categorical_id field that names the user in every domain's schema (the user link and the
+#: user profiles of cdanet.models read it).
+USER_FIELD = "user_id"
 
 
 class SchemaError(ValueError):

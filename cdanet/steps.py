@@ -73,7 +73,7 @@ def configure(
     *, dataset: str, target_domain: str, raw_uri: str, glove_uri: str, profile: str, alpha: float | None,
     beta: float | None, num_experts: int, latent_dim: int, max_epochs: int, batch_size: int,
     learning_rate: float, seed: int, extra_overrides: Sequence[str], min_auc: float, tolerance: float,
-    baseline_margin: float = 0.0,
+    baseline_margin: float,
     tuned_config_uri: str = "",
 ) -> PipelineConfig:
     """Validate every parameter; raise one error listing all problems (nothing has run yet).

@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from helpers import configure
 
 import pipeline as P
 from cdanet import orchestration, steps
-
-
-def configure(tmp_path, **overrides):
-    raw = tmp_path / "raw"
-    raw.mkdir(exist_ok=True)
-    glove = tmp_path / "glove.txt"
-    glove.write_text("the 0.1 0.2\n")
-    kwargs = dict(dataset="amazon", target_domain="", raw_uri=str(raw), glove_uri=str(glove), profile="tiny",
-                  alpha=None, beta=None, num_experts=2, latent_dim=8, max_epochs=1, batch_size=64,
-                  learning_rate=0.001, seed=0, extra_overrides=[], min_auc=0.6, tolerance=0.0,
-                  baseline_margin=0.005)
-    kwargs.update(overrides)
-    return steps.configure(**kwargs)
 
 
 def test_configure_uses_paper_defaults_per_dataset(tmp_path):

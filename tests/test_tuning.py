@@ -20,6 +20,7 @@ from unittest import mock
 import optuna
 import pytest
 import yaml
+from helpers import configure
 
 import components as C
 import pipeline as P
@@ -217,14 +218,9 @@ def test_pruned_trials_stop_training_and_never_win(no_test_dir, tmp_path):
 
 
 def _configure(tmp_path, **overrides) -> steps.PipelineConfig:
-    raw = tmp_path / "raw"
-    raw.mkdir(exist_ok=True)
-    glove = tmp_path / "glove.txt"
-    glove.write_text("the 0.1 0.2\n")
-    kwargs = dict(dataset="amazon", target_domain="", raw_uri=str(raw), glove_uri=str(glove), profile="paper",
-                  alpha=None, beta=None, num_experts=2, latent_dim=64, max_epochs=7, batch_size=2048,
-                  learning_rate=0.001, seed=3, extra_overrides=[], min_auc=0.6, tolerance=0.0)
-    return steps.configure(**{**kwargs, **overrides})
+    """The paper profile with the pipeline's defaults, 7 epochs and seed 3 (the tuned study's differ)."""
+    return configure(tmp_path, **{"profile": "paper", "latent_dim": 64, "max_epochs": 7, "batch_size": 2048,
+                                  "seed": 3, **overrides})
 
 
 def test_configure_takes_the_tuned_hyperparameters(study, tmp_path):
@@ -320,11 +316,8 @@ def test_the_documented_commands_run_in_tiny_form(no_test_dir, tmp_path, monkeyp
             with mock.patch.object(orchestration, "run_local", autospec=True, return_value=0) as run_local:
                 assert P.main(argv[2:]) == 0
             assert run_local.call_args.kwargs["params"] == {"tuned_config_uri": "tune/amazon/best_config.json"}
-            steps.configure(**{**dict(dataset="amazon", target_domain="", raw_uri=str(tmp_path), glove_uri=str(tmp_path),
-                                      profile="paper", alpha=None, beta=None, num_experts=2, latent_dim=64,
-                                      max_epochs=30, batch_size=2048, learning_rate=0.001, seed=42,
-                                      extra_overrides=[], min_auc=0.6, tolerance=0.005),
-                               **run_local.call_args.kwargs["params"]})
+            configure(tmp_path, profile="paper", latent_dim=64, max_epochs=30, batch_size=2048, seed=42,
+                      tolerance=0.005, **run_local.call_args.kwargs["params"])
         else:
             assert argv[0] == "kubectl", argv  # needs a cluster; the manifest is checked in test_katib.py
             continue

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdanet.features import DomainSchema, FieldKind, FieldSpec
+from cdanet.features import USER_FIELD, DomainSchema, FieldKind, FieldSpec
 from cdanet.native import coalesce_grad, index_add_slots_
 
 COMBINERS: tuple[str, ...] = ("linear", "concat", "sum")
@@ -317,9 +317,9 @@ class UserHistory(nn.Module):
         if spec.kind not in (FieldKind.CATEGORICAL, FieldKind.MULTI_HOT):
             raise ValueError(f"history field {field!r} of domain {schema.domain!r} must be categorical or multi-hot, "
                              f"not {spec.kind.value}")
-        users = schema.field("user_id")
+        users = schema.field(USER_FIELD)
         self.field, self.multi, self.init_std = field, spec.kind is FieldKind.MULTI_HOT, init_std
-        self.table = nn.Embedding(spec.vocab_size, d, padding_idx=0)
+        self.table = nn.Embedding(spec.vocab_size, d)  # row 0 (padding) is zeroed and weighs 0 in every bag
         self.register_buffer("values", torch.zeros(users.vocab_size, history_len, dtype=torch.long))
         self.register_buffer("counts", torch.zeros(users.vocab_size, history_len))
         self.register_buffer("totals", torch.zeros(users.vocab_size))
@@ -341,7 +341,7 @@ class UserHistory(nn.Module):
         self.totals.copy_(totals)
 
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:
-        users = features["user_id"]
+        users = features[USER_FIELD]
         x = features[self.field]
         x = x if self.multi else x.unsqueeze(1)  # B x L item values, 0 = padding
         values, counts, total = self.values[users], self.counts[users], self.totals[users]

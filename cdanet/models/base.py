@@ -9,11 +9,8 @@ from torch import Tensor, nn
 
 from cdanet.batch import Batch
 from cdanet.config import ConfigError, ExperimentConfig
-from cdanet.features import DomainSchema, SchemaError
+from cdanet.features import USER_FIELD, DomainSchema, SchemaError
 from cdanet.layers import DomainEmbedding
-
-#: The field that names a user in both domains' schemas (``model.shared_users``).
-USER_FIELD = "user_id"
 
 
 def check_inputs(cfg: ExperimentConfig, schemas: Mapping[str, DomainSchema]) -> None:

@@ -9,9 +9,9 @@ from torch import Tensor, nn
 
 from cdanet.batch import Batch
 from cdanet.config import ConfigError, ExperimentConfig
-from cdanet.features import DomainSchema
+from cdanet.features import USER_FIELD, DomainSchema
 from cdanet.layers import MMoE, SharedMLPExtractor, Tower, Translator
-from cdanet.models.base import USER_FIELD, DomainModel
+from cdanet.models.base import DomainModel
 
 
 def build_extractor(cfg: ExperimentConfig, domains: Sequence[str]) -> MMoE | SharedMLPExtractor:

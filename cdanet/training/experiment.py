@@ -91,13 +91,19 @@ def load_domain_splits(
 
 def _load_for(model: nn.Module, cfg: ExperimentConfig, processed_root: str, schemas: dict[str, DomainSchema],
               cache: dict[tuple[str, str], DomainData]) -> tuple[dict[str, DomainData], dict[str, DomainData]]:
-    """Train/validation data of the domains ``model`` needs, loading each split at most once."""
+    """Train/validation data of the domains ``model`` needs, loading each split at most once.
+
+    Also sets the model's user profiles (``model.history_fields``) from that training data: the profile
+    is a function of the training split, so a stage-2 model built from stage 1 gets the same values again.
+    """
     def get(split: str, domains: Iterable[str]) -> dict[str, DomainData]:
         for d in domains:
             if (split, d) not in cache:
                 cache[(split, d)] = load_domain_splits(cfg, processed_root, schemas, split, [d])[d]
         return {d: cache[(split, d)] for d in domains}
-    return get("train", model.train_domains), get("validation", model.eval_domains)
+    train = get("train", model.train_domains)
+    _set_histories(model, train)
+    return train, get("validation", model.eval_domains)
 
 
 def _build_stage1(cfg: ExperimentConfig, schemas: dict[str, DomainSchema], processed_root: str) -> nn.Module:
@@ -167,15 +173,11 @@ def fit_stages(
     if "pretrain" in plan:
         model = _build_stage1(cfg, schemas, processed_root)
         train, val = _load_for(model, cfg, processed_root, schemas, cache)
-        _set_histories(model, train)
         stage = _stage1_name(cfg)
         stages[stage] = train_model(model, train, val, cfg, stage, checkpoint_dir, on_epoch_end=callback(stage))
     if "finetune" in plan:
-        fresh = model is None
         model = _build_stage2(cfg, schemas, model)
         train, val = _load_for(model, cfg, processed_root, schemas, cache)
-        if fresh:  # the no_translation ablation: no stage 1 to carry the profiles over
-            _set_histories(model, train)
         stages["finetune"] = train_model(model, train, val, cfg, "finetune", checkpoint_dir,
                                          on_epoch_end=callback("finetune"))
     assert model is not None  # plan_stages always returns at least one stage
@@ -228,7 +230,6 @@ def pretrain(
     schemas = load_schemas(processed_root, cfg.domains)
     model = _build_stage1(cfg, schemas, processed_root)
     train, val = _load_for(model, cfg, processed_root, schemas, {})
-    _set_histories(model, train)
     result = train_model(model, train, val, cfg, _stage1_name(cfg), checkpoint_dir)
     save_model_dir(model, cfg, schemas, model_dir_out, extra=_stage_extra(result), history=result.history,
                    processed_root=processed_root)
@@ -262,8 +263,6 @@ def finetune(
         translation = loaded.model
     model = _build_stage2(cfg, schemas, translation)
     train, val = _load_for(model, cfg, processed_root, schemas, {})
-    if translation is None:
-        _set_histories(model, train)
     result = train_model(model, train, val, cfg, "finetune", checkpoint_dir)
     save_model_dir(model, cfg, schemas, model_dir_out, extra=_stage_extra(result), history=result.history,
                    processed_root=processed_root)

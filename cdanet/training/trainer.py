@@ -179,7 +179,7 @@ def _train_one_epoch(
     """
     device = next(model.parameters()).device
     steps = len(sampler)
-    points = eval_points(steps, evals_per_epoch, min_eval_steps)
+    points = set(eval_points(steps, evals_per_epoch, min_eval_steps))
     bar = tqdm(total=steps, desc=f"{stage} {epoch}/{max_epochs}", unit="step", leave=False,
                disable=not show_progress, dynamic_ncols=True)
 
