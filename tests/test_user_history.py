@@ -88,3 +88,14 @@ def test_profiles_default_on_the_target_and_strict_leaves_them_out() -> None:
     assert strict_config("amazon").model.history_fields == {} == tiny_config().model.history_fields
     with pytest.raises(ConfigError, match="history_fields names unknown domains"):
         tiny_config().with_overrides(['model.history_fields={"ad": "category"}']).validate()
+
+
+def test_the_new_settings_are_validated_in_one_error() -> None:
+    bad = tiny_config().with_overrides(["model.history_len=0", "model.history_init_std=-1", "train.min_eval_steps=0",
+                                        "train.evals_per_epoch=0"])
+    with pytest.raises(ConfigError) as err:
+        bad.validate()
+    message = str(err.value)
+    for part in ("model.history_len must be >= 1", "model.history_init_std must be >= 0",
+                 "train.min_eval_steps must be >= 1", "train.evals_per_epoch must be >= 1"):
+        assert part in message
