@@ -71,6 +71,10 @@ class ModelConfig:
     history_fields: dict[str, str] = field(default_factory=dict)
     history_len: int = 10
     history_init_std: float = 0.0  # init std of the profile tables; 0 = min(2, 8 / sqrt(vocab size))
+    # Departs from the paper (named option): {domain: field of the other domain}. The listed domain's
+    # profile layer (needs history_fields[domain]) also holds the user's profile over that field of the
+    # other domain's training rows, matched with the row's item (UserHistory). Two-domain models only.
+    source_history_fields: dict[str, str] = field(default_factory=dict)
     alpha: float = 0.01  # weight of L^cross (Eq. 9)
     beta: float = 0.1  # weight of L^orth (Eq. 9, 11)
     ablation: str = "none"
@@ -147,6 +151,13 @@ class ExperimentConfig:
             unknown_h = sorted(set(m.history_fields) - set(allowed))
             if unknown_h:
                 errors.append(f"model.history_fields names unknown domains {unknown_h}")
+            unknown_s = sorted(set(m.source_history_fields) - set(allowed))
+            if unknown_s:
+                errors.append(f"model.source_history_fields names unknown domains {unknown_s}")
+            unmatched = sorted(set(m.source_history_fields) - set(m.history_fields))
+            if unmatched:
+                errors.append(f"model.source_history_fields for {unmatched} needs model.history_fields for the "
+                              f"same domain(s) (the row's item is matched through that field)")
             unknown = sorted(set(m.tower_layers_by_domain) - set(allowed))
             if unknown:
                 errors.append(f"tower_layers_by_domain names unknown domains {unknown}")

@@ -411,6 +411,46 @@ def user_history(data: DomainData, field: str, k: int) -> tuple[torch.Tensor, to
     return values, top, counts.sum(1)
 
 
+def history_clicks(data: DomainData, field: str, values: torch.Tensor, prior: float = 2.0) -> torch.Tensor:
+    """float32 ``[user vocab, k]``: for each user's profile ``values`` (from :func:`user_history` on the
+    same ``data``), the click weight ``(clicks - b n) / (n + prior)`` of the user's ``n`` rows with that
+    value, ``b`` the split's click rate: above 0 where the user clicks that value more than average."""
+    users = data.features[USER_FIELD].cpu()
+    x = data.features[field].cpu()
+    x = x if x.dim() == 2 else x.unsqueeze(1)
+    n_users, n_values = data.schema.field(USER_FIELD).vocab_size, data.schema.field(field).vocab_size
+    keys = (users.unsqueeze(1) * n_values + x).flatten()
+    keep = x.flatten() > 0
+    label = data.label.cpu().float().unsqueeze(1).expand_as(x).flatten()
+    n = torch.bincount(keys[keep], minlength=n_users * n_values).float()
+    clicks = torch.bincount(keys[keep], weights=label[keep], minlength=n_users * n_values).float()
+    index = torch.arange(n_users).unsqueeze(1) * n_values + values
+    base = float(data.label.float().mean()) if len(data.label) else 0.0
+    weights = (clicks[index] - base * n[index]) / (n[index] + prior)
+    return weights * (values > 0)
+
+
+def user_link_from_rows(target: DomainData, source: DomainData) -> np.ndarray:
+    """Like :func:`user_link`, from two loaded splits instead of the vocabulary files: int64 ``[target's
+    user vocab]``, the source's index of each target user seen in ``target`` whose raw id has rows in
+    ``source`` (0 otherwise)."""
+    link = np.zeros(target.schema.field(USER_FIELD).vocab_size, dtype=np.int64)
+    src = dict(zip(source.user_ids.tolist(), source.features[USER_FIELD].cpu().numpy().tolist()))
+    idx = target.features[USER_FIELD].cpu().numpy()
+    for raw, i in zip(target.user_ids.tolist(), idx.tolist()):
+        if i > 0:
+            link[i] = src.get(raw, 0)
+    return link
+
+
+def linked_history(history: Sequence[torch.Tensor], link: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per-user tensors of one domain (a :func:`user_history`, click weights) re-indexed by another
+    domain's users through ``link`` (:func:`user_link`: int64 ``[users]`` of indices into the first
+    domain's users; 0 = not linked, which gets zeros: an empty profile)."""
+    linked = link > 0
+    return tuple(t[link] * (linked.unsqueeze(1) if t.dim() == 2 else linked) for t in history)
+
+
 def user_link(processed_root: str, source: DomainSchema, target: DomainSchema, field: str = USER_FIELD) -> np.ndarray | None:
     """int64 ``[target's user vocab]``: for each target user index, the source's index of the same raw
     user id (0 when the source never saw that user); None when the processed data has no vocabularies."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import movie_schema
+from helpers import book_schema, movie_schema
 
 from cdanet.config import ConfigError, paper_config, strict_config, tiny_config
-from cdanet.data import DomainData, user_history
+from cdanet.data import DomainData, history_clicks, linked_history, user_history
+from cdanet.features import SchemaError
 from cdanet.layers.embeddings import UserHistory, auto_history_std
 
 
@@ -99,3 +100,91 @@ def test_the_new_settings_are_validated_in_one_error() -> None:
     for part in ("model.history_len must be >= 1", "model.history_init_std must be >= 0",
                  "train.min_eval_steps must be >= 1", "train.evals_per_epoch must be >= 1"):
         assert part in message
+
+
+# model.source_history_fields: the user's profile over the other domain's field, matched with the row's item.
+
+def _source_layer() -> UserHistory:
+    torch.manual_seed(0)
+    layer = UserHistory(movie_schema(), "genre", d=4, history_len=3, init_std=0.5,
+                        source=book_schema().field("category"))
+    layer.set_profile(*user_history(_data([1, 1, 1, 2, 2], [4, 4, 2, 5, 3]), "genre", 3))
+    # movie user 1 rated books of categories 7, 7, 9; movie user 2 none
+    values = torch.zeros(50, 3, dtype=torch.long)
+    counts, totals = torch.zeros(50, 3), torch.zeros(50)
+    values[1, :2], counts[1, :2], totals[1] = torch.tensor([7, 9]), torch.tensor([2.0, 1.0]), 3
+    clicks = torch.zeros(50, 3)
+    clicks[1, :2] = torch.tensor([0.5, -0.25])
+    layer.set_source_profile(values, counts, totals, clicks)
+    return layer
+
+
+def test_source_profile_adds_the_other_domains_profile_matched_with_the_item() -> None:
+    layer = _source_layer().eval()
+    e, es, ec = layer.table.weight.detach(), layer.source_table.weight.detach(), layer.click_table.weight.detach()
+    out = layer({"user_id": torch.tensor([1, 2]), "genre": torch.tensor([2, 5])})
+    p_source = (2 * es[7] + es[9]) / 3 + 0.5 * ec[7] - 0.25 * ec[9]  # exposure and click channels
+    p = (2 * e[4] + e[2]) / 3 + p_source
+    torch.testing.assert_close(out[0], p + p * e[2])
+    p2 = (e[5] + e[3]) / 2  # no source rows: the own profile only
+    torch.testing.assert_close(out[1], p2 + p2 * e[5])
+    layer.train()  # leave-one-out touches the own profile only; the source rows are another domain's
+    out = layer({"user_id": torch.tensor([1]), "genre": torch.tensor([4])})
+    p_loo = (e[4] + e[2]) / 2 + p_source
+    torch.testing.assert_close(out[0], p_loo + p_loo * e[4])
+    assert layer.source_init_std == 0.5  # an explicit std applies to both tables
+    auto = UserHistory(movie_schema(), "genre", d=4, source=book_schema().field("category"))
+    assert auto.source_init_std == auto_history_std(12) and auto.init_std == auto_history_std(6)
+
+
+def test_source_profile_needs_its_layer_and_the_own_field() -> None:
+    with pytest.raises(ValueError, match="without a source field"):
+        _layer().set_source_profile(torch.zeros(50, 3, dtype=torch.long), torch.zeros(50, 3), torch.zeros(50),
+                                    torch.zeros(50, 3))
+    with pytest.raises(ConfigError, match="needs model.history_fields"):
+        tiny_config().with_overrides(['model.source_history_fields={"movie": "category"}']).validate()
+
+
+def test_click_weights_and_linking_by_the_other_domains_users() -> None:
+    book = _data([3, 3, 3, 4], [1, 2, 2, 2])  # a stand-in "other domain" profile over users 3 and 4
+    book.label = torch.tensor([1.0, 1.0, 0.0, 0.0])  # base rate 0.5
+    values, counts, totals = user_history(book, "genre", 2)
+    clicks = history_clicks(book, "genre", values)
+    assert values[3].tolist() == [2, 1] and clicks[3].tolist() == pytest.approx([(1 - 0.5 * 2) / 4, (1 - 0.5) / 3])
+    assert clicks[4].tolist() == pytest.approx([(0 - 0.5) / 3, 0.0])  # an empty slot weighs 0
+    values, counts, totals, clicks = linked_history((values, counts, totals, clicks), torch.tensor([0, 3, 0, 4]))
+    assert values.shape == (4, 2) and values[1].tolist() == [2, 1] and totals[1] == 3
+    assert values[3].tolist() == [2, 0] and counts[3].tolist() == [1.0, 0.0] and clicks[3, 0] < 0
+    assert values[0].tolist() == [0, 0] and totals[0] == 0 and totals[2] == 0  # 0 = unlinked: empty profile
+
+
+def test_two_domain_models_build_the_source_profile_and_the_mlp_does_not() -> None:
+    from helpers import schemas
+
+    from cdanet.models import AugmentationNetwork, build_model
+    cfg = tiny_config().with_overrides(['model.history_fields={"movie": "genre"}',
+                                        'model.source_history_fields={"movie": "category"}'])
+    stage1 = build_model(cfg, schemas())
+    assert stage1.embeddings["movie"].history.source_field == "category"
+    assert build_model(cfg.with_overrides(["model.name=mlp"]), schemas()).embeddings["movie"].history.source_field is None
+    profile = torch.randint(0, 12, (50, 10)), torch.rand(50, 10), torch.rand(50), torch.rand(50, 10)
+    stage1.embeddings["movie"].history.set_source_profile(*profile)
+    stage2 = AugmentationNetwork.from_translation(stage1)  # stage 2 keeps the profile stage 1 was given
+    assert torch.equal(stage2.embeddings["movie"].history.source_values, profile[0])
+    with pytest.raises(SchemaError, match="has no such field"):
+        build_model(cfg.with_overrides(['model.source_history_fields={"movie": "writer_x"}']), schemas())
+
+
+def test_training_fills_the_source_profile_and_stage_2_serves_it(processed_dir: str, tmp_path) -> None:
+    from cdanet.artifacts import load_model_dir
+    from cdanet.training.experiment import run_experiment
+    cfg = tiny_config().with_overrides(['model.history_fields={"movie": "genre"}',
+                                        'model.source_history_fields={"movie": "category"}', "train.max_epochs=1"])
+    result = run_experiment(cfg, processed_dir, str(tmp_path))
+    assert 0.0 < result.test["movie"].auc < 1.0
+    loaded = load_model_dir(str(tmp_path / "model"))
+    history = loaded.model.embeddings["movie"].history
+    linked = history.source_totals > 0
+    assert int(linked.sum()) > 10  # movie users with book rows carry their book profile into the served model
+    assert bool((history.source_values[linked, 0] > 0).all()) and bool((history.source_values[~linked] == 0).all())
+    assert float(history.source_clicks.abs().sum()) > 0

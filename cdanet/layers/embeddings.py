@@ -95,7 +95,8 @@ class DomainEmbedding(nn.Module):
     """
 
     def __init__(self, schema: DomainSchema, d: int, embedding_dim: int, combiner: str = "linear",
-                 history_field: str | None = None, history_len: int = 10, history_init_std: float = 0.0) -> None:
+                 history_field: str | None = None, history_len: int = 10, history_init_std: float = 0.0,
+                 source_history: FieldSpec | None = None) -> None:
         super().__init__()
         if combiner not in COMBINERS:
             raise ValueError(f"unknown embedding combiner {combiner!r}; expected one of {COMBINERS}")
@@ -144,7 +145,10 @@ class DomainEmbedding(nn.Module):
             self.proj = nn.Linear(n_fields * embedding_dim if combiner == "concat" else embedding_dim, d)
         self.history: UserHistory | None = None
         if history_field is not None:
-            self.history = UserHistory(schema, history_field, d, history_len, history_init_std)
+            self.history = UserHistory(schema, history_field, d, history_len, history_init_std, source_history)
+        elif source_history is not None:
+            raise ValueError(f"a source-domain profile ({source_history.name!r}) of domain {schema.domain!r} needs "
+                             f"the domain's own history field (model.history_fields) to match the row's item")
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -305,40 +309,77 @@ class UserHistory(nn.Module):
     was counted on the training rows, so otherwise every training row would find its own item in it,
     while validation and test rows (never counted) do not.
 
-    Shapes: ``features`` (needs ``user_id`` and F) -> ``B x d``. The profile is held in persistent
-    buffers (``n_users x history_len``), so it travels with the model (serving, stage 2).
+    With ``source`` (``model.source_history_fields``, a named option) the layer also holds the same
+    user's profile over a field G of the *other* domain (e.g. the categories of the books a movie user
+    rated), counted on that domain's training split, in two channels with tables of their own:
+    exposure ``p_e = sum_k c_k E_G[v_k] / T_s`` and clicks ``p_c = sum_k w_k C_G[v_k]`` with
+    ``w_k = (clicks_k - b c_k) / (c_k + 2)``, the user's click rate on value v_k above the other domain's
+    base rate b, shrunk towards 0 for few rows. Their sum ``p_s`` adds ``p_s + p_s * q``: the user's
+    behaviour in the rich domain, matched with the target row's item. The labels are the other
+    domain's, so nothing is left out.
+
+    Shapes: ``features`` (needs ``user_id`` and F) -> ``B x d``. The profiles are held in persistent
+    buffers (``n_users x history_len``), so they travel with the model (serving, stage 2).
     """
 
-    def __init__(self, schema: DomainSchema, field: str, d: int, history_len: int = 10, init_std: float = 0.0) -> None:
+    def __init__(self, schema: DomainSchema, field: str, d: int, history_len: int = 10, init_std: float = 0.0,
+                 source: FieldSpec | None = None) -> None:
         super().__init__()
         spec = schema.field(field)
-        if init_std <= 0:
-            init_std = auto_history_std(spec.vocab_size)
-        if spec.kind not in (FieldKind.CATEGORICAL, FieldKind.MULTI_HOT):
-            raise ValueError(f"history field {field!r} of domain {schema.domain!r} must be categorical or multi-hot, "
-                             f"not {spec.kind.value}")
+        for f, dom in ((spec, schema.domain), (source, "the other domain")):
+            if f is not None and f.kind not in (FieldKind.CATEGORICAL, FieldKind.MULTI_HOT):
+                raise ValueError(f"history field {f.name!r} of {dom!r} must be categorical or multi-hot, "
+                                 f"not {f.kind.value}")
         users = schema.field(USER_FIELD)
-        self.field, self.multi, self.init_std = field, spec.kind is FieldKind.MULTI_HOT, init_std
+        self.field, self.multi = field, spec.kind is FieldKind.MULTI_HOT
+        self.init_std = init_std if init_std > 0 else auto_history_std(spec.vocab_size)
+        self.source_init_std = init_std if init_std > 0 or source is None else auto_history_std(source.vocab_size)
         self.table = nn.Embedding(spec.vocab_size, d)  # row 0 (padding) is zeroed and weighs 0 in every bag
         self.register_buffer("values", torch.zeros(users.vocab_size, history_len, dtype=torch.long))
         self.register_buffer("counts", torch.zeros(users.vocab_size, history_len))
         self.register_buffer("totals", torch.zeros(users.vocab_size))
+        self.source_field = None if source is None else source.name
+        self.source_table: nn.Embedding | None = None
+        self.click_table: nn.Embedding | None = None
+        if source is not None:
+            self.source_table = nn.Embedding(source.vocab_size, d)
+            self.click_table = nn.Embedding(source.vocab_size, d)
+            self.register_buffer("source_values", torch.zeros(users.vocab_size, history_len, dtype=torch.long))
+            self.register_buffer("source_counts", torch.zeros(users.vocab_size, history_len))
+            self.register_buffer("source_totals", torch.zeros(users.vocab_size))
+            self.register_buffer("source_clicks", torch.zeros(users.vocab_size, history_len))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         # Far larger than the id tables' 0.01: the match p * q is a product of two table vectors, and
         # with small vectors it learns too slowly to matter before the id embeddings overfit.
-        nn.init.normal_(self.table.weight, std=self.init_std)
-        with torch.no_grad():
-            self.table.weight[0].zero_()
+        for table, std in ((self.table, self.init_std), (self.source_table, self.source_init_std),
+                           (self.click_table, self.source_init_std)):
+            if table is not None:
+                nn.init.normal_(table.weight, std=std)
+                with torch.no_grad():
+                    table.weight[0].zero_()
+
+    @staticmethod
+    def _copy(dst: tuple[Tensor, Tensor, Tensor], values: Tensor, counts: Tensor, totals: Tensor) -> None:
+        if values.shape != dst[0].shape or counts.shape != dst[1].shape or totals.shape != dst[2].shape:
+            raise ValueError(f"profile of shape {list(values.shape)}, expected {list(dst[0].shape)}")
+        for buf, new in zip(dst, (values, counts, totals)):
+            buf.copy_(new)
 
     def set_profile(self, values: Tensor, counts: Tensor, totals: Tensor) -> None:
         """Set the profile: ``values``/``counts`` ``n_users x history_len`` (value 0 = none), ``totals`` ``n_users``."""
-        if values.shape != self.values.shape or counts.shape != self.counts.shape or totals.shape != self.totals.shape:
-            raise ValueError(f"profile of shape {list(values.shape)}, expected {list(self.values.shape)}")
-        self.values.copy_(values)
-        self.counts.copy_(counts)
-        self.totals.copy_(totals)
+        self._copy((self.values, self.counts, self.totals), values, counts, totals)
+
+    def set_source_profile(self, values: Tensor, counts: Tensor, totals: Tensor, clicks: Tensor) -> None:
+        """Set the other domain's profile, indexed by *this* domain's users: shapes as :meth:`set_profile`,
+        and ``clicks`` (``n_users x history_len``) the click weights ``w_k`` of the values."""
+        if self.source_table is None:
+            raise ValueError("this profile layer was built without a source field (model.source_history_fields)")
+        self._copy((self.source_values, self.source_counts, self.source_totals), values, counts, totals)
+        if clicks.shape != self.source_clicks.shape:
+            raise ValueError(f"click weights of shape {list(clicks.shape)}, expected {list(self.source_clicks.shape)}")
+        self.source_clicks.copy_(clicks)
 
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:
         users = features[USER_FIELD]
@@ -355,4 +396,8 @@ class UserHistory(nn.Module):
         weight = self.table.weight
         p = _Lookup.apply(weight, values, counts, True) / total.clamp_min(1.0).unsqueeze(1)
         q = _Lookup.apply(weight, x, mask / mask.sum(1, keepdim=True).clamp_min(1.0), True)
+        if self.source_table is not None and self.click_table is not None:
+            values_s, total_s = self.source_values[users], self.source_totals[users].clamp_min(1.0).unsqueeze(1)
+            p = p + _Lookup.apply(self.source_table.weight, values_s, self.source_counts[users], True) / total_s
+            p = p + _Lookup.apply(self.click_table.weight, values_s, self.source_clicks[users], True)
         return p + p * q

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from cdanet.batch import Batch
 from cdanet.config import ConfigError, ExperimentConfig
-from cdanet.features import USER_FIELD, DomainSchema, SchemaError
+from cdanet.features import USER_FIELD, DomainSchema, FieldSpec, SchemaError
 from cdanet.layers import DomainEmbedding
 
 
@@ -42,6 +42,9 @@ class DomainModel(nn.Module):
 
     train_domains: tuple[str, ...]
     eval_domains: tuple[str, ...]
+    #: Whether the model learns from the other domain at all; single-domain models set False, and then
+    #: the cross-domain inputs (``model.source_history_fields``) are not built.
+    two_domain: bool = True
 
     def __init__(
         self, cfg: ExperimentConfig, schemas: Mapping[str, DomainSchema], embedded: Sequence[str]
@@ -55,7 +58,8 @@ class DomainModel(nn.Module):
         self.embeddings = nn.ModuleDict(
             {dom: DomainEmbedding(schemas[dom], m.d, m.embedding_dim, m.embedding_combiner,
                                   history_field=m.history_fields.get(dom), history_len=m.history_len,
-                                  history_init_std=m.history_init_std)
+                                  history_init_std=m.history_init_std,
+                                  source_history=self._source_history(dom))
              for dom in embedded}
         )
         # model.shared_users: user_link[i] = the source's user index of the target's user i (0: none).
@@ -67,6 +71,17 @@ class DomainModel(nn.Module):
                     raise SchemaError(f"model.shared_users needs a {USER_FIELD!r} field in domain {dom!r}")
             size = self.schemas[self.target].field(USER_FIELD).vocab_size
             self.register_buffer("user_link", torch.zeros(size, dtype=torch.long))
+
+    def _source_history(self, domain: str) -> FieldSpec | None:
+        """model.source_history_fields: the other domain's field whose per-user profile ``domain`` reads."""
+        name = self.cfg.model.source_history_fields.get(domain)
+        if name is None or not self.two_domain:
+            return None
+        other = self.source if domain == self.target else self.target
+        if name not in self.schemas[other].field_names:
+            raise SchemaError(f"model.source_history_fields[{domain!r}] = {name!r}, but domain {other!r} has no "
+                              f"such field (fields: {list(self.schemas[other].field_names)})")
+        return self.schemas[other].field(name)
 
     def link_users(self, link: Tensor) -> None:
         """Set :attr:`user_link` (int64 ``[target user vocab]``, values in the source's user vocab)."""

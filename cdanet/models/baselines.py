@@ -40,6 +40,8 @@ class _TwoDomainTowers(DomainModel):
 class MLP(DomainModel):
     """Single-domain MLP (the paper's MLP row): H_t -> MLP -> R_t, trained on the target domain only."""
 
+    two_domain = False
+
     def __init__(self, cfg: ExperimentConfig, schemas: Mapping[str, DomainSchema]) -> None:
         t = cfg.target_domain
         super().__init__(cfg, schemas, embedded=(t,))

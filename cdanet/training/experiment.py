@@ -31,7 +31,7 @@ from torch import nn
 from cdanet.artifacts import KIND_TRANSLATION, LoadedModel, load_model_dir, read_model_config, save_model_dir
 from cdanet.atomic import write_json
 from cdanet.config import ConfigError, ExperimentConfig
-from cdanet.data import DomainData, load_split, stable_seed, user_history, user_link
+from cdanet.data import DomainData, history_clicks, linked_history, load_split, stable_seed, user_history, user_link, user_link_from_rows
 from cdanet.evaluation import EvaluationResult, evaluate
 from cdanet.features import DomainSchema, load_schemas
 from cdanet.training.trainer import TrainResult, resolve_device, train_model
@@ -123,10 +123,24 @@ def _build_stage1(cfg: ExperimentConfig, schemas: dict[str, DomainSchema], proce
 
 
 def _set_histories(model: nn.Module, train: dict[str, DomainData]) -> None:
-    """model.history_fields: each listed domain's user profiles from its training split."""
+    """model.history_fields: each listed domain's user profiles from its training split; and with
+    model.source_history_fields, its users' profiles over the other domain's training split (kept as
+    they are when that split is not loaded: stage 2 copies them from stage 1)."""
     for dom, emb in getattr(model, "embeddings", {}).items():
-        if emb.history is not None and dom in train:
-            emb.history.set_profile(*user_history(train[dom], emb.history.field, emb.history.values.shape[1]))
+        history = emb.history
+        if history is None:
+            continue
+        k = history.values.shape[1]
+        if dom in train:
+            history.set_profile(*user_history(train[dom], history.field, k))
+        other = next((d for d in train if d != dom), None)
+        if history.source_field is not None and other is not None:
+            link = torch.from_numpy(user_link_from_rows(train[dom], train[other]))
+            values, counts, totals = user_history(train[other], history.source_field, k)
+            clicks = history_clicks(train[other], history.source_field, values)
+            history.set_source_profile(*linked_history((values, counts, totals, clicks), link))
+            logger.info("model.source_history_fields: %d %s users carry their profile over %s's %r",
+                        int((link > 0).sum()), dom, other, history.source_field)
 
 
 def _build_stage2(cfg: ExperimentConfig, schemas: dict[str, DomainSchema], translation: nn.Module | None) -> nn.Module:
