@@ -367,7 +367,7 @@ class TestTranslator:
         tr = Translator(3)
         with torch.no_grad():
             tr.weight.copy_(torch.eye(3))
-        assert float(tr.orthogonality_penalty()) == 0.0
+        assert float(tr.orthogonality_penalty().detach()) == 0.0
         with torch.no_grad():
             tr.weight.mul_(2.0)
         torch.testing.assert_close(tr.orthogonality_penalty(), torch.tensor(27.0))  # 9 entries of (4 - 1)^2
