@@ -377,7 +377,9 @@ class TestFastPaths:
     def test_set_fast_paths_switches_every_block(self) -> None:
         model = torch.nn.ModuleDict({"tower": Tower(D, 6, 2), "translator": Translator(D),
                                      "embedding": DomainEmbedding(movie_schema(), D, E)})
-        assert model["tower"].fast and model["translator"].fast and not model["embedding"].sparse_grad
+        built = FastPaths(folded_maps=model["tower"].fast, gram_orth=model["translator"].fast,
+                          sparse_rows=model["embedding"].sparse_grad)
+        assert built == FastPaths()  # what a freshly built block uses
         set_fast_paths(model, FastPaths.none())
         assert not model["tower"].fast and not model["translator"].fast
         set_fast_paths(model, FastPaths(folded_maps=False, gram_orth=True, sparse_rows=True))

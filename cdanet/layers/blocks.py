@@ -100,7 +100,8 @@ class Tower(nn.Module):
         """``(R(x), R(W z))``: ``B_x x d``, ``B_z x d`` -> ``B_x``, ``B_z``.
 
         Fast: ``W z`` folded into the first layer (as :meth:`translated`) and the layers after it run
-        once on both row sets.
+        once on both row sets. With dropout in training, that one pass draws one mask for both row
+        sets where the equation form draws one per call: the same distribution, not the same draw.
         """
         if self.fast:
             logits = self._rest(torch.cat([self._first(x), self._first(z, input_map=translator.weight)]))
