@@ -31,11 +31,11 @@ from bench_models import bench_schemas  # noqa: E402
 
 from cdanet.batch import random_batch  # noqa: E402
 from cdanet.config import paper_config  # noqa: E402
-from cdanet.layers import DomainEmbedding  # noqa: E402
+from cdanet.layers import FastPaths, set_fast_paths  # noqa: E402
 from cdanet.losses import compute_loss  # noqa: E402
 from cdanet.models import build_model  # noqa: E402
 from cdanet.native import library  # noqa: E402
-from cdanet.training.optim import make_optimizer, retain_heap  # noqa: E402
+from cdanet.training.optim import make_optimizer, retain_heap, training_fast_paths  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,10 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     variants = {}
     for name, update in (("dense", "dense"), ("dense-torch", "dense"), ("lazy", "lazy")):
         model = copy.deepcopy(base)
+        # dense-torch: dense table gradients, which TableAdam leaves to torch's fused Adam
+        paths = FastPaths() if name == "dense-torch" else training_fast_paths(torch.device("cpu"), update)
+        set_fast_paths(model, paths)
         variants[name] = (model, make_optimizer(model, 1e-3, 0.0, torch.device("cpu"), update))
-    for module in variants["dense-torch"][0].modules():
-        if isinstance(module, DomainEmbedding):
-            module.sparse_grad = False  # dense gradients: TableAdam leaves them to torch's fused Adam
     gen = torch.Generator().manual_seed(0)
     batches = [{d: random_batch(schemas[d], args.batch_size, gen) for d in (base.source, base.target)}
                for _ in range(4)]

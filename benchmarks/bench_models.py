@@ -39,9 +39,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from cdanet.batch import Batch, random_batch
 from cdanet.config import EMBEDDING_COMBINERS, EMBEDDING_UPDATES, paper_config
 from cdanet.features import DomainSchema, FieldKind, FieldSpec
+from cdanet.layers import set_fast_paths
 from cdanet.losses import compute_loss
 from cdanet.models import AugmentationNetwork, build_model
-from cdanet.training.optim import make_optimizer, retain_heap
+from cdanet.training.optim import make_optimizer, retain_heap, training_fast_paths
 
 MODEL_CHOICES = ("cdanet", "cdanet_stage2", "mlp", "share_middle", "star", "ddtcdr", "mmoe", "ple")
 
@@ -99,7 +100,9 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, float | str]:
     steps: list[dict[str, Batch]] = [
         {d: random_batch(schemas[d], args.batch_size, gen) for d in model.train_domains} for _ in range(4)
     ]
-    opt = make_optimizer(model, 1e-3, 0.0, torch.device("cpu"), args.embedding_update)  # the trainer's optimiser
+    # the trainer's fast paths and optimiser
+    set_fast_paths(model, training_fast_paths(torch.device("cpu"), args.embedding_update))
+    opt = make_optimizer(model, 1e-3, 0.0, torch.device("cpu"), args.embedding_update)
 
     def step(i: int) -> None:
         opt.zero_grad(set_to_none=True)

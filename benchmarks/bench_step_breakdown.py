@@ -37,9 +37,10 @@ from bench_models import bench_schemas, machine_probe  # noqa: E402
 
 from cdanet.batch import random_batch  # noqa: E402
 from cdanet.config import paper_config  # noqa: E402
+from cdanet.layers import set_fast_paths  # noqa: E402
 from cdanet.losses import compute_loss  # noqa: E402
 from cdanet.models import build_model  # noqa: E402
-from cdanet.training.optim import make_optimizer, retain_heap  # noqa: E402
+from cdanet.training.optim import make_optimizer, retain_heap, training_fast_paths  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     retain_heap()
     schemas = bench_schemas(30_000, 16_000, 50)
     net = build_model(paper_config("amazon", model="cdanet"), schemas).train()
+    set_fast_paths(net, training_fast_paths(torch.device("cpu")))  # as the trainer does
     opt = make_optimizer(net, 1e-3, 0.0, torch.device("cpu"))
     s, t = net.source, net.target
     gen = torch.Generator().manual_seed(0)

@@ -15,6 +15,7 @@ from cdanet.layers import (
     AuxiliaryNetwork,
     DomainEmbedding,
     ExpertBank,
+    FastPaths,
     Gate,
     MMoE,
     PartitionedNorm,
@@ -23,7 +24,10 @@ from cdanet.layers import (
     Tower,
     Translator,
     mix_experts,
+    row_parameters,
+    set_fast_paths,
 )
+from cdanet.layers.translator import _GramPairing
 
 B, D, E = 16, 8, 4
 
@@ -179,19 +183,35 @@ class TestMLPAndTower:
             Tower(D, 6, 0)
 
     @pytest.mark.parametrize("depth", [1, 2, 3])
-    def test_tower_first_with_an_input_map_equals_the_tower_on_the_mapped_rows(self, depth: int) -> None:
-        tower = Tower(2 * D, 6, depth).double()
+    @pytest.mark.parametrize("form", ["translated", "augmented", "own_and_translated"])
+    def test_tower_fast_paths_equal_their_equations(self, depth: int, form: str) -> None:
+        # R(W z), R(z ⊕ W z) and (R(x), R(W z)): the folded fast path against the literal equation,
+        # values and the gradients of every input and parameter.
+        in_dim = 2 * D if form == "augmented" else D
+        tower, tr = Tower(in_dim, 6, depth).double(), Translator(D).double()
+        with torch.no_grad():
+            tr.weight.add_(0.3 * torch.randn(D, D, dtype=torch.float64))  # off orthogonal
         x = torch.randn(B, D, dtype=torch.float64, requires_grad=True)
-        m = torch.randn(2 * D, D, dtype=torch.float64, requires_grad=True)  # e.g. [I ; W] of Eq. 10
-        torch.testing.assert_close(tower.rest(tower.first(x @ m.t())), tower(x @ m.t()))
-        folded = tower.rest(tower.first(x, input_map=m))
-        mapped = tower(x @ m.t())
-        torch.testing.assert_close(folded, mapped)
-        params = (x, m, *tower.parameters())
-        g = torch.randn(B, dtype=torch.float64)
-        for got, expected in zip(torch.autograd.grad(folded, params, g), torch.autograd.grad(mapped, params, g),
-                                 strict=True):
-            torch.testing.assert_close(got, expected)
+        z = torch.randn(B + 3, D, dtype=torch.float64, requires_grad=True)
+        equation = {
+            "translated": lambda: (tower(tr(z)),),  # Eq. 5-6
+            "augmented": lambda: (tower(torch.cat([z, tr(z)], dim=1)),),  # Eq. 10-11
+            "own_and_translated": lambda: (tower(x), tower(tr(z))),  # Eq. 8 and 5/6
+        }[form]()
+        results = {}
+        for fast in (True, False):
+            tower.fast = fast
+            call = getattr(tower, form)
+            results[fast] = call(x, z, tr) if form == "own_and_translated" else (call(z, tr),)
+        params = (x, z, tr.weight, *tower.parameters())
+        for got_fast, got_eq, expected in zip(results[True], results[False], equation, strict=True):
+            torch.testing.assert_close(got_eq, expected, rtol=0, atol=0)  # the equation form is the equation
+            torch.testing.assert_close(got_fast, expected)
+            g = torch.randn(expected.shape, dtype=torch.float64)
+            grads = [torch.autograd.grad(out, params, g, retain_graph=True, allow_unused=True, materialize_grads=True)
+                     for out in (got_fast, expected)]
+            for a, b in zip(*grads, strict=True):
+                torch.testing.assert_close(a, b)
         assert set(tower.state_dict()) == {f"body.net.{2 * i}.{p}" for i in range(depth - 1) for p in ("weight", "bias")} | {
             "logit.weight", "logit.bias"}
 
@@ -287,6 +307,85 @@ class TestTranslator:
     def test_bad_config(self) -> None:
         with pytest.raises(ValueError, match="d >= 1"):
             Translator(0)
+
+    @pytest.mark.parametrize("fast", [True, False])
+    def test_orthogonality_loss_fixed_values_and_batch_size_invariance(self, fast: bool) -> None:
+        tr = Translator(2)
+        tr.fast = fast
+        with torch.no_grad():
+            tr.weight.copy_(2.0 * torch.eye(2))
+        z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        # W^T W z - z = 3 z, squared norm 9 for each unit row
+        torch.testing.assert_close(tr.orthogonality_loss(z), torch.tensor(9.0))
+        torch.testing.assert_close(tr.orthogonality_loss(z.repeat(5, 1)), torch.tensor(9.0))
+        tr = Translator(4)  # orthogonal at init
+        tr.fast = fast
+        assert float(tr.orthogonality_loss(torch.randn(7, 4)).detach()) < 1e-10
+
+    def test_orthogonality_loss_equation_form_is_eq_7(self) -> None:
+        tr = Translator(4).double()
+        tr.fast = False
+        with torch.no_grad():
+            tr.weight.copy_(torch.randn(4, 4, dtype=torch.float64))
+        z = torch.randn(6, 4, dtype=torch.float64)
+        w = tr.weight.detach()
+        per_sample = [((w.t() @ (w @ row.unsqueeze(1)) - row.unsqueeze(1)) ** 2).sum() for row in z]  # column vectors
+        torch.testing.assert_close(tr.orthogonality_loss(z).detach(), torch.stack(per_sample).mean())
+
+    def test_orthogonality_loss_gram_form_equals_the_equation_with_its_gradients(self) -> None:
+        tr = Translator(8).double()
+        with torch.no_grad():
+            tr.weight.copy_(torch.randn(8, 8, dtype=torch.float64))
+        z = torch.randn(300, 8, dtype=torch.float64, requires_grad=True)
+        values = {}
+        for fast in (True, False):
+            tr.fast = fast
+            loss = tr.orthogonality_loss(z)
+            values[fast] = (loss, *torch.autograd.grad(loss, (tr.weight, z)))
+        for got, expected in zip(values[True], values[False], strict=True):
+            torch.testing.assert_close(got, expected)
+
+    def test_gram_pairing_gradients_for_any_square_matrix(self) -> None:
+        # orthogonality_loss passes a symmetric A; the one-GEMM backward Z (A + A^T) / B holds for any A.
+        a = torch.randn(5, 5, dtype=torch.float64, requires_grad=True)
+        z = torch.randn(9, 5, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(_GramPairing.apply, (a, z))
+        torch.testing.assert_close(_GramPairing.apply(a, z), (z @ a * z).sum() / 9)
+
+    def test_gram_pairing_backward_with_autocast_dtypes(self) -> None:
+        # Under autocast A (from W's matmuls) can be half while Z stays float32; the backward runs
+        # without autocast and must still produce each input's own dtype.
+        a = torch.randn(4, 4, dtype=torch.float16, requires_grad=True)
+        z = torch.randn(6, 4, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.float16):
+            value = _GramPairing.apply(a, z)
+        value.float().backward()
+        assert z.grad is not None and z.grad.dtype == torch.float32 and torch.isfinite(z.grad).all()
+        assert a.grad is not None and a.grad.dtype == torch.float16
+
+    def test_orthogonality_penalty(self) -> None:
+        tr = Translator(3)
+        with torch.no_grad():
+            tr.weight.copy_(torch.eye(3))
+        assert float(tr.orthogonality_penalty().detach()) == 0.0
+        with torch.no_grad():
+            tr.weight.mul_(2.0)
+        torch.testing.assert_close(tr.orthogonality_penalty(), torch.tensor(27.0))  # 9 entries of (4 - 1)^2
+
+
+class TestFastPaths:
+    def test_set_fast_paths_switches_every_block(self) -> None:
+        model = torch.nn.ModuleDict({"tower": Tower(D, 6, 2), "translator": Translator(D),
+                                     "embedding": DomainEmbedding(movie_schema(), D, E)})
+        built = FastPaths(folded_maps=model["tower"].fast, gram_orth=model["translator"].fast,
+                          sparse_rows=model["embedding"].sparse_grad)
+        assert built == FastPaths()  # what a freshly built block uses
+        set_fast_paths(model, FastPaths.none())
+        assert not model["tower"].fast and not model["translator"].fast
+        set_fast_paths(model, FastPaths(folded_maps=False, gram_orth=True, sparse_rows=True))
+        assert not model["tower"].fast and model["translator"].fast and model["embedding"].sparse_grad
+        sparse, dense = row_parameters(model)
+        assert sparse == [model["embedding"].weight] and dense == []
 
 
 class TestCGCAndPLE:

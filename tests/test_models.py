@@ -9,8 +9,8 @@ from helpers import schemas
 from cdanet.batch import Batch, random_batch
 from cdanet.config import ABLATIONS, MODEL_NAMES, ConfigError, ExperimentConfig, tiny_config
 from cdanet.features import SchemaError
+from cdanet.layers import FastPaths, SharedMLPExtractor, set_fast_paths
 from cdanet.layers import MMoE as MMoELayer
-from cdanet.layers import SharedMLPExtractor
 from cdanet.losses import compute_loss
 from cdanet.models import (
     DDTCDR,
@@ -179,13 +179,15 @@ class TestStageTransfer:
         assert not torch.equal(first.weight[:, :d], old_first.weight)
         assert aug.tower.depth == net.towers["movie"].depth
 
-    def test_score_folds_the_augmentation_into_the_tower(self) -> None:
+    @pytest.mark.parametrize("paths", [FastPaths(), FastPaths.none()], ids=["fast", "equation"])
+    def test_score_is_the_tower_on_the_augmented_latent(self, paths: FastPaths) -> None:
         aug = AugmentationNetwork.from_translation(self.trained_stage1()).double()
+        set_fast_paths(aug, paths)
         z = torch.randn(B, aug.cfg.model.d, dtype=torch.float64, requires_grad=True)
-        folded, explicit = aug.score(z), aug.tower(aug.augment(z))  # R^aug(z ⊕ W z), Eq. 10-11
-        torch.testing.assert_close(folded, explicit)
+        score, explicit = aug.score(z), aug.tower(aug.augment(z))  # R^aug(z ⊕ W z), Eq. 10-11
+        torch.testing.assert_close(score, explicit)
         params = (z, aug.translator.weight, *aug.tower.parameters())
-        for got, expected in zip(torch.autograd.grad(folded.sum(), params), torch.autograd.grad(explicit.sum(), params),
+        for got, expected in zip(torch.autograd.grad(score.sum(), params), torch.autograd.grad(explicit.sum(), params),
                                  strict=True):
             torch.testing.assert_close(got, expected)
 

@@ -103,7 +103,6 @@ def test_gradients_reach_the_source_user_rows_from_target_rows() -> None:
     net = build_model(_cfg(), schemas())
     net.link_users(_link())
     b = _batches()
-    net.embeddings["book"].sparse_grad = False
     h = net.embed({"movie": b["movie"]}, ("movie",))["movie"]
     h.sum().backward()
     grad = net.embeddings["book"].weight.grad  # the book user rows come first in its fused table

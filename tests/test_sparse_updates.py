@@ -17,11 +17,11 @@ import torch.nn.functional as F
 import cdanet.native as native
 from cdanet.batch import random_batch
 from cdanet.config import ConfigError, ExperimentConfig, tiny_config
-from cdanet.layers import DomainEmbedding
+from cdanet.layers import row_parameters, set_fast_paths
 from cdanet.layers.embeddings import _Lookup
 from cdanet.losses import compute_loss
 from cdanet.models import build_model
-from cdanet.training.optim import TableAdam, make_optimizer
+from cdanet.training.optim import TableAdam, make_optimizer, training_fast_paths
 
 
 @pytest.fixture(params=["native", "torch"])
@@ -149,6 +149,7 @@ def _tiny_cdanet() -> tuple[torch.nn.Module, dict]:
 
 
 def _train(model, schemas, update: str, steps: int) -> TableAdam:
+    set_fast_paths(model, training_fast_paths(torch.device("cpu"), update))  # as the trainer does
     opt = make_optimizer(model, 0.01, 0.0, torch.device("cpu"), update)
     gen = torch.Generator().manual_seed(3)
     for _ in range(steps):
@@ -168,8 +169,8 @@ def test_lazy_and_dense_adam_agree_on_the_first_step_and_then_differ(kernels: st
     opt = _train(lazy, schemas, "lazy", 1)
     _train(dense, schemas, "dense", 1)
     assert isinstance(opt, TableAdam) and opt.lazy
-    emb = [m for m in lazy.modules() if isinstance(m, DomainEmbedding)]
-    assert emb and all(m.sparse_grad for m in emb) and all(m.weight.grad.is_sparse for m in emb)
+    sparse_rows, dense_rows = row_parameters(lazy)
+    assert sparse_rows and not dense_rows and all(p.grad.is_sparse for p in sparse_rows)
     for (name, a), b in zip(lazy.named_parameters(), dense.parameters(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
     _train(lazy, schemas, "lazy", 2)
@@ -188,8 +189,8 @@ def test_dense_update_equals_torch_adam_on_dense_gradients(kernels: str) -> None
     ours, ref = copy.deepcopy(model), copy.deepcopy(model)
     opt = _train(ours, schemas, "dense", 3)
     assert not opt.lazy
-    sparse = [m.sparse_grad for m in ours.modules() if isinstance(m, DomainEmbedding)]
-    assert all(sparse) if kernels == "native" else not any(sparse)
+    sparse_rows, dense_rows = row_parameters(ours)
+    assert (sparse_rows and not dense_rows) if kernels == "native" else (dense_rows and not sparse_rows)
     ref_opt = torch.optim.Adam(ref.parameters(), lr=0.01, fused=True)
     gen = torch.Generator().manual_seed(3)
     for _ in range(3):
@@ -218,10 +219,20 @@ def test_unknown_embedding_update_is_rejected() -> None:
     model, _ = _tiny_cdanet()
     with pytest.raises(ValueError, match="embedding_update"):
         make_optimizer(model, 0.01, 0.0, torch.device("cpu"), "sparse")
+    with pytest.raises(ValueError, match="embedding_update"):
+        training_fast_paths(torch.device("cpu"), "sparse")
     cfg = ExperimentConfig()
     cfg.train.embedding_update = "sparse"
     with pytest.raises(ConfigError, match="embedding_update"):
         cfg.validate()
+
+
+def test_lazy_updates_need_sparse_row_gradients() -> None:
+    model, _ = _tiny_cdanet()  # as built: dense table gradients
+    with pytest.raises(ValueError, match="sparse rows"):
+        make_optimizer(model, 0.01, 0.0, torch.device("cpu"), "lazy")
+    assert training_fast_paths(torch.device("cpu"), "lazy").sparse_rows
+    assert not training_fast_paths(torch.device("cuda"), "dense").sparse_rows
 
 
 @pytest.mark.parametrize("lazy", [False, True])

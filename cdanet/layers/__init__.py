@@ -5,11 +5,13 @@
 * extractors: :class:`Gate`, :class:`MMoE` (Eq. 2-4), :class:`SharedMLPExtractor`, :class:`CGC`, :class:`PLE`
 * translator: :class:`Translator` (W^tran, Eq. 5-7)
 * star: :class:`PartitionedNorm`, :class:`StarFCN`, :class:`AuxiliaryNetwork`
+* fast: :class:`FastPaths`, :func:`set_fast_paths` (the blocks' fast implementations, switched in one place)
 """
 
 from cdanet.layers.blocks import MLP, ExpertBank, Tower, mix_experts
 from cdanet.layers.embeddings import COMBINERS, DomainEmbedding
 from cdanet.layers.extractors import CGC, PLE, Gate, MMoE, SharedMLPExtractor
+from cdanet.layers.fast import FastPaths, row_parameters, set_fast_paths
 from cdanet.layers.star import AuxiliaryNetwork, PartitionedNorm, StarFCN
 from cdanet.layers.translator import Translator
 
@@ -21,6 +23,7 @@ __all__ = [
     "AuxiliaryNetwork",
     "DomainEmbedding",
     "ExpertBank",
+    "FastPaths",
     "Gate",
     "MMoE",
     "PartitionedNorm",
@@ -29,4 +32,6 @@ __all__ = [
     "Tower",
     "Translator",
     "mix_experts",
+    "row_parameters",
+    "set_fast_paths",
 ]

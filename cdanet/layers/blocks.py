@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cdanet.layers.translator import Translator
+
 
 class MLP(nn.Module):
     """A stack of ``Linear -> ReLU (-> Dropout)`` layers.
@@ -48,12 +50,18 @@ class Tower(nn.Module):
     ``depth`` counts the logit layer, as the paper does ("the prediction tower has 2 layers including
     the logit mapping layer"), so ``depth=1`` is logistic regression on the input.
 
-    ``forward(x)`` is ``rest(first(x))``. :meth:`first` can fold a linear map of the input into the first
-    layer's weight: CDAnet scores translated latents ``W z`` (Eq. 5-6) and augmented latents
-    ``z ⊕ W z`` (Eq. 10) this way without materialising them.
+    Besides ``R(x)`` (:meth:`forward`), the tower scores the inputs CDAnet builds from a translator W:
+    :meth:`translated` is ``R(W z)`` (Eq. 5-6), :meth:`augmented` is ``R(z ⊕ W z)`` (Eq. 10-11) and
+    :meth:`own_and_translated` is ``(R(x), R(W z))``, the two row sets a stage-1 tower scores (Eq. 8
+    and 5/6). Each is written as its equation; with :attr:`fast` (on by default, switched by
+    :func:`cdanet.layers.set_fast_paths`) the same function is computed with W folded into the first
+    layer (``W1 (W z) = (W1 W) z``: a ``d x d`` product instead of materialising ``W z``) and, for
+    :meth:`own_and_translated`, both row sets in one pass after the first layer.
 
-    Shapes: ``B x in_dim -> B`` (pre-sigmoid logits).
+    Shapes: ``B x in_dim -> B`` (pre-sigmoid logits); ``z`` is ``B x d`` for a ``d x d`` W.
     """
+
+    fast: bool = True
 
     def __init__(self, in_dim: int, hidden: int, depth: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -66,29 +74,55 @@ class Tower(nn.Module):
         # a submodule, so the parameters stay under body.* / logit.* only and state dicts are unchanged.
         self._layers: tuple[nn.Module, ...] = tuple(self.body.net) or (self.logit,)
 
-    def first(self, x: Tensor, input_map: Tensor | None = None) -> Tensor:
-        """The first layer's affine map (before its activation), optionally of ``x @ M^T``.
+    def forward(self, x: Tensor) -> Tensor:
+        """``R(x)``: ``B x in_dim -> B``."""
+        return self.logit(self.body(x)).squeeze(-1)
 
-        With ``input_map`` M (``in_dim x m``), returns ``L1(x @ M^T) = x @ (W1 M)^T + b1``: the small
-        ``W1 M`` product replaces a ``B x m x in_dim`` GEMM forward and two backward.
+    def translated(self, z: Tensor, translator: Translator) -> Tensor:
+        """``R(W z)`` (Eq. 5-6: a domain's latent scored by the other domain's tower): ``B x d -> B``."""
+        if self.fast:
+            return self._rest(self._first(z, input_map=translator.weight))
+        return self(translator(z))
 
-        Shapes: ``B x in_dim`` (``B x m`` with ``input_map``) -> ``B x width`` of the first layer.
+    def augmented(self, z: Tensor, translator: Translator) -> Tensor:
+        """``R(z ⊕ W z)`` (Eq. 10-11), for a tower on ``2d`` inputs: ``B x d -> B``.
+
+        Fast: ``z ⊕ W z = z @ [I ; W]^T``, so ``W1 [z ; W z] = (W1_a + W1_b W) z``: one ``B x d`` GEMM to
+        the first layer's width instead of ``W z`` plus a ``B x 2d`` one.
         """
+        if self.fast:
+            w = translator.weight
+            augment_map = torch.cat([torch.eye(w.shape[1], dtype=w.dtype, device=w.device), w])  # 2d x d
+            return self._rest(self._first(z, input_map=augment_map))
+        return self(torch.cat([z, translator(z)], dim=1))
+
+    def own_and_translated(self, x: Tensor, z: Tensor, translator: Translator) -> tuple[Tensor, Tensor]:
+        """``(R(x), R(W z))``: ``B_x x d``, ``B_z x d`` -> ``B_x``, ``B_z``.
+
+        Fast: ``W z`` folded into the first layer (as :meth:`translated`) and the layers after it run
+        once on both row sets. With dropout in training, that one pass draws one mask for both row
+        sets where the equation form draws one per call: the same distribution, not the same draw.
+        """
+        if self.fast:
+            logits = self._rest(torch.cat([self._first(x), self._first(z, input_map=translator.weight)]))
+            return logits[: len(x)], logits[len(x):]
+        return self(x), self(translator(z))
+
+    def _first(self, x: Tensor, input_map: Tensor | None = None) -> Tensor:
+        # The first layer's affine map (before its activation), of x @ M^T with input_map M
+        # (in_dim x m): L1(x @ M^T) = x @ (W1 M)^T + b1. B x in_dim (B x m) -> B x width.
         first = self._layers[0]
         assert isinstance(first, nn.Linear)
         weight = first.weight if input_map is None else first.weight @ input_map
         return F.linear(x, weight, first.bias)
 
-    def rest(self, a: Tensor) -> Tensor:
-        """Everything after :meth:`first`: ``B x width -> B`` logits."""
+    def _rest(self, a: Tensor) -> Tensor:
+        # Everything after _first: B x width -> B logits.
         if self.depth == 1:
             return a.squeeze(-1)
         for layer in self._layers[1:]:
             a = layer(a)
         return self.logit(a).squeeze(-1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.rest(self.first(x))
 
 
 class ExpertBank(nn.Module):

@@ -86,7 +86,7 @@ class DomainEmbedding(nn.Module):
 
     ``sparse_grad`` (an attribute, False by default, not saved in state dicts): the table's gradient is
     a coalesced sparse tensor of the looked-up rows instead of a dense ``R x width`` one, for optimisers
-    that take one (:func:`cdanet.training.optim.make_optimizer` sets it), like ``nn.Embedding(sparse=True)``.
+    that take one (:func:`cdanet.layers.set_fast_paths` sets it), like ``nn.Embedding(sparse=True)``.
 
     Shapes: ``features`` per the schema (``B``, ``B x max_len``, ``B x dim``) -> ``B x d``;
     :meth:`field_embeddings` gives the ``B x F x width`` field vectors (``width`` = d for ``linear``,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -38,13 +39,16 @@ class DomainModel(nn.Module):
 
     Subclasses set ``train_domains`` / ``eval_domains`` and implement ``forward(batches)`` returning
     ``{domain: B logits}`` for every domain in ``eval_domains`` that is present in ``batches``.
+    ``objective`` names the model's training objective in :data:`cdanet.losses.OBJECTIVES` (default
+    ``supervised``: the sum of each training domain's BCE).
     """
 
     train_domains: tuple[str, ...]
     eval_domains: tuple[str, ...]
+    objective: ClassVar[str] = "supervised"
     #: Whether the model learns from the other domain at all; single-domain models set False, and then
     #: the cross-domain inputs (``model.source_history_fields``) are not built.
-    two_domain: bool = True
+    two_domain: ClassVar[bool] = True
 
     def __init__(
         self, cfg: ExperimentConfig, schemas: Mapping[str, DomainSchema], embedded: Sequence[str]

@@ -8,6 +8,7 @@ body, ``tower_depth(domain)`` layers in the tower.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -136,6 +137,8 @@ class DDTCDR(DomainModel):
     in one joint step rather than DDTCDR's alternating updates; the objective is
     ``BCE_s + BCE_t + ddtcdr_orth_weight * ||X^T X - I||_F^2`` (see :mod:`cdanet.losses`).
     """
+
+    objective: ClassVar[str] = "ddtcdr"
 
     def __init__(self, cfg: ExperimentConfig, schemas: Mapping[str, DomainSchema]) -> None:
         super().__init__(cfg, schemas, embedded=cfg.domains)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -31,11 +32,14 @@ class TranslationNetwork(DomainModel):
 
     ``forward`` gives the vanilla logits ``R_d(z_d)`` of each present domain (Eq. 8), which is also
     what the "w/o augmentation network" ablation evaluates. The losses of Eq. 5-9 are assembled in
-    :func:`cdanet.losses.translation_objective` from :meth:`latents`, :meth:`translate` and
-    :meth:`tower`; the same methods serve the Table 4 study of translated features.
+    :func:`cdanet.losses.translation_objective` from :meth:`latents`, :attr:`towers` and
+    :attr:`translators`; :meth:`translate` and :meth:`tower` serve the Table 4 study of translated
+    features.
 
     Tower depth per domain comes from ``cfg.model.tower_depth(domain)`` (paper: Amazon 2, Taobao 3).
     """
+
+    objective: ClassVar[str] = "translation"
 
     def __init__(self, cfg: ExperimentConfig, schemas: Mapping[str, DomainSchema]) -> None:
         super().__init__(cfg, schemas, embedded=cfg.domains)
@@ -88,6 +92,8 @@ class AugmentationNetwork(DomainModel):
     translation network": the same architecture, randomly initialised); both give the same
     parameter names and shapes, so a saved state dict loads into ``fresh(cfg, schemas)``.
     """
+
+    objective: ClassVar[str] = "augmentation"
 
     def __init__(self, cfg: ExperimentConfig, schemas: Mapping[str, DomainSchema]) -> None:
         target = cfg.target_domain
@@ -159,16 +165,12 @@ class AugmentationNetwork(DomainModel):
         return torch.cat([z, self.translator(z)], dim=1)
 
     def score(self, z: Tensor) -> Tensor:
-        """``R^aug(z_t ⊕ W_t z_t)`` (Eq. 10-11) without materialising the augmented latent: ``B x d -> B``.
+        """``R^aug(z_t ⊕ W_t z_t)`` (Eq. 10-11): ``B x d -> B`` logits.
 
-        ``z ⊕ W z = z @ [I ; W]^T``, so the tower's first layer takes ``[I ; W]`` as its input map
-        (:meth:`~cdanet.layers.Tower.first`): ``W1 [z ; W z] = (W1_a + W1_b W) z``, one ``B x d``
-        GEMM to the first layer's width instead of ``W z`` plus a ``B x 2d`` one. Equals
-        ``tower(augment(z))``.
+        :meth:`Tower.augmented <cdanet.layers.Tower.augmented>` computes it without materialising
+        the augmented latent :meth:`augment` (its fast path folds ``[I ; W]`` into the first layer).
         """
-        w = self.translator.weight
-        augment_map = torch.cat([torch.eye(w.shape[1], dtype=w.dtype, device=w.device), w])  # 2d x d
-        return self.tower.rest(self.tower.first(z, input_map=augment_map))
+        return self.tower.augmented(z, self.translator)
 
     def forward(self, batches: Mapping[str, Batch]) -> dict[str, Tensor]:
         (t,) = self.present(batches)

@@ -1,7 +1,8 @@
 """The optimiser and the process settings the training loop runs with.
 
 * :func:`make_optimizer`: the optimiser of a training stage, Adam (:class:`TableAdam`), with dense
-  (default) or lazy updates of the embedding tables.
+  (default) or lazy updates of the embedding tables; :func:`training_fast_paths`: the blocks' fast
+  paths it trains with (sparse row gradients of the tables where it can use them).
 * :func:`retain_heap`: keep freed memory in the process (glibc), so steps do not page-fault.
 """
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from cdanet import native
 from cdanet.config import EMBEDDING_UPDATES
-from cdanet.layers.embeddings import DomainEmbedding
+from cdanet.layers import FastPaths, row_parameters
 
 
 def _sorted_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +37,7 @@ def _sorted_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class TableAdam(torch.optim.Adam):
-    """``torch.optim.Adam`` that also takes sparse gradients: those of embedding tables with ``sparse_grad``.
+    """``torch.optim.Adam`` that also takes sparse gradients: those of tables with ``FastPaths.sparse_rows``.
 
     Parameters with dense gradients get Adam's own update (fused where torch has it). A parameter with
     a sparse ``R x e`` gradient (the looked-up rows and their summed gradients) is updated by
@@ -89,6 +90,21 @@ class TableAdam(torch.optim.Adam):
                 p.grad = grad
 
 
+def training_fast_paths(device: torch.device, embedding_update: str = "dense") -> FastPaths:
+    """The blocks' fast paths for training on ``device`` with :func:`make_optimizer`'s ``embedding_update``.
+
+    Every fast path of the dense math is on. The tables' gradients are sparse rows
+    (``FastPaths.sparse_rows``) for ``lazy``, which updates only the rows a step looked up, and for
+    ``dense`` on CPU when the C kernels of :mod:`cdanet.native` are available: then neither the
+    backward nor the optimiser builds a dense ``R x e`` gradient. Otherwise they are dense and Adam's
+    fused kernel updates the tables. Measured in ``docs/architecture.md``, "Training speed".
+    """
+    if embedding_update not in EMBEDDING_UPDATES:
+        raise ValueError(f"unknown embedding_update {embedding_update!r}; expected one of {EMBEDDING_UPDATES}")
+    sparse = embedding_update == "lazy" or (device.type == "cpu" and native.library() is not None)
+    return FastPaths(sparse_rows=sparse)
+
+
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device,
                    embedding_update: str = "dense") -> TableAdam:
     """Adam on every trainable parameter; the fused kernel where torch has one for ``device``.
@@ -98,18 +114,19 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: tor
 
     ``embedding_update`` (``train.embedding_update``): ``dense`` updates every table row every step,
     as ``torch.optim.Adam`` does; ``lazy`` only the rows the step looked up (see :class:`TableAdam`).
-    The tables' gradients are sparse (``DomainEmbedding.sparse_grad``) for ``lazy``, and for ``dense``
-    on CPU when the C kernels of :mod:`cdanet.native` are available: then neither the backward nor
-    the optimiser builds a dense ``R x e`` gradient. Otherwise they are dense and Adam's fused kernel
-    updates the tables. Measured in ``docs/architecture.md``, "Training speed".
+    Tables whose gradients arrive as sparse rows (:func:`cdanet.layers.row_parameters`; the trainer
+    selects them with :func:`training_fast_paths`) are updated by the row kernels, the rest by Adam.
+    ``lazy`` needs every table's gradient as sparse rows, and raises ``ValueError`` otherwise.
     """
     if embedding_update not in EMBEDDING_UPDATES:
         raise ValueError(f"unknown embedding_update {embedding_update!r}; expected one of {EMBEDDING_UPDATES}")
     lazy = embedding_update == "lazy"
-    sparse = lazy or (device.type == "cpu" and native.library() is not None)
-    for module in model.modules():
-        if isinstance(module, DomainEmbedding):
-            module.sparse_grad = sparse
+    _, dense_rows = row_parameters(model)
+    if lazy and dense_rows:
+        raise ValueError(
+            "embedding_update='lazy' needs the embedding tables' gradients as sparse rows: call "
+            "set_fast_paths(model, training_fast_paths(device, 'lazy')) before make_optimizer"
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     fused = (device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)) or None
     return TableAdam(params, lr=lr, weight_decay=weight_decay, fused=fused, lazy=lazy)

@@ -27,6 +27,7 @@ from cdanet.batch import Batch
 from cdanet.config import ConfigError, ExperimentConfig
 from cdanet.data import DomainData, TwoDomainSampler, stable_seed
 from cdanet.evaluation import evaluate
+from cdanet.layers import set_fast_paths
 from cdanet.training.checkpoint import (
     checkpoint_path,
     fingerprint,
@@ -34,7 +35,7 @@ from cdanet.training.checkpoint import (
     run_identity,
     save_checkpoint,
 )
-from cdanet.training.optim import make_optimizer, retain_heap
+from cdanet.training.optim import make_optimizer, retain_heap, training_fast_paths
 
 logger = logging.getLogger(__name__)
 
@@ -289,6 +290,8 @@ def train_model(
     model.to(device)
     train_dev = {d: train[d].to(device) for d in train_domains}
     val_dev = {d: val[d].to(device) for d in eval_domains}
+    # The one place training picks the blocks' implementations (each the same function as its equation).
+    set_fast_paths(model, training_fast_paths(device, t.embedding_update))
     optimizer = make_optimizer(model, lr, t.weight_decay, device, t.embedding_update)
     sampler = TwoDomainSampler(
         train_dev, t.batch_size, epoch_basis=t.epoch_basis, target_domain=target, seed=stable_seed(t.seed, stage)
