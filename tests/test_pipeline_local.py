@@ -41,7 +41,7 @@ def test_first_run_promotes_a_champion_that_scores_rows(two_runs):
     import pyarrow.parquet as pq
 
     from cdanet.features import DomainSchema
-    from cdanet.registry import features_frame
+    from cdanet.serving import features_frame
 
     workdir, (code, out), _ = two_runs
     assert code == 0, "\n".join(out)
