@@ -149,5 +149,3 @@ def _in_champion_encoding(
     rows = remap_table(table, schema, ours, scorer.schema, theirs, source=f"{processed_root}/{domain}/{split}")
     logger.info("champion: re-encoded %s/%s into the vocabularies of %s", domain, split, what)
     return rows, scorer.schema, ENCODING_REENCODED
-
-

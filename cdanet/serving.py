@@ -146,7 +146,6 @@ class CDAnetPyfunc(mlflow.pyfunc.PythonModel):
         return out
 
 
-
 # ---- rows in the serving representation ---------------------------------------------------------
 
 
@@ -163,7 +162,6 @@ def read_rows(processed_root: str, schema: DomainSchema, split: str, limit: int 
             break
     table = pa.concat_tables(tables, promote_options="permissive")
     return table if limit is None else table.slice(0, limit)
-
 
 
 def example_frame(schema: DomainSchema, rows: pa.Table | None = None) -> pd.DataFrame:
@@ -191,5 +189,3 @@ def _schema_example(schema: DomainSchema, n: int = 2) -> pd.DataFrame:
         else:
             data[spec.name] = np.zeros(n, dtype=np.int64)
     return pd.DataFrame(data)
-
-
