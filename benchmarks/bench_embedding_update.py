@@ -12,7 +12,7 @@ Their steps alternate, so host drift hits all alike, and the script prints the m
 backward, optimiser and whole-step times of each, and the step-time ratios against ``dense-torch``.
 Sizes as in ``bench_models.py``.
 
-    .venv/bin/python benchmarks/bench_embedding_update.py --rounds 40 --threads 2
+    .venv/bin/python -m benchmarks.bench_embedding_update --rounds 40 --threads 2
 """
 
 from __future__ import annotations
@@ -22,20 +22,17 @@ import copy
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_models import bench_schemas  # noqa: E402
-
-from cdanet.batch import random_batch  # noqa: E402
-from cdanet.config import paper_config  # noqa: E402
-from cdanet.layers import FastPaths, set_fast_paths  # noqa: E402
-from cdanet.losses import compute_loss  # noqa: E402
-from cdanet.models import build_model  # noqa: E402
-from cdanet.native import library  # noqa: E402
-from cdanet.training.optim import make_optimizer, retain_heap, training_fast_paths  # noqa: E402
+from benchmarks.bench_models import bench_schemas
+from cdanet.batch import random_batch
+from cdanet.config import paper_config
+from cdanet.layers import FastPaths, set_fast_paths
+from cdanet.losses import compute_loss
+from cdanet.models import build_model
+from cdanet.native import library
+from cdanet.training.optim import make_optimizer, retain_heap, training_fast_paths
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{2 * args.batch_size / medians[update] * 1e3:>12,.0f}")
     for name in ("dense", "lazy"):
         print(f"# dense-torch / {name} step time: {medians['dense-torch'] / medians[name]:.3f}")
-    print("# reproduce: .venv/bin/python benchmarks/bench_embedding_update.py " + " ".join(sys.argv[1:]))
+    print("# reproduce: .venv/bin/python -m benchmarks.bench_embedding_update " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

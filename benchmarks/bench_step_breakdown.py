@@ -17,7 +17,7 @@ them all alike:
 It also prints the step's matmul FLOPs and the sgemm rate the machine gives at that moment, so the
 GEMM share of the step can be bounded. Sizes as in ``bench_models.py``.
 
-    .venv/bin/python benchmarks/bench_step_breakdown.py --rounds 15 --threads 2
+    .venv/bin/python -m benchmarks.bench_step_breakdown --rounds 15 --threads 2
 """
 
 from __future__ import annotations
@@ -27,20 +27,17 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_models import bench_schemas, machine_probe  # noqa: E402
-
-from cdanet.batch import random_batch  # noqa: E402
-from cdanet.config import paper_config  # noqa: E402
-from cdanet.layers import set_fast_paths  # noqa: E402
-from cdanet.losses import compute_loss  # noqa: E402
-from cdanet.models import build_model  # noqa: E402
-from cdanet.training.optim import make_optimizer, retain_heap, training_fast_paths  # noqa: E402
+from benchmarks.bench_models import bench_schemas, machine_probe
+from cdanet.batch import random_batch
+from cdanet.config import paper_config
+from cdanet.layers import set_fast_paths
+from cdanet.losses import compute_loss
+from cdanet.models import build_model
+from cdanet.training.optim import make_optimizer, retain_heap, training_fast_paths
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{gemm_lo:.0f}-{gemm_hi:.0f} ms at that rate")
     print(f"# embedding layer (fwd+bwd, by subtraction): {emb:.1f} ms; dispatch floor of the dense part: "
           f"{med['same at 16 rows/domain']:.1f} ms")
-    print("# reproduce: .venv/bin/python benchmarks/bench_step_breakdown.py " + " ".join(sys.argv[1:]))
+    print("# reproduce: .venv/bin/python -m benchmarks.bench_step_breakdown " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -435,9 +435,9 @@ def user_link_from_rows(target: DomainData, source: DomainData) -> np.ndarray:
     user vocab]``, the source's index of each target user seen in ``target`` whose raw id has rows in
     ``source`` (0 otherwise)."""
     link = np.zeros(target.schema.field(USER_FIELD).vocab_size, dtype=np.int64)
-    src = dict(zip(source.user_ids.tolist(), source.features[USER_FIELD].cpu().numpy().tolist()))
+    src = dict(zip(source.user_ids.tolist(), source.features[USER_FIELD].cpu().numpy().tolist(), strict=True))
     idx = target.features[USER_FIELD].cpu().numpy()
-    for raw, i in zip(target.user_ids.tolist(), idx.tolist()):
+    for raw, i in zip(target.user_ids.tolist(), idx.tolist(), strict=True):
         if i > 0:
             link[i] = src.get(raw, 0)
     return link

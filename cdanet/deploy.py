@@ -1,8 +1,9 @@
 """Deploy what the pipeline needs beside Kubeflow Pipelines: ``python pipeline.py deploy``.
 
-Renders a kustomization of ``manifests/`` (``kubectl kustomize``), orders the objects so that
-each one finds what it references (namespace, service accounts, config, volumes, then workloads),
-applies them to the current kube context with server-side apply (idempotent: a second deploy of
+Renders a kustomization of the manifests shipped inside this package (``cdanet/manifests``, package
+data, so an installed image deploys too; a checkout's top-level ``manifests/`` is a link to the same
+tree) with ``kubectl kustomize``, orders the objects so that each one finds what it references
+(namespace, service accounts, config, volumes, then workloads), applies them to the current kube context with server-side apply (idempotent: a second deploy of
 the same tree changes nothing), and waits until the workloads are ready, MLflow first of all.
 
 Library entry points: :func:`render`, :func:`apply_order`, :func:`override_images`,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.resources
 import os
 import shutil
 import subprocess
@@ -32,8 +34,8 @@ if TYPE_CHECKING:
 #: Overlay name -> kustomization directory relative to the manifests root.
 OVERLAYS: dict[str, str] = {"base": "base", "gpu": "overlays/gpu", "local": "overlays/local"}
 
-#: ``manifests/`` of the source tree this module belongs to (pipeline.py runs from a checkout).
-DEFAULT_MANIFESTS_ROOT = Path(__file__).resolve().parent.parent / "manifests"
+#: The kustomize tree shipped as package data (``cdanet/manifests``): base, overlays, secret examples.
+DEFAULT_MANIFESTS_ROOT = Path(str(importlib.resources.files("cdanet").joinpath("manifests")))
 
 FIELD_MANAGER = "cdanet-deploy"
 DEFAULT_TIMEOUT_S = 300
@@ -106,7 +108,9 @@ def overlay_dir(overlay: str, manifests_root: Path | str | None = None) -> Path:
     root = Path(manifests_root) if manifests_root is not None else DEFAULT_MANIFESTS_ROOT
     path = root / OVERLAYS[overlay]
     if not (path / "kustomization.yaml").is_file():
-        raise DeployError(f"{path}/kustomization.yaml not found; expected a checkout's manifests/ directory")
+        raise DeployError(
+            f"{path}/kustomization.yaml not found; expected a manifests root such as {DEFAULT_MANIFESTS_ROOT}"
+        )
     return path
 
 
@@ -518,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="use IMAGE for containers whose image is NAME, e.g. "
                         "cdanet-mlflow=registry.example.com/cdanet-mlflow:3.17.2 (repeatable)")
     parser.add_argument("--manifests", type=Path, default=DEFAULT_MANIFESTS_ROOT,
-                        help="manifests root directory (default: the checkout's manifests/)")
+                        help="manifests root directory (default: the package's own, %(default)s)")
     return parser
 
 

@@ -1,45 +1,7 @@
-"""MLflow model registry: the CDAnet pyfunc model, registration of candidates, the champion alias.
+"""Registration and aliases: every candidate becomes an MLflow model version; a blessed one gets ``@champion``.
 
-The registered artifact is an ``mlflow.pyfunc`` model (:class:`CDAnetPyfunc`) that wraps a model
-directory (:mod:`cdanet.artifacts`) logged as an artifact. It is deliberately not
-``mlflow.pytorch``: MLflow 3 logs torch models in the torch.export format, which takes tensors and
-loads back as a GraphModule, while this model takes processed feature rows and needs the schema
-that came with it. The weights are loaded with ``torch.load(weights_only=True)``.
-
-Serving contract (also the logged signature): a pandas DataFrame with one column per feature field
-of the model's TARGET domain, as in the processed parquet; the output is the click probability of
-every row, float32 ``[N]`` in [0, 1].
-
-====================================  =========================  =======================
-field kind                            column values              MLflow signature type
-====================================  =========================  =======================
-``categorical_id`` / ``categorical``  int64 index                ``long``
-``multi_hot``                         list of int64 indices      ``Array(long)``
-``dense_vector``                      list of ``dim`` floats     ``Array(double)``
-====================================  =========================  =======================
-
-List cells may be Python lists or numpy arrays (what ``pyarrow``'s ``to_pandas`` yields); both
-are tested. Dense vectors are declared ``Array(double)`` because the input example is stored as
-JSON, whose numbers read back as doubles, so example and signature agree; float32 vectors from
-parquet pass the signature and are scored in float32. Columns outside the signature (label,
-timestamp, raw ids) are ignored with a warning from MLflow, so whole processed rows can be scored.
-
-Indices are those of the model's OWN vocabularies (the preprocessing run it was trained on). The
-logged model directory carries them (``vocab/<domain>/<field>.txt``, line i = raw value of index i,
-line 0 = OOV) when training saw them, so a serving caller holding raw values encodes them with::
-
-    scorer = mlflow.pyfunc.load_model("models:/cdanet-book@champion").unwrap_python_model()
-    vocab = scorer.vocabularies["book"]                       # field -> raw values by index
-    frame["writer"] = cdanet.data.encode_values(vocab["writer"], raw_writers)   # unknown -> 0 (OOV)
-
-(``cdanet.artifacts.load_model_dir(path).vocabularies`` gives the same from a model directory.)
-
-Champion vs candidate (:func:`score_champion_on`): daily retraining rebuilds the vocabularies, so the
-champion may have been trained on another encoding of the same fields. Today's test rows are then
-re-encoded by raw value into the champion's vocabularies (:func:`cdanet.data.remap_table`; values
-the champion never saw become OOV) before it scores them; only a champion whose fields, field kinds
-or dense dims differ from today's, or one saved without vocabularies whose schema differs, is refused
-with :class:`ChampionIncompatibleError`.
+The logged model is the pyfunc of :mod:`cdanet.serving`; the gate's scoring of the champion is
+:mod:`cdanet.champion`. This module writes the registry and reads versions back from it.
 
 Registration (:func:`register_candidate`) is idempotent per pipeline run and all-or-nothing:
 
@@ -77,10 +39,6 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -94,28 +52,24 @@ from mlflow.tracking import MlflowClient
 
 import cdanet
 from cdanet.artifacts import load_model_dir
-from cdanet.data import Vocabulary, load_vocabularies, remap_table, structural_differences, table_to_batch
-from cdanet.evaluation import compute_metrics
-from cdanet.features import DomainSchema, FieldKind, SchemaError, load_schemas, split_files
 from cdanet.gate import GateDecision
+
+# Versions registered before cdanet.serving existed pickled their python_model as
+# ``cdanet.registry.CDAnetPyfunc``; this name keeps them loadable (the gate scores such a champion).
+from cdanet.serving import MODEL_DIR_ARTIFACT, CDAnetPyfunc, example_frame, read_rows
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CHAMPION_ALIAS",
-    "CDAnetPyfunc",
-    "ChampionIncompatibleError",
     "ChampionInfo",
     "RegisteredVersion",
-    "features_frame",
     "get_champion",
+    "load_version",
     "register_candidate",
-    "score_champion_on",
-    "summarize_latest",
 ]
 
 CHAMPION_ALIAS = "champion"
-MODEL_DIR_ARTIFACT = "model_dir"  # key of the model directory in the pyfunc's artifacts
 MODEL_ARTIFACT_PATH = "model"  # name of the logged model inside its run
 
 TAG_PIPELINE_RUN = "cdanet.pipeline_run_id"
@@ -131,102 +85,6 @@ _EXAMPLE_ROWS = 5
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 _MAX_TAG_CHARS = 8000  # MLflow's limit on a run tag value
 _UNSAFE_ID = re.compile(r"['\"`\\]")
-
-
-class ChampionIncompatibleError(SchemaError):
-    """The champion cannot score the given data: it was trained on a different feature schema."""
-
-
-# ---- the pyfunc model ---------------------------------------------------------------------------
-
-
-def features_frame(table: pa.Table, schema: DomainSchema) -> pd.DataFrame:
-    """The serving representation of processed rows: the feature columns of ``schema``.
-
-    Categorical fields stay int64; multi-hot and dense fields become Python lists per row (JSON
-    and MLflow's signature enforcement both handle lists; see the module docstring).
-    """
-    data: dict[str, Any] = {}
-    for spec in schema.fields:
-        if spec.name not in table.column_names:
-            raise SchemaError(
-                f"rows to score lack feature column {spec.name!r} ({spec.kind.value}) of domain {schema.domain!r}"
-            )
-        col = table.column(spec.name)
-        if not spec.accepts(col.type):
-            raise SchemaError(
-                f"rows to score: column {spec.name!r} has type {col.type}, expected {spec.arrow_type()} "
-                f"for a {spec.kind.value} field of domain {schema.domain!r}"
-            )
-        data[spec.name] = col.to_pylist() if spec.kind in (FieldKind.MULTI_HOT, FieldKind.DENSE_VECTOR) else col.to_numpy()
-    return pd.DataFrame(data)
-
-
-def _frame_to_table(frame: pd.DataFrame, schema: DomainSchema) -> pa.Table:
-    """A serving DataFrame -> an arrow table in the processed parquet layout (feature columns only)."""
-    missing = [f.name for f in schema.fields if f.name not in frame.columns]
-    if missing:
-        raise SchemaError(
-            f"input lacks feature column(s) {missing} of domain {schema.domain!r}; expected columns "
-            f"{list(schema.field_names)} (see cdanet.registry for the encoding of each field kind)"
-        )
-    arrays = {}
-    for spec in schema.fields:
-        values = frame[spec.name]
-        try:
-            if spec.kind is FieldKind.DENSE_VECTOR:
-                # Cells may be lists or numpy arrays, of float64 after signature enforcement.
-                arrays[spec.name] = pa.array([None if v is None else np.asarray(v, np.float32) for v in values],
-                                             pa.list_(pa.float32()))
-            elif spec.kind is FieldKind.MULTI_HOT:
-                arrays[spec.name] = pa.array([None if v is None else np.asarray(v, np.int64) for v in values],
-                                             pa.list_(pa.int64()))
-            else:
-                arrays[spec.name] = pa.array(values, pa.int64())
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
-            raise SchemaError(
-                f"input column {spec.name!r} cannot be read as {spec.arrow_type()} ({spec.kind.value}): {e}"
-            ) from e
-    return pa.table(arrays)
-
-
-class CDAnetPyfunc(mlflow.pyfunc.PythonModel):
-    """Scores processed feature rows of the model's target domain to click probabilities.
-
-    ``predict`` input: see :func:`features_frame`; output: float32 ``[N]`` probabilities
-    ``sigmoid(logit)`` of the target-domain tower; for the augmentation network that is
-    ``sigma(R_t^aug(z_t ⊕ z_t'))`` of paper Eq. 10-11.
-    """
-
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        loaded = load_model_dir(context.artifacts[MODEL_DIR_ARTIFACT], map_location="cpu")
-        self.model = loaded.model
-        self.cfg = loaded.cfg
-        self.domain = loaded.cfg.target_domain
-        self.schema = loaded.schemas[self.domain]
-        self.meta = loaded.meta
-        # {domain: {field: raw values by index}}; empty for a model saved without vocabularies.
-        self.vocabularies: dict[str, dict[str, Vocabulary]] = loaded.vocabularies
-        if self.domain not in getattr(self.model, "eval_domains", (self.domain,)):
-            raise SchemaError(f"the logged model does not score its target domain {self.domain!r}")
-
-    def predict(
-        self,
-        context: mlflow.pyfunc.PythonModelContext,
-        model_input: pd.DataFrame,
-        params: dict[str, Any] | None = None,
-    ) -> np.ndarray:
-        if not isinstance(model_input, pd.DataFrame):
-            raise TypeError(f"expected a pandas DataFrame of feature rows, got {type(model_input).__name__}")
-        table = _frame_to_table(model_input, self.schema)
-        out = np.empty(table.num_rows, dtype=np.float32)
-        step = max(1, int(self.cfg.train.eval_batch_size))
-        with torch.inference_mode():
-            for start in range(0, table.num_rows, step):
-                batch = table_to_batch(self.schema, table.slice(start, step), source="pyfunc input")
-                logits = self.model({self.domain: batch})[self.domain]
-                out[start : start + len(batch)] = torch.sigmoid(logits.float()).numpy()
-        return out
 
 
 # ---- result types -------------------------------------------------------------------------------
@@ -343,41 +201,6 @@ def _pins() -> list[str]:
         # PEP 440: "torch==2.13.0" also matches local builds such as 2.13.0+cpu / +cu128.
         pins.append(f"{dist}=={importlib.metadata.version(dist).split('+')[0]}")
     return pins
-
-
-def _read_rows(processed_root: str, schema: DomainSchema, split: str, limit: int | None = None) -> pa.Table:
-    files = split_files(os.path.join(processed_root, schema.domain), split)
-    tables = []
-    for path in files:
-        table = pq.read_table(path)
-        schema.check_arrow_schema(table.schema, path)
-        tables.append(table)
-        if limit is not None and sum(t.num_rows for t in tables) >= limit:
-            break
-    table = pa.concat_tables(tables, promote_options="permissive")
-    return table if limit is None else table.slice(0, limit)
-
-
-def _schema_example(schema: DomainSchema, n: int = 2) -> pd.DataFrame:
-    """Schema-conformant rows (OOV index, short lists, zero vectors) when no processed data is at hand."""
-    data: dict[str, Any] = {}
-    for spec in schema.fields:
-        if spec.kind is FieldKind.MULTI_HOT:
-            data[spec.name] = [[0] * min(2, spec.max_len) for _ in range(n)]
-        elif spec.kind is FieldKind.DENSE_VECTOR:
-            data[spec.name] = [[0.0] * spec.dim for _ in range(n)]
-        else:
-            data[spec.name] = np.zeros(n, dtype=np.int64)
-    return pd.DataFrame(data)
-
-
-def _example_frame(frame: pd.DataFrame, schema: DomainSchema) -> pd.DataFrame:
-    """Make dense vectors doubles so that the inferred signature accepts its own JSON example."""
-    frame = frame.copy()
-    for spec in schema.fields:
-        if spec.kind is FieldKind.DENSE_VECTOR:
-            frame[spec.name] = [[float(x) for x in v] for v in frame[spec.name]]
-    return frame
 
 
 def _find_version(client: MlflowClient, name: str, pipeline_run_id: str) -> ModelVersion | None:
@@ -595,11 +418,8 @@ def _register(
     created.run_id = run.info.run_id
     _log_run_data(client, created.run_id, params, metrics, decision)
 
-    if processed_root is not None:
-        example = features_frame(_read_rows(processed_root, schema, "test", limit=_EXAMPLE_ROWS), schema)
-    else:
-        example = _schema_example(schema)
-    example = _example_frame(example, schema)
+    rows = None if processed_root is None else read_rows(processed_root, schema, "test", limit=_EXAMPLE_ROWS)
+    example = example_frame(schema, rows)
     with warnings.catch_warnings():
         # MLflow hints that integer columns cannot hold missing values: by contract ours never do
         # (validated upstream; table_to_batch rejects nulls).
@@ -653,10 +473,10 @@ def _log_run_data(
     client.log_text(run_id, decision.to_markdown(), "gate/decision.md")
 
 
-# ---- champion -----------------------------------------------------------------------------------
+# ---- reading versions back ---------------------------------------------------------------------
 
 
-def _load_version(tracking_uri: str, model_name: str, version: str) -> mlflow.pyfunc.PyFuncModel:
+def load_version(tracking_uri: str, model_name: str, version: str) -> mlflow.pyfunc.PyFuncModel:
     """Load one registered version as a pyfunc without touching MLflow's process-global URIs.
 
     ``mlflow.pyfunc.load_model("models:/...")`` resolves registry URIs through the global registry
@@ -688,123 +508,3 @@ def get_champion(tracking_uri: str, model_name: str) -> ChampionInfo | None:
         metrics=metrics,
         tags=dict(version.tags or {}),
     )
-
-
-def score_champion_on(
-    processed_root: str, tracking_uri: str, model_name: str, domain: str, split: str = "test"
-) -> float | None:
-    """The champion's AUC on ``split`` of ``domain`` under ``processed_root``; None without a champion.
-
-    Loads the version behind ``models:/<model_name>@champion`` as a pyfunc and scores every row of
-    the split (with the pyfunc, i.e. exactly as serving would), so the gate compares candidate and
-    champion on exactly the same rows, each model in its own encoding:
-
-    * same schema fingerprint and same vocabularies: the rows are scored as they are;
-    * same fields, kinds and dense dims but other vocabularies (daily re-preprocessing): the rows
-      are re-encoded by raw value into the champion's vocabularies, values it never saw -> OOV 0;
-    * otherwise :class:`ChampionIncompatibleError`, saying what differs and how to proceed: the
-      champion scores another domain, its fields / kinds / dense dims differ, or vocabularies
-      needed for re-encoding are missing (a champion saved before model directories carried them,
-      or processed data without ``vocab/``).
-    """
-    champion = get_champion(tracking_uri, model_name)
-    if champion is None:
-        return None
-    pyfunc = _load_version(tracking_uri, model_name, champion.version)
-    scorer = pyfunc.unwrap_python_model()
-    if not isinstance(scorer, CDAnetPyfunc):
-        raise ChampionIncompatibleError(
-            f"champion {champion.model_uri} is a {type(scorer).__name__}, not a CDAnet pyfunc model"
-        )
-    if scorer.domain != domain:
-        raise ChampionIncompatibleError(
-            f"champion {champion.model_uri} scores domain {scorer.domain!r}, not {domain!r}"
-        )
-    schema = load_schemas(processed_root, [domain])[domain]
-    table = _read_rows(processed_root, schema, split)
-    rows, rows_schema = _in_champion_encoding(table, schema, processed_root, scorer, champion, split)
-    scores = pyfunc.predict(features_frame(rows, rows_schema))
-    labels = table.column(schema.label_column).to_numpy()
-    auc = compute_metrics(domain, labels, np.asarray(scores)).auc
-    logger.info("registry: champion %s version %s has AUC %.4f on %s/%s", model_name, champion.version, auc, domain, split)
-    return float(auc)
-
-
-def _in_champion_encoding(
-    table: pa.Table, schema: DomainSchema, processed_root: str, scorer: CDAnetPyfunc, champion: ChampionInfo,
-    split: str,
-) -> tuple[pa.Table, DomainSchema]:
-    """``table`` (encoded with the vocabularies under ``processed_root``) in the champion's encoding."""
-    domain = schema.domain
-    ours = load_vocabularies(processed_root, schema)
-    theirs = scorer.vocabularies.get(domain)
-    same_schema = schema.fingerprint() == scorer.schema.fingerprint()
-    what = f"champion version {champion.version} of {champion.name!r}"
-    proceed = (
-        f"To proceed, delete the alias to re-baseline (MlflowClient().delete_registered_model_alias("
-        f"{champion.name!r}, {CHAMPION_ALIAS!r})): the floor alone then judges the next candidate, which "
-        "becomes the champion if blessed"
-    )
-    if same_schema and ours is not None and theirs is not None and ours == theirs:
-        return table, schema
-    if same_schema and (ours is None or theirs is None):
-        logger.warning(
-            "registry: %s has the schema of %s/%s but %s no vocabularies; scoring its indices as they are "
-            "(equal sizes cannot prove equal meanings)", what, processed_root, domain,
-            "the processed data has" if ours is None else "the champion carries",
-        )
-        return table, schema
-    problems = structural_differences(schema, scorer.schema, names=("this data", "the champion"))
-    if problems:
-        raise ChampionIncompatibleError(
-            f"{what} cannot score {domain}/{split} of {processed_root}, whatever the vocabularies: "
-            + "; ".join(problems) + f". It was trained on other features. {proceed}."
-        )
-    if theirs is None or ours is None:
-        diff = f"schema fingerprint {schema.fingerprint()} of domain {domain!r} is not {scorer.schema.fingerprint()}"
-        try:
-            schema.check_compatible(scorer.schema, f"the schema {what} was trained on")
-        except SchemaError as e:  # always, as the fingerprints differ: it names the differing fields
-            diff = str(e)
-        cause = (
-            f"{what} was saved without vocabularies (a model directory written before they were stored, or "
-            "trained on data without vocab/ files)"
-            if theirs is None
-            else f"the processed data at {processed_root}/{domain} has no vocabularies (vocab/<field>.txt)"
-        )
-        raise ChampionIncompatibleError(
-            f"{diff}; {cause}, so the champion's indices cannot be mapped onto this data's. {proceed}, "
-            "or re-preprocess with the champion's vocabularies."
-        )
-    rows = remap_table(table, schema, ours, scorer.schema, theirs, source=f"{processed_root}/{domain}/{split}")
-    logger.info("registry: re-encoded %s/%s into the vocabularies of %s", domain, split, what)
-    return rows, scorer.schema
-
-
-def summarize_latest(tracking_uri: str, model_name: str, pipeline_root: str | None = None) -> str:
-    """A short human-readable status: the champion and the most recent version with their gate verdicts."""
-    client = _client(tracking_uri)
-    try:
-        versions = client.search_model_versions(f"name = '{model_name}'", order_by=["version_number DESC"],
-                                                max_results=1)
-    except MlflowException as e:
-        if _is(e, RESOURCE_DOES_NOT_EXIST):
-            versions = []
-        else:
-            raise
-    lines = [f"[cdanet] MLflow registry {tracking_uri}, model {model_name!r}:"]
-    if not versions:
-        lines.append("  no registered versions")
-    else:
-        latest = client.get_model_version(model_name, versions[0].version)
-        tags = latest.tags or {}
-        lines.append(f"  latest: version {latest.version} ({tags.get(TAG_SUMMARY, 'no gate decision')})")
-        if tags.get(TAG_BLESSED) == "false":
-            lines += [f"    - {r}" for r in tags.get(TAG_REASONS, "").splitlines()]
-    champion = get_champion(tracking_uri, model_name)
-    lines.append(
-        f"  champion: version {champion.version} ({champion.model_uri})" if champion else "  champion: none"
-    )
-    if pipeline_root:
-        lines.append(f"  pipeline artifacts: {pipeline_root}")
-    return "\n".join(lines)

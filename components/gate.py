@@ -1,5 +1,5 @@
-"""The blessing gate: AUC floor, non-regression against the registry's champion, beating the in-run
-baseline, and logloss below the base rate, all on the same test split."""
+"""The blessing gate: scores the registry's champion on this run's test split, then checks the AUC floor,
+non-regression against that champion, beating the in-run baseline, and logloss below the base rate."""
 
 from typing import NamedTuple
 
@@ -22,7 +22,8 @@ def gate(
     decision: Output[Artifact],
     report: Output[Markdown],
 ) -> NamedTuple("GateOutputs", [("blessed", bool)]):
-    """Decide; the decision (with reasons) travels on as an artifact and as the ``blessed`` output."""
+    """Score the champion on the same rows, then decide; the decision (with reasons) travels on as an
+    artifact and as the ``blessed`` output, the champion's score as the decision's ``champion`` metadata."""
     from collections import namedtuple
 
     from cdanet import steps
@@ -31,8 +32,9 @@ def gate(
                         candidate_logloss=candidate_logloss, base_rate_logloss=base_rate_logloss,
                         baseline_path=baseline.path)
     with open(decision.path, "w") as fh:
-        fh.write(result.to_json())
+        fh.write(result.decision.to_json())
     with open(report.path, "w") as fh:
         fh.write(result.to_markdown())
-    decision.metadata["blessed"] = result.blessed
-    return namedtuple("GateOutputs", ["blessed"])(result.blessed)
+    decision.metadata["blessed"] = result.decision.blessed
+    decision.metadata["champion"] = None if result.champion is None else result.champion.to_dict()
+    return namedtuple("GateOutputs", ["blessed"])(result.decision.blessed)

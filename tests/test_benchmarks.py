@@ -39,11 +39,8 @@ def test_bench_models_prints_a_row_per_model_and_the_machine_probe() -> None:
 
 
 def test_step_time_summary_takes_the_median_and_the_fastest_window() -> None:
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        from bench_models import step_time_summary
-    finally:
-        sys.path.remove(str(BENCH.parent))
+    from benchmarks.bench_models import step_time_summary
+
     # A contended stretch (steps 0-3) and a quiet one (4-7) with one lucky step in the contended one.
     times = [0.080, 0.030, 0.082, 0.081, 0.061, 0.060, 0.062, 0.059]
     sustained, uncontended = step_time_summary(times, window=4)
@@ -59,9 +56,9 @@ def test_step_time_summary_takes_the_median_and_the_fastest_window() -> None:
 @pytest.mark.slow
 def test_step_breakdown_prints_every_part_and_the_flop_bound() -> None:
     out = subprocess.run(
-        [sys.executable, str(BENCH.parent / "bench_step_breakdown.py"), "--rounds", "1", "--threads", "1",
+        [sys.executable, "-m", "benchmarks.bench_step_breakdown", "--rounds", "1", "--threads", "1",
          "--batch-size", "64"],
-        check=True, capture_output=True, text=True, timeout=300,
+        check=True, capture_output=True, text=True, timeout=300, cwd=BENCH.parents[1],
     ).stdout
     ms = {}
     for line in out.splitlines():
@@ -77,9 +74,9 @@ def test_step_breakdown_prints_every_part_and_the_flop_bound() -> None:
 @pytest.mark.slow
 def test_embedding_update_benchmark_prints_both_variants_and_their_ratio() -> None:
     out = subprocess.run(
-        [sys.executable, str(BENCH.parent / "bench_embedding_update.py"), "--rounds", "2", "--warmup", "1",
+        [sys.executable, "-m", "benchmarks.bench_embedding_update", "--rounds", "2", "--warmup", "1",
          "--threads", "1", "--batch-size", "32", "--users", "200", "--items", "100"],
-        check=True, capture_output=True, text=True, timeout=300,
+        check=True, capture_output=True, text=True, timeout=300, cwd=BENCH.parents[1],
     ).stdout
     names = ("dense", "dense-torch", "lazy")
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] in [[n] for n in names]}
@@ -89,11 +86,8 @@ def test_embedding_update_benchmark_prints_both_variants_and_their_ratio() -> No
 
 
 def test_bench_pipeline_reads_epochs_and_throughput_from_the_trainer_log(tmp_path: Path) -> None:
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        from bench_pipeline import training_epochs
-    finally:
-        sys.path.remove(str(BENCH.parent))
+    from benchmarks.bench_pipeline import training_epochs
+
     log = tmp_path / "pipeline.log"
     prefix = "    [KFP Executor 2026-11-28 20:08:29,936 INFO]: "
     log.write_text(

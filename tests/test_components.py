@@ -185,6 +185,8 @@ def test_train_evaluate_gate_register_chain(workspace, baseline_run, tmp_path):
     assert judged.baseline_auc == BaselineReport.load(baseline_metrics.path).auc and judged.baseline_passed
     assert judged.candidate_logloss == out.target_logloss and judged.calibration_passed
     assert "beats the in-run baseline (id-only logistic regression)" in open(gate_report.path).read()
+    # the champion-scoring stage ran first and found no champion (the first model)
+    assert decision.metadata["champion"] is None and "no champion in the registry" in open(gate_report.path).read()
 
     for _ in range(2):  # a retried promote task must not create a second version
         registered = artifact(dsl.Markdown, tmp_path, "registered.md")

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import subprocess
+import sys
 import tempfile
 import threading
+import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +27,7 @@ import yaml
 
 from cdanet.deploy import (
     APPLY_ORDER,
+    DEFAULT_MANIFESTS_ROOT,
     OVERLAYS,
     DeployError,
     apply_order,
@@ -39,7 +44,7 @@ from cdanet.deploy import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-MANIFESTS = REPO / "manifests"
+MANIFESTS = DEFAULT_MANIFESTS_ROOT
 
 Obj = dict[str, Any]
 
@@ -114,6 +119,36 @@ def test_format_plan_marks_cluster_scoped_objects() -> None:
 
 
 # ---- rendering errors, images, secrets --------------------------------------------------------
+
+
+def test_the_manifests_are_package_data_and_the_checkout_links_to_them() -> None:
+    import cdanet
+
+    assert DEFAULT_MANIFESTS_ROOT == Path(cdanet.__file__).parent / "manifests"
+    assert (REPO / "manifests").is_symlink() and (REPO / "manifests").resolve() == DEFAULT_MANIFESTS_ROOT.resolve()
+
+
+@pytest.mark.slow
+def test_a_built_wheel_carries_the_manifests_and_they_render_the_same(
+    tmp_path: Path, rendered: dict[str, list[Obj]]
+) -> None:
+    """What an installed image has: the wheel's own copy renders every overlay like the source tree."""
+    src = tmp_path / "src"  # build from a copy: setuptools writes build/ and *.egg-info next to the sources
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for pkg in ("cdanet", "components", "beam_jobs"):
+        shutil.copytree(REPO / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist")], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("cdanet-*.whl")
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    installed = tmp_path / "site" / "cdanet" / "manifests"
+    assert sorted(p.name for p in (installed / "secrets").iterdir()) == sorted(
+        p.name for p in (MANIFESTS / "secrets").glob("*.example.env"))
+    kubectl = find_kubectl()
+    for overlay in OVERLAYS:
+        assert render(overlay, installed, kubectl) == rendered[overlay], overlay
 
 
 def test_render_reports_a_missing_manifests_root(tmp_path: Path) -> None:

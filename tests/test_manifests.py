@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from cdanet.deploy import (
+    DEFAULT_MANIFESTS_ROOT,
     OVERLAYS,
     DeployError,
     find_kubectl,
@@ -30,7 +31,7 @@ from cdanet.deploy import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-MANIFESTS = REPO / "manifests"
+MANIFESTS = DEFAULT_MANIFESTS_ROOT
 K8S_VERSION = "1.32.0"
 NAMESPACE = "cdanet"
 PART_OF = ("app.kubernetes.io/part-of", "cdanet")
@@ -596,10 +597,18 @@ def test_dockerignore_matcher() -> None:
     [".venv/bin/python", ".git/HEAD", "data/raw/reviews_Books_5.json.gz", "data/glove/glove.840B.300d.txt",
      "runs/2026-11-28/weights.pt", "outputs/predictions.parquet", "local_outputs/x/metrics.json",
      "mlruns/0/meta.yaml", "mlflow.db", "cdanet/__pycache__/deploy.cpython-311.pyc",
-     "cdanet.egg-info/PKG-INFO", "mlflow-db.env", "manifests/secrets/mlflow-db.env"],
+     "cdanet.egg-info/PKG-INFO", "mlflow-db.env", "manifests/secrets/mlflow-db.env",
+     "cdanet/manifests/secrets/mlflow-db.env", "cdanet/manifests/base/secret.env"],
 )
 def test_dockerignore_keeps_local_state_out(ignore_patterns: list[str], path: str) -> None:
     assert dockerignored(path, ignore_patterns)
+
+
+def test_the_manifests_package_data_is_in_the_build_context(ignore_patterns: list[str]) -> None:
+    """The image's ``deploy`` renders the package's own manifests: none of their files may be left out."""
+    files = [str(p.relative_to(REPO)) for p in (REPO / "cdanet" / "manifests").rglob("*") if p.is_file()]
+    assert "cdanet/manifests/base/mlflow.env" in files
+    assert [f for f in files if dockerignored(f, ignore_patterns)] == []
 
 
 def test_image_sources_exist_and_are_in_the_build_context(ignore_patterns: list[str]) -> None:

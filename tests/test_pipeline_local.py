@@ -41,7 +41,7 @@ def test_first_run_promotes_a_champion_that_scores_rows(two_runs):
     import pyarrow.parquet as pq
 
     from cdanet.features import DomainSchema
-    from cdanet.registry import features_frame
+    from cdanet.serving import features_frame
 
     workdir, (code, out), _ = two_runs
     assert code == 0, "\n".join(out)
@@ -93,6 +93,14 @@ def test_worse_second_model_is_rejected_and_champion_untouched(two_runs):
     assert second.tags[TAG_BLESSED] == "false"
     assert "regresses against the champion" in second.tags[TAG_REASONS]
     assert "(not promoted)" in "\n".join(out)
+    # The gate's first stage scored version 1 on this run's rows; its figure is the one the decision used.
+    from cdanet.gate import GateDecision
+
+    run_dir = sorted(glob.glob(str(workdir / "pipeline_root" / "cdanet-training-*")))[-1]
+    decision = GateDecision.from_json(open(os.path.join(run_dir, "gate", "decision")).read())
+    assert "champion `models:/cdanet-amazon-movie/1` scored" in open(os.path.join(run_dir, "gate", "report")).read()
+    executor_output = open(os.path.join(run_dir, "gate", "executor_output.json")).read()
+    assert f'"auc": {decision.champion_auc!r}' in executor_output
 
 
 @pytest.fixture(scope="module")

@@ -22,21 +22,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cdanet.artifacts import load_model_dir
+from cdanet.champion import ENCODING_AS_IS, ChampionIncompatibleError, score_champion
 from cdanet.config import tiny_config
 from cdanet.data import table_to_batch
 from cdanet.features import split_files
 from cdanet.gate import GateConfig, GateDecision, decide
-from cdanet.registry import (
-    CHAMPION_ALIAS,
-    TAG_REASONS,
-    TAG_STATE,
-    ChampionIncompatibleError,
-    features_frame,
-    get_champion,
-    register_candidate,
-    score_champion_on,
-    summarize_latest,
-)
+from cdanet.registry import CHAMPION_ALIAS, TAG_REASONS, TAG_STATE, get_champion, register_candidate
+from cdanet.serving import features_frame
 from cdanet.training import run_experiment
 
 NAME = "cdanet-book"
@@ -137,7 +129,10 @@ def test_blessed_candidate_becomes_champion_and_scores_like_torch(
     np.testing.assert_allclose(pyfunc.predict(table.to_pandas()), expected, rtol=0, atol=1e-6)
 
     # The gate's champion score on the same split reproduces the candidate's own evaluation.
-    assert score_champion_on(processed_dir, uri, NAME, TARGET) == pytest.approx(auc, abs=1e-9)
+    scored = score_champion(processed_dir, uri, NAME, TARGET)
+    assert scored.auc == pytest.approx(auc, abs=1e-9)
+    assert (scored.version, scored.model_uri, scored.split, scored.rows) == ("1", f"models:/{NAME}/1", "test", table.num_rows)
+    assert scored.encoding == ENCODING_AS_IS  # the same preprocessing run: nothing to re-encode
 
 
 def test_rejected_candidate_keeps_the_alias_and_its_reasons(trained: tuple[str, float], uri: str) -> None:
@@ -153,8 +148,7 @@ def test_rejected_candidate_keeps_the_alias_and_its_reasons(trained: tuple[str, 
     tags = MlflowClient(uri, registry_uri=uri).get_model_version(NAME, "2").tags
     assert tags[TAG_REASONS] == "\n".join(rejected.reasons) and "regresses" in tags[TAG_REASONS]
     assert tags["cdanet.gate.blessed"] == "false" and tags[TAG_STATE] == "complete"
-    summary = summarize_latest(uri, NAME)
-    assert "latest: version 2 (REJECTED" in summary and "champion: version 1" in summary
+    assert tags["cdanet.gate.summary"].startswith("REJECTED")
 
 
 def test_baseline_and_calibration_figures_travel_to_tags_and_metrics(trained: tuple[str, float], uri: str) -> None:
@@ -265,8 +259,7 @@ def test_unloggable_inputs_are_rejected_before_anything_is_created(
 
 def test_no_champion_scores_none(processed_dir: str, uri: str) -> None:
     assert get_champion(uri, NAME) is None
-    assert score_champion_on(processed_dir, uri, NAME, TARGET) is None
-    assert "no registered versions" in summarize_latest(uri, NAME) and "champion: none" in summarize_latest(uri, NAME)
+    assert score_champion(processed_dir, uri, NAME, TARGET) is None
 
 
 def test_champion_of_another_domain_or_schema_is_refused(
@@ -276,7 +269,7 @@ def test_champion_of_another_domain_or_schema_is_refused(
     _register(model_dir, uri, decide(0.7, None, GATE), "run-1")
 
     with pytest.raises(ChampionIncompatibleError, match="scores domain 'book', not 'movie'"):
-        score_champion_on(processed_dir, uri, NAME, "movie")
+        score_champion(processed_dir, uri, NAME, "movie")
 
     # Re-preprocessed data whose vocabulary grew: the champion's indices would mean other values.
     grown = tmp_path / "processed"
@@ -287,4 +280,14 @@ def test_champion_of_another_domain_or_schema_is_refused(
     schema_path.write_text(json.dumps(schema))
     # The champion's directory carries no vocabularies (the synthetic data has none): nothing to map by.
     with pytest.raises(ChampionIncompatibleError, match=r"fields differ: \['writer'\].*saved without vocabularies"):
-        score_champion_on(str(grown), uri, NAME, TARGET)
+        score_champion(str(grown), uri, NAME, TARGET)
+
+
+def test_versions_logged_before_the_serving_module_still_unpickle() -> None:
+    """A version registered before the split pickled its python_model as ``cdanet.registry.CDAnetPyfunc``
+    (cloudpickle stores importable classes by reference); the gate must still load such a champion."""
+    import pickle
+
+    from cdanet.serving import CDAnetPyfunc
+
+    assert pickle.loads(b"ccdanet.registry\nCDAnetPyfunc\n.") is CDAnetPyfunc

@@ -21,6 +21,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from cdanet.artifacts import ModelDirError, load_model_dir, save_model_dir
+from cdanet.champion import ENCODING_REENCODED, ChampionIncompatibleError, score_champion
 from cdanet.config import tiny_config
 from cdanet.data import (
     DataError,
@@ -38,7 +39,7 @@ from cdanet.evaluation import compute_metrics
 from cdanet.features import DomainSchema, FieldKind, SchemaError, load_schemas, split_files
 from cdanet.gate import GateConfig, decide
 from cdanet.models import build_model
-from cdanet.registry import ChampionIncompatibleError, register_candidate, score_champion_on
+from cdanet.registry import register_candidate
 from cdanet.synthetic import write_synthetic_processed
 from cdanet.training import run_experiment
 
@@ -313,9 +314,11 @@ def test_champion_scores_a_new_run_in_its_own_encoding(
 ) -> None:
     uri, model_dir, own_auc = champion_store
     # Same schema and vocabularies: scored directly, reproducing the champion's own evaluation.
-    assert score_champion_on(dataset_a, uri, NAME, TARGET) == pytest.approx(own_auc, abs=1e-9)
+    assert score_champion(dataset_a, uri, NAME, TARGET).auc == pytest.approx(own_auc, abs=1e-9)
 
-    auc_b = score_champion_on(dataset_b, uri, NAME, TARGET)
+    scored_b = score_champion(dataset_b, uri, NAME, TARGET)
+    assert scored_b.encoding == ENCODING_REENCODED
+    auc_b = scored_b.auc
 
     # Reference: B's rows encoded directly with A's vocabularies, scored by the model in-process.
     rows_b, schema_b, vocab_b = _test_rows(dataset_b)
@@ -341,7 +344,7 @@ def test_incompatible_champion_is_refused_with_what_differs(
     next(f for f in d["fields"] if f["name"] == "writer")["kind"] = "categorical_id"
     schema_path.write_text(json.dumps(d))
     with pytest.raises(ChampionIncompatibleError, match=r"field 'writer' is categorical_id in this data but categorical in the champion") as e:
-        score_champion_on(str(changed), uri, NAME, TARGET)
+        score_champion(str(changed), uri, NAME, TARGET)
     assert "delete_registered_model_alias('cdanet-remap', 'champion')" in str(e.value)
 
     # Vocabularies differ but today's data has none to map from.
@@ -349,7 +352,7 @@ def test_incompatible_champion_is_refused_with_what_differs(
     shutil.copytree(dataset_b, no_vocab)
     shutil.rmtree(no_vocab / TARGET / "vocab")
     with pytest.raises(ChampionIncompatibleError, match=r"fields differ: .*has no vocabularies"):
-        score_champion_on(str(no_vocab), uri, NAME, TARGET)
+        score_champion(str(no_vocab), uri, NAME, TARGET)
     assert str(MlflowClient(uri, registry_uri=uri).get_model_version_by_alias(NAME, "champion").version) == "1"
 
 
@@ -391,7 +394,7 @@ def test_daily_retraining_on_real_preprocessing_output(tmp_path) -> None:
         pipeline_run_id="run-a", processed_root=runs["a"],
     )
 
-    auc_b = score_champion_on(runs["b"], uri, NAME, TARGET)
+    auc_b = score_champion(runs["b"], uri, NAME, TARGET).auc
 
     reference = _encode_python(rows_b, schema_b, vocab_b, vocab_a, schema_a)
     # Preprocessing's own record of the raw ids confirms the reference encoding.

@@ -364,7 +364,7 @@ class UserHistory(nn.Module):
     def _copy(dst: tuple[Tensor, Tensor, Tensor], values: Tensor, counts: Tensor, totals: Tensor) -> None:
         if values.shape != dst[0].shape or counts.shape != dst[1].shape or totals.shape != dst[2].shape:
             raise ValueError(f"profile of shape {list(values.shape)}, expected {list(dst[0].shape)}")
-        for buf, new in zip(dst, (values, counts, totals)):
+        for buf, new in zip(dst, (values, counts, totals), strict=True):
             buf.copy_(new)
 
     def set_profile(self, values: Tensor, counts: Tensor, totals: Tensor) -> None:

@@ -31,7 +31,16 @@ from torch import nn
 from cdanet.artifacts import KIND_TRANSLATION, LoadedModel, load_model_dir, read_model_config, save_model_dir
 from cdanet.atomic import write_json
 from cdanet.config import ConfigError, ExperimentConfig
-from cdanet.data import DomainData, history_clicks, linked_history, load_split, stable_seed, user_history, user_link, user_link_from_rows
+from cdanet.data import (
+    DomainData,
+    history_clicks,
+    linked_history,
+    load_split,
+    stable_seed,
+    user_history,
+    user_link,
+    user_link_from_rows,
+)
 from cdanet.evaluation import EvaluationResult, evaluate
 from cdanet.features import DomainSchema, load_schemas
 from cdanet.training.trainer import TrainResult, resolve_device, train_model

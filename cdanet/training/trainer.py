@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -399,8 +398,3 @@ def train_model(
         stage=stage,
         resumed_from_epoch=resumed_from,
     )
-
-
-def checkpoint_exists(checkpoint_dir: str | None, stage: str) -> bool:
-    """Whether ``train_model(..., stage, checkpoint_dir)`` would resume."""
-    return bool(checkpoint_dir) and os.path.exists(checkpoint_path(checkpoint_dir, stage))
