@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cdanet.features import (
+from cdanet.contract import (
     DomainSchema,
     FieldKind,
     FieldSpec,

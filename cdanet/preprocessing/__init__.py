@@ -1,4 +1,4 @@
-"""Apache Beam preprocessing: raw Amazon / Taobao files -> the feature contract of ``cdanet.features``.
+"""Apache Beam preprocessing: raw Amazon / Taobao files -> the data contract of ``cdanet.contract``.
 
 Steps, each a composable ``PTransform`` (see ``docs/preprocessing.md``): parse with dead letters
 (:mod:`.io`, :mod:`.formats`), labels and duplicates (:mod:`.interactions`), k-core to the fixed

@@ -12,7 +12,7 @@ from types import MappingProxyType
 
 import pyarrow as pa
 
-from cdanet.features import CATEGORICAL_KINDS, DomainSchema, FieldKind, FieldSpec
+from cdanet.contract import CATEGORICAL_KINDS, DomainSchema, FieldKind, FieldSpec
 from cdanet.preprocessing.formats import PROFILE_FIELDS
 
 

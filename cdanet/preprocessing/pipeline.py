@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from cdanet.features import SPLITS, STATS_FILENAME, DomainSchema, FieldKind, FieldSpec
+from cdanet.contract import SPLITS, STATS_FILENAME, DomainSchema, FieldKind, FieldSpec
 from cdanet.preprocessing.domains import LAYOUTS, DomainLayout
 from cdanet.preprocessing.formats import RawFile, discover
 from cdanet.preprocessing.glove import VECTORS, TitleVectors

@@ -21,7 +21,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cdanet.features import SPLITS
+from cdanet.contract import SPLITS
 from cdanet.preprocessing.tables import MergeCounts, value_counts
 
 #: The first row (timestamp, user_id, item_id) after a cut; ``None`` when nothing follows the cut.

@@ -1,6 +1,6 @@
 """Steps 7-8: vocabularies from the training split, and encoding into the feature contract.
 
-Index 0 of every vocabulary is OOV (``cdanet.features.OOV_INDEX``): values never seen in train,
+Index 0 of every vocabulary is OOV (``cdanet.contract.OOV_INDEX``): values never seen in train,
 seen fewer than ``min_count`` times, or missing (no metadata / profile, ``NULL`` brand). The other
 indices follow descending training frequency, ties by value, so they are deterministic.
 """
@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cdanet.features import FieldKind
+from cdanet.contract import FieldKind
 from cdanet.preprocessing.domains import FieldSource
 from cdanet.preprocessing.io import STATS
 from cdanet.preprocessing.tables import MergeCounts, value_counts
