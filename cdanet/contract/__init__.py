@@ -14,6 +14,7 @@ Everything that writes or reads processed data asks this package, never a litera
 from cdanet.contract.layout import (
     DEAD_LETTER_PREFIX,
     ITEMS_FILENAME,
+    PARQUET_SUFFIX,
     SCHEMA_FILENAME,
     SPLITS,
     STATS_FILENAME,
@@ -25,6 +26,7 @@ from cdanet.contract.layout import (
 )
 from cdanet.contract.schema import (
     CATEGORICAL_KINDS,
+    ITEM_FIELD,
     OOV_INDEX,
     SCHEMA_VERSION,
     USER_FIELD,
@@ -55,9 +57,9 @@ from cdanet.contract.vocab import (
 )
 
 __all__ = [
-    "CATEGORICAL_KINDS", "DEAD_LETTER_PREFIX", "ITEMS_FILENAME", "OOV_INDEX", "OOV_MARKER", "SCHEMA_FILENAME",
+    "CATEGORICAL_KINDS", "DEAD_LETTER_PREFIX", "ITEMS_FILENAME", "OOV_INDEX", "OOV_MARKER", "PARQUET_SUFFIX", "SCHEMA_FILENAME",
     "SCHEMA_VERSION", "SPLITS", "STATS_FILENAME", "USER_FIELD", "VOCAB_DIR", "DataError", "DomainSchema",
-    "FieldKind", "FieldSpec", "SchemaError", "SplitTable", "Vocabulary", "VocabularyError", "domain_dir",
+    "FieldKind", "FieldSpec", "ITEM_FIELD", "SchemaError", "SplitTable", "Vocabulary", "VocabularyError", "domain_dir",
     "encode_values", "load_schemas", "load_vocabularies", "non_null_column", "processed_vocab_dir", "read_split",
     "read_vocabularies", "read_vocabulary", "remap_table", "shard_name", "split_files", "split_tables",
     "structural_differences", "vocab_filename", "vocab_fingerprint", "vocab_lookup", "vocabulary_bytes",

@@ -18,15 +18,15 @@ from __future__ import annotations
 import glob
 import os
 
+PARQUET_SUFFIX = ".parquet"
 SCHEMA_FILENAME = "schema.json"
 STATS_FILENAME = "stats.json"
-ITEMS_FILENAME = "items.parquet"
+ITEMS_FILENAME = "items" + PARQUET_SUFFIX
 #: Folder of a domain's vocabularies, one ``<field>.txt`` per categorical field; a schema's
 #: ``metadata["vocab"]["dir"]`` may name another one (see :func:`cdanet.contract.vocab.processed_vocab_dir`).
 VOCAB_DIR = "vocab"
 DEAD_LETTER_PREFIX = "dead_letter"
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
-PARQUET_SUFFIX = ".parquet"
 
 
 def domain_dir(processed_root: str, domain: str) -> str:

@@ -34,8 +34,10 @@ from cdanet.contract.layout import SCHEMA_FILENAME, domain_dir
 SCHEMA_VERSION = 1
 OOV_INDEX = 0
 #: The categorical_id field that names the user in every domain's schema (the user link and the
-#: user profiles of cdanet.models read it).
+#: user profiles of cdanet.models read it). Preprocessing's tables carry the raw ids under the same names.
 USER_FIELD = "user_id"
+#: The categorical_id field that names the item in every domain's schema.
+ITEM_FIELD = "item_id"
 
 
 class SchemaError(ValueError):

@@ -32,23 +32,44 @@ import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from cdanet.contract import SPLITS, STATS_FILENAME, DomainSchema, FieldKind, FieldSpec
-from cdanet.preprocessing.domains import LAYOUTS, DomainLayout
+from cdanet.contract import (
+    DEAD_LETTER_PREFIX,
+    ITEM_FIELD,
+    ITEMS_FILENAME,
+    OOV_MARKER,
+    PARQUET_SUFFIX,
+    SCHEMA_FILENAME,
+    SPLITS,
+    STATS_FILENAME,
+    USER_FIELD,
+    VOCAB_DIR,
+    DomainSchema,
+    FieldKind,
+    FieldSpec,
+    vocab_filename,
+    vocabulary_bytes,
+)
+from cdanet.preprocessing.domains import LAYOUTS, DomainLayout, LabelSource
 from cdanet.preprocessing.formats import RawFile, discover
 from cdanet.preprocessing.glove import VECTORS, TitleVectors
 from cdanet.preprocessing.interactions import BinariseLabels, Deduplicate, LabelRule, TimeWindow
-from cdanet.preprocessing.io import DEAD_LETTERS, ROWS, STATS, ParseLines, ReadLineChunks, WriteDeadLetters
+from cdanet.preprocessing.io import (
+    DEAD_LETTERS,
+    LINE_COLUMN,
+    ROWS,
+    STATS,
+    ParseLines,
+    ReadLineChunks,
+    WriteDeadLetters,
+)
 from cdanet.preprocessing.join import CATALOGUE, JoinFeatures
 from cdanet.preprocessing.kcore import KCoreFilter, converged, pass_column
 from cdanet.preprocessing.options import PreprocessingError, PreprocessOptions
 from cdanet.preprocessing.split import ChronologicalSplit
-from cdanet.preprocessing.vocab import OOV_MARKER, BuildVocabularies, EncodeFeatures
+from cdanet.preprocessing.vocab import BuildVocabularies, EncodeFeatures
 
 log = logging.getLogger(__name__)
 
-#: Each domain's folder holds ``vocab/<field>.txt`` and ``items.parquet`` besides the contract files.
-VOCAB_DIR = "vocab"
-ITEMS_FILENAME = "items.parquet"
 _EXAMPLES = 3
 
 
@@ -66,12 +87,14 @@ def pipeline_options(beam_args: Sequence[str] | None) -> PipelineOptions:
     return PipelineOptions(args)
 
 
-def label_rule(domain: str, options: PreprocessOptions) -> LabelRule:
-    if domain in ("movie", "book"):
-        return LabelRule("rating", threshold=options.rating_threshold)
-    if domain == "ad":
-        return LabelRule("clk", threshold=0.0)
-    return LabelRule("behavior", positive_values=tuple(options.positive_behaviors))
+def label_rule(layout: DomainLayout, options: PreprocessOptions) -> LabelRule:
+    """The rule that turns the domain's raw signal into its binary label, with the options' thresholds."""
+    column = layout.label.value
+    if layout.label is LabelSource.RATING:
+        return LabelRule(column, threshold=options.rating_threshold)
+    if layout.label is LabelSource.CLICK:
+        return LabelRule(column, threshold=0.0)
+    return LabelRule(column, positive_values=tuple(options.positive_behaviors))
 
 
 def interaction_schema(fmt_schema: pa.Schema, rule: LabelRule) -> pa.Schema:
@@ -122,7 +145,7 @@ class IngestDomain(beam.PTransform):
             dead.append(parsed[DEAD_LETTERS])
             stats.append(parsed[STATS])
             out[f.role] = parsed[ROWS]
-        rows = out.pop("interactions") | "Labels" >> BinariseLabels(label_rule(dom, o))
+        rows = out.pop("interactions") | "Labels" >> BinariseLabels(label_rule(LAYOUTS[dom], o))
         window = rows | "Window" >> TimeWindow(o.max_timestamp, o.window_days)
         dedup = window[ROWS] | "Dedup" >> Deduplicate(o.num_partitions)
         stats += [window[STATS], dedup[STATS]]
@@ -147,12 +170,12 @@ class FeaturizeDomain(beam.PTransform):
     def _renames(self) -> dict[str, str]:
         """Raw feature columns -> their field names (``categories`` -> ``genre``) for ``items.parquet``."""
         return {f.column: f.name for f in self._layout.fields
-                if f.kind is not FieldKind.DENSE_VECTOR and f.column not in ("item_id", "user_id")}
+                if f.kind is not FieldKind.DENSE_VECTOR and f.column not in (ITEM_FIELD, USER_FIELD)}
 
     def _catalogue_columns(self) -> pa.Schema:
-        fields = [pa.field("item_id", pa.string())]
+        fields = [pa.field(ITEM_FIELD, pa.string())]
         if self._item_schema is not None:
-            fields += [f for f in self._item_schema if f.name not in ("item_id", "_line")]
+            fields += [f for f in self._item_schema if f.name not in (ITEM_FIELD, LINE_COLUMN)]
         fields += [self._row_schema.field(c) for c in self._layout.catalogue_columns]
         return pa.schema(fields)
 
@@ -164,15 +187,15 @@ class FeaturizeDomain(beam.PTransform):
     def expand(self, inputs: dict[str, beam.PCollection]) -> dict[str, beam.PCollection]:
         lay, o = self._layout, self._o
         p = inputs[ROWS].pipeline
-        item_schema = self._item_schema or pa.schema([pa.field("item_id", pa.string())])
+        item_schema = self._item_schema or pa.schema([pa.field(ITEM_FIELD, pa.string())])
         items = inputs.get("items") or (p | "NoItemFeatures" >> beam.Create([]))
         joined = {"rows": inputs[ROWS], "features": items} | "JoinItems" >> JoinFeatures(
-            "item_id", item_schema, "item_features", o.num_partitions, lay.catalogue_columns)
+            ITEM_FIELD, item_schema, "item_features", o.num_partitions, lay.catalogue_columns)
         stats = [joined[STATS]]
         rows = joined[ROWS]
         if self._user_schema is not None:
             users = {"rows": rows, "features": inputs["users"]} | "JoinUsers" >> JoinFeatures(
-                "user_id", self._user_schema, "user_features", o.num_partitions)
+                USER_FIELD, self._user_schema, "user_features", o.num_partitions)
             rows = users[ROWS]
             stats.append(users[STATS])
         vectors = None
@@ -269,8 +292,12 @@ def _read_json_lines(pattern: str) -> list[Any]:
 
 
 def _write_text(path: str, text: str) -> None:
+    _write_bytes(path, text.encode("utf-8"))
+
+
+def _write_bytes(path: str, data: bytes) -> None:
     with FileSystems.create(path) as fh:
-        fh.write(text.encode("utf-8"))
+        fh.write(data)
 
 
 def _parquet_read(pattern: str) -> beam.PTransform:
@@ -278,8 +305,9 @@ def _parquet_read(pattern: str) -> beam.PTransform:
 
 
 def _parquet_write(prefix: str, schema: pa.Schema, **kwargs: Any) -> beam.PTransform:
-    return beam.Map(conform, schema) | beam.io.WriteToParquetBatched(
-        prefix, schema, file_name_suffix=".parquet", **kwargs)
+    """Shards ``<prefix>-SSSSS-of-NNNNN.parquet`` (the split file names of :mod:`cdanet.contract.layout`)."""
+    kwargs = {"file_name_suffix": PARQUET_SUFFIX, **kwargs}
+    return beam.Map(conform, schema) | beam.io.WriteToParquetBatched(prefix, schema, **kwargs)
 
 
 # ---- the driver ----------------------------------------------------------------------------------
@@ -319,19 +347,21 @@ def run_preprocessing(
     """
     options = (options or PreprocessOptions()).validate(dataset)
     domains = options.domains_of(dataset)
-    if dataset == "amazon":
+    titled = [d for d in domains if LAYOUTS[d].has_titles]
+    if titled:
         if not glove_path:
-            raise PreprocessingError("Amazon titles need GloVe vectors: pass glove_path (--glove glove.6B.300d.txt[.gz|.zip])")
+            raise PreprocessingError(f"the titles of {titled} need GloVe vectors: pass glove_path "
+                                     "(--glove glove.6B.300d.txt[.gz|.zip])")
         if not FileSystems.exists(glove_path):
             raise PreprocessingError(f"GloVe file {glove_path} does not exist (expected glove.6B.*d.txt[.gz] or a .zip)")
     elif glove_path:
-        log.info("Taobao has no titles; ignoring the GloVe file %s", glove_path)
+        log.info("%s has no titles; ignoring the GloVe file %s", list(domains), glove_path)
         glove_path = None
     staging = FileSystems.join(output_dir, f"_staging-{uuid.uuid4().hex[:12]}")
     states: dict[str, _DomainState] = {}
     for dom in domains:
         inputs = DomainInputs(dom, tuple(discover(dataset, dom, input_dir, options.rating_range, options.amazon)))
-        rule = label_rule(dom, options)
+        rule = label_rule(LAYOUTS[dom], options)
         raw = inputs.get("interactions")
         assert raw is not None
         states[dom] = _DomainState(
@@ -364,10 +394,10 @@ def _run_ingest(states: Mapping[str, _DomainState], o: PreprocessOptions, beam_a
             for role in ("items", "users"):
                 raw = st.inputs.get(role)
                 if raw is not None:
-                    schema = raw.fmt.arrow_schema.append(pa.field("_line", pa.int64()))
+                    schema = raw.fmt.arrow_schema.append(pa.field(LINE_COLUMN, pa.int64()))
                     _ = ing[role] | f"{dom}/Write{role.title()}" >> _parquet_write(
                         FileSystems.join(st.work, role), schema)
-            _ = ing[DEAD_LETTERS] | f"{dom}/WriteDeadLetters" >> WriteDeadLetters(FileSystems.join(st.out, "dead_letter"))
+            _ = ing[DEAD_LETTERS] | f"{dom}/WriteDeadLetters" >> WriteDeadLetters(FileSystems.join(st.out, DEAD_LETTER_PREFIX))
             sidecar.add_examples(dom, ing[DEAD_LETTERS])
             sidecar.add_stats(dom, (ing[STATS], kc[STATS]) | f"{dom}/IngestStats" >> beam.Flatten())
         sidecar.write(p, FileSystems.join(work, "sidecar-ingest"))
@@ -441,7 +471,8 @@ def _run_features(states: Mapping[str, _DomainState], o: PreprocessOptions, glov
                     FileSystems.join(st.out, name), schema)
             cat_schema = featurize.catalogue_schema()
             _ = feat["catalogue"] | f"{dom}/WriteItems" >> _parquet_write(
-                FileSystems.join(st.out, "items"), cat_schema, num_shards=1, shard_name_template="")
+                FileSystems.join(st.out, ITEMS_FILENAME), cat_schema, num_shards=1, shard_name_template="",
+                file_name_suffix="")
             sidecar.add(dom, "vocab", feat["vocab"])
             sidecar.add(dom, "cuts", feat["cuts"])
             sidecar.add_stats(dom, feat[STATS])
@@ -508,12 +539,12 @@ def _finish_domain(st: _DomainState, dataset: str, o: PreprocessOptions, glove_p
         if f.kind is FieldKind.MULTI_HOT:
             max_len = max(1, min(o.multi_hot_max_len, s.get(("max_len", f.name), 1)))
         fields.append(FieldSpec(f.name, f.kind, vocab_size=len(values) + 1, max_len=max_len, description=f.description))
-        _write_text(FileSystems.join(st.out, VOCAB_DIR, f"{f.name}.txt"), "\n".join([OOV_MARKER, *values]) + "\n")
+        _write_bytes(FileSystems.join(st.out, VOCAB_DIR, vocab_filename(f.name)), vocabulary_bytes(f.name, [OOV_MARKER, *values]))
     stats = _domain_stats(st, dataset, fields)
     metadata = {
         "created_by": "cdanet.preprocessing",
         "k_core": st.k,
-        "label_rule": label_rule(dom, o).describe(),
+        "label_rule": label_rule(lay, o).describe(),
         "raw_files": {f.role: f.path for f in st.inputs.files},
         "raw_formats": {f.role: f.fmt.name for f in st.inputs.files},
         "split": {"fractions": list(o.split_fractions), "order": "timestamp, user_id, item_id",
@@ -525,7 +556,7 @@ def _finish_domain(st: _DomainState, dataset: str, o: PreprocessOptions, glove_p
         metadata["glove"] = {"file": glove_path, "member": o.glove_member, "dim": s.get(("glove", "dim"), 0),
                              "tokenizer": "lower-case runs of letters", "pooling": "mean; zeros when no known word"}
     schema = DomainSchema(dataset=dataset, domain=dom, fields=tuple(fields), metadata=metadata)
-    _write_text(FileSystems.join(st.out, "schema.json"), schema.to_json())
+    _write_text(FileSystems.join(st.out, SCHEMA_FILENAME), schema.to_json())
     _write_text(FileSystems.join(st.out, STATS_FILENAME), json.dumps(stats, indent=2, sort_keys=True))
     return stats
 
