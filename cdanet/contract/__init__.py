@@ -57,11 +57,11 @@ from cdanet.contract.vocab import (
 )
 
 __all__ = [
-    "CATEGORICAL_KINDS", "DEAD_LETTER_PREFIX", "ITEMS_FILENAME", "OOV_INDEX", "OOV_MARKER", "PARQUET_SUFFIX", "SCHEMA_FILENAME",
-    "SCHEMA_VERSION", "SPLITS", "STATS_FILENAME", "USER_FIELD", "VOCAB_DIR", "DataError", "DomainSchema",
-    "FieldKind", "FieldSpec", "ITEM_FIELD", "SchemaError", "SplitTable", "Vocabulary", "VocabularyError", "domain_dir",
-    "encode_values", "load_schemas", "load_vocabularies", "non_null_column", "processed_vocab_dir", "read_split",
-    "read_vocabularies", "read_vocabulary", "remap_table", "shard_name", "split_files", "split_tables",
-    "structural_differences", "vocab_filename", "vocab_fingerprint", "vocab_lookup", "vocabulary_bytes",
-    "write_vocabularies",
+    "CATEGORICAL_KINDS", "DEAD_LETTER_PREFIX", "ITEMS_FILENAME", "OOV_INDEX", "OOV_MARKER",
+    "PARQUET_SUFFIX", "SCHEMA_FILENAME", "SCHEMA_VERSION", "SPLITS", "STATS_FILENAME", "USER_FIELD",
+    "VOCAB_DIR", "DataError", "DomainSchema", "FieldKind", "FieldSpec", "ITEM_FIELD", "SchemaError",
+    "SplitTable", "Vocabulary", "VocabularyError", "domain_dir", "encode_values", "load_schemas",
+    "load_vocabularies", "non_null_column", "processed_vocab_dir", "read_split", "read_vocabularies",
+    "read_vocabulary", "remap_table", "shard_name", "split_files", "split_tables", "structural_differences",
+    "vocab_filename", "vocab_fingerprint", "vocab_lookup", "vocabulary_bytes", "write_vocabularies",
 ]

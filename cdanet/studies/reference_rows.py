@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from cdanet.contract import SCHEMA_FILENAME
+from cdanet.contract import PARQUET_SUFFIX, SCHEMA_FILENAME
 from cdanet.studies.oracle import OracleAUC, ground_truth_root
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def reference_scores(processed_root: str, domains: Sequence[str],
     one ``all`` invocation fit the references once.
     """
     root = os.path.abspath(processed_root)
-    files = glob.glob(os.path.join(root, "*", "*.parquet")) + glob.glob(os.path.join(root, "*", SCHEMA_FILENAME))
+    files = glob.glob(os.path.join(root, "*", f"*{PARQUET_SUFFIX}")) + glob.glob(os.path.join(root, "*", SCHEMA_FILENAME))
     if oracle_dir:
         try:
             files += glob.glob(os.path.join(ground_truth_root(oracle_dir), "ground_truth", "*.parquet"))
