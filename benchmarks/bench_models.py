@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cdanet.batch import Batch, random_batch
 from cdanet.config import EMBEDDING_COMBINERS, EMBEDDING_UPDATES, paper_config
-from cdanet.features import DomainSchema, FieldKind, FieldSpec
+from cdanet.contract import DomainSchema, FieldKind, FieldSpec
 from cdanet.layers import set_fast_paths
 from cdanet.losses import compute_loss
 from cdanet.models import AugmentationNetwork, build_model

@@ -31,8 +31,8 @@ def _run_case(case: str, data_dir: str, threads: int, epochs: int, batch_size: i
     import torch
 
     from cdanet.config import paper_config
+    from cdanet.contract import load_schemas
     from cdanet.data import load_split
-    from cdanet.features import load_schemas
     from cdanet.models import AugmentationNetwork, build_model
     from cdanet.training import train_model
 

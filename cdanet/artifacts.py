@@ -9,12 +9,13 @@ Layout (everything needed to rebuild the model without the training code's state
     <model_dir>/history.json           per-epoch training history of the stage that produced it
     <model_dir>/vocab/<domain>/<field>.txt  the vocabularies the indices were encoded with (when known)
 
-The vocabularies are copied from the processed data the model was trained on (same format:
-line i = raw value of index i, line 0 = OOV marker), so the model can later score data that was
-preprocessed with other vocabularies (:func:`cdanet.data.remap_table`) and a serving caller can
-encode raw values (:attr:`LoadedModel.vocabularies`). Data written without vocabularies (the
-synthetic test data) gives a model directory without them; ``model.json["vocab_fingerprints"]``
-lists the domains that have them.
+The vocabularies are copied from the processed data the model was trained on, in the format of
+:mod:`cdanet.contract.vocab` (line i = raw value of index i, line 0 = OOV marker), so the model
+can later score data that was preprocessed with other vocabularies
+(:func:`cdanet.contract.remap_table`) and a serving caller can encode raw values
+(:attr:`LoadedModel.vocabularies`). Data written without vocabularies (the synthetic test data)
+gives a model directory without them; ``model.json["vocab_fingerprints"]`` lists the domains that
+have them.
 
 Writes are atomic: the directory is assembled under a temporary name next to ``path`` and renamed
 into place, so a crash leaves either the previous model or nothing at ``path``, never half a model.
@@ -36,14 +37,17 @@ from torch import nn
 
 import cdanet
 from cdanet.config import ExperimentConfig
-from cdanet.data import (
+from cdanet.contract import (
+    VOCAB_DIR,
+    DomainSchema,
+    SchemaError,
     Vocabulary,
+    domain_dir,
     load_vocabularies,
     read_vocabularies,
     vocab_fingerprint,
     write_vocabularies,
 )
-from cdanet.features import DomainSchema, SchemaError
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -51,7 +55,6 @@ MODEL_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
 SCHEMAS_DIR = "schemas"
 HISTORY_FILE = "history.json"
-VOCAB_DIR = "vocab"
 
 logger = logging.getLogger(__name__)
 
@@ -172,9 +175,9 @@ def _training_vocabularies(
     """The vocabularies under ``processed_root`` of the domains that have them, checked against ``schemas``."""
     out: dict[str, dict[str, Vocabulary]] = {}
     for d, schema in schemas.items():
-        on_disk = DomainSchema.load(os.path.join(processed_root, d))
+        on_disk = DomainSchema.load(domain_dir(processed_root, d))
         # Vocabularies of another preprocessing run would silently relabel every index.
-        schema.check_compatible(on_disk, f"the processed data at {os.path.join(processed_root, d)}")
+        schema.check_compatible(on_disk, f"the processed data at {domain_dir(processed_root, d)}")
         vocabs = load_vocabularies(processed_root, schema)
         if vocabs is None:
             logger.info("save_model_dir: %s has no vocabularies of domain %r; the model directory will not carry "
@@ -228,7 +231,7 @@ def load_model_dir(
 
     The stored schemas must still match the fingerprints recorded at save time, and, when
     ``expected_schemas`` (e.g. the processed data's schemas) are given, those too: a mismatch
-    raises :class:`~cdanet.features.SchemaError` naming the domain and the differing fields.
+    raises :class:`~cdanet.contract.SchemaError` naming the domain and the differing fields.
     """
     if not os.path.isdir(path):
         raise ModelDirError(f"no model directory at {path}")

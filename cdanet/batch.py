@@ -6,14 +6,14 @@ from dataclasses import dataclass
 
 import torch
 
-from cdanet.features import DomainSchema, FieldKind
+from cdanet.contract import DomainSchema, FieldKind
 
 
 @dataclass
 class Batch:
     """A mini-batch of one domain.
 
-    ``features[name]`` per :class:`~cdanet.features.FieldSpec`:
+    ``features[name]`` per :class:`~cdanet.contract.FieldSpec`:
     categorical / categorical_id -> int64 ``[B]``; multi_hot -> int64 ``[B, max_len]`` padded with 0;
     dense_vector -> float32 ``[B, dim]``. ``label`` is float32 ``[B]`` with values in {0, 1}.
     """

@@ -17,9 +17,15 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
-from cdanet.data import load_vocabularies, remap_table, structural_differences
+from cdanet.contract import (
+    DomainSchema,
+    SchemaError,
+    load_schemas,
+    load_vocabularies,
+    remap_table,
+    structural_differences,
+)
 from cdanet.evaluation import compute_metrics
-from cdanet.features import DomainSchema, SchemaError, load_schemas
 from cdanet.registry import CHAMPION_ALIAS, ChampionInfo, get_champion, load_version
 from cdanet.serving import CDAnetPyfunc, features_frame, read_rows
 

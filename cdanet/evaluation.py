@@ -23,8 +23,8 @@ import torch
 from sklearn.metrics import log_loss, roc_auc_score, roc_curve
 
 from cdanet.atomic import replacing, write_json
+from cdanet.contract import DomainSchema, read_split
 from cdanet.data import DomainData
-from cdanet.features import DomainSchema, split_files
 
 PREDICTIONS_FILENAME = "predictions.parquet"
 METRICS_FILENAME = "metrics.json"
@@ -193,8 +193,7 @@ def train_positive_rate(processed_root: str, schema: DomainSchema) -> float:
     Read from the rows rather than ``stats.json`` because the label column is the one contract every
     writer of processed data (Beam preprocessing, the synthetic generator) shares.
     """
-    files = split_files(os.path.join(processed_root, schema.domain), "train")
-    labels = np.concatenate([pq.read_table(f, columns=[schema.label_column]).column(0).to_numpy() for f in files])
+    labels = read_split(processed_root, schema, "train", columns=[schema.label_column]).table.column(0).to_numpy()
     if labels.size == 0:
         raise EvaluationError(f"domain {schema.domain!r}: the training split has no rows")
     return float(labels.mean())

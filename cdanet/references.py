@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from cdanet.contract import OOV_INDEX, DomainSchema, FieldKind, FieldSpec
 from cdanet.data import DomainData
-from cdanet.features import OOV_INDEX, DomainSchema, FieldKind, FieldSpec
 
 __all__ = [
     "DEFAULT_C_GRID",

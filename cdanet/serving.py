@@ -38,19 +38,17 @@ line 0 = OOV) when training saw them, so a serving caller holding raw values enc
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from cdanet.artifacts import load_model_dir
-from cdanet.data import Vocabulary, table_to_batch
-from cdanet.features import DomainSchema, FieldKind, SchemaError, split_files
+from cdanet.contract import DomainSchema, FieldKind, SchemaError, Vocabulary, read_split
+from cdanet.data import table_to_batch
 
 __all__ = ["MODEL_DIR_ARTIFACT", "CDAnetPyfunc", "example_frame", "features_frame", "read_rows"]
 
@@ -152,16 +150,7 @@ class CDAnetPyfunc(mlflow.pyfunc.PythonModel):
 def read_rows(processed_root: str, schema: DomainSchema, split: str, limit: int | None = None) -> pa.Table:
     """The rows of ``split`` of ``schema.domain`` under ``processed_root`` (the first ``limit`` of them),
     each file checked against ``schema``."""
-    files = split_files(os.path.join(processed_root, schema.domain), split)
-    tables = []
-    for path in files:
-        table = pq.read_table(path)
-        schema.check_arrow_schema(table.schema, path)
-        tables.append(table)
-        if limit is not None and sum(t.num_rows for t in tables) >= limit:
-            break
-    table = pa.concat_tables(tables, promote_options="permissive")
-    return table if limit is None else table.slice(0, limit)
+    return read_split(processed_root, schema, split, limit=limit).table
 
 
 def example_frame(schema: DomainSchema, rows: pa.Table | None = None) -> pd.DataFrame:

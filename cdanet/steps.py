@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from cdanet import __version__
 from cdanet.atomic import write_json, write_text
 from cdanet.config import DATASETS, PROFILES, ConfigError, ExperimentConfig
-from cdanet.features import STATS_FILENAME
+from cdanet.contract import STATS_FILENAME
 
 if TYPE_CHECKING:
     from cdanet.champion import ChampionScore
@@ -274,8 +274,8 @@ def evaluate(model_dir: str, processed_dir: str, predictions_dir: str, threshold
     The reliability diagrams are written to ``<predictions_dir>/reliability.png``, their bins to
     ``calibration.json`` next to it, and with ``calibration_html`` the same plot plus tables as HTML.
     """
+    from cdanet.contract import load_schemas
     from cdanet.evaluation import train_positive_rate
-    from cdanet.features import load_schemas
     from cdanet.figures import write_reliability
     from cdanet.training import evaluate_model_dir
 
@@ -363,9 +363,9 @@ def baseline(config_path: str, processed_dir: str, report_path: str) -> Baseline
     whether the deep model learnt more than a user bias plus an item bias. Its regularisation is
     chosen on the validation split (inside ``IdLogisticRegression.fit``); the test split is only scored.
     """
+    from cdanet.contract import load_schemas
     from cdanet.data import load_split
     from cdanet.evaluation import compute_metrics
-    from cdanet.features import load_schemas
     from cdanet.references import IdLogisticRegression
 
     domain = PipelineConfig.load(config_path).experiment.target_domain

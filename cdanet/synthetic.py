@@ -1,7 +1,7 @@
 """Synthetic *processed* data with a planted, learnable cross-domain signal.
 
 Writes exactly what preprocessing writes (``schema.json``, ``stats.json`` and chronological
-train/validation/test parquet shards per domain, see :mod:`cdanet.features`), so every module
+train/validation/test parquet shards per domain, see :mod:`cdanet.contract`), so every module
 downstream of preprocessing can be tested and benchmarked without the raw datasets.
 
 Generative model (shared by both domains, which is what makes cross-domain transfer pay off):
@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cdanet.config import DATASETS
-from cdanet.features import STATS_FILENAME, DomainSchema, FieldKind, FieldSpec
+from cdanet.contract import STATS_FILENAME, DomainSchema, FieldKind, FieldSpec, shard_name
 
 #: Default row counts: the target domain is the sparse one, as in the paper's Table 1.
 DEFAULT_ROWS: dict[str, dict[str, int]] = {
@@ -237,7 +237,7 @@ def _write_domain(
         order = rng.permutation(part.num_rows)
         for s in range(shards):
             idx = order[assignment[order] == s]
-            pq.write_table(part.take(pa.array(idx)), os.path.join(domain_dir, f"{split}-{s:05d}-of-{shards:05d}.parquet"))
+            pq.write_table(part.take(pa.array(idx)), os.path.join(domain_dir, shard_name(split, s, shards)))
         stats["rows"][split] = part.num_rows
         stats["positive_rate"][split] = float(np.mean(label[start:stop]))
         start = stop

@@ -1,6 +1,6 @@
 """Great Expectations suites on the processed data: the gate between preprocessing and training.
 
-One suite per (domain, split) is built from the domain's :class:`~cdanet.features.DomainSchema`
+One suite per (domain, split) is built from the domain's :class:`~cdanet.contract.DomainSchema`
 and run on the split's parquet files (all shards together). What each suite expects:
 
 * the exact set of columns of the feature contract (feature fields, label, timestamp, raw ids),
@@ -48,11 +48,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from cdanet.atomic import write_text
-from cdanet.features import SPLITS, DomainSchema, FieldKind, FieldSpec, load_schemas, split_files
+from cdanet.contract import SPLITS, DataError, DomainSchema, FieldKind, FieldSpec, load_schemas, read_split
 
 logger = logging.getLogger(__name__)
 
@@ -169,22 +168,13 @@ class ValidationReport:
 # ---- reading and derived columns ----------------------------------------------------------------
 
 
-def _read_split(domain_dir: str, split: str) -> tuple[pa.Table, list[str]]:
-    files = split_files(domain_dir, split)
-    tables = []
-    for path in files:
-        try:
-            tables.append(pq.read_table(path))
-        except (OSError, pa.ArrowInvalid) as e:
-            raise DataValidationError(f"{path} is not a readable parquet file: {e}") from e
+def _read_split(processed_root: str, domain: str, split: str) -> tuple[pa.Table, list[str]]:
+    # By name, not schema: a shard that breaks the schema is reported by the expectations, not raised.
     try:
-        # Shards written by different workers may disagree on nullability or list flavour.
-        table = pa.concat_tables(tables, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise DataValidationError(
-            f"the {split} shards under {domain_dir} have incompatible arrow schemas ({e}); files: {files}"
-        ) from e
-    return table, files
+        rows = read_split(processed_root, domain, split)
+    except DataError as e:
+        raise DataValidationError(str(e)) from e
+    return rows.table, list(rows.files)
 
 
 def _is_numeric_list(dtype: pa.DataType) -> bool:
@@ -473,7 +463,7 @@ def validate_processed(
     ``<report_dir>/validation.html`` and every outcome to ``<report_dir>/validation.json``. Returns
     the report without raising on failed expectations (call
     :meth:`ValidationReport.raise_for_failures` to stop the run); raises
-    :class:`DataValidationError` / ``FileNotFoundError`` / :class:`~cdanet.features.SchemaError`
+    :class:`DataValidationError` / ``FileNotFoundError`` / :class:`~cdanet.contract.SchemaError`
     when a schema, split or parquet file is missing or unreadable.
     """
     config = config if config is not None else ValidationConfig()
@@ -490,10 +480,9 @@ def validate_processed(
     sources: dict[tuple[str, str], list[str]] = {}
     for domain in domains:
         schema = schemas[domain]
-        domain_dir = os.path.join(processed_root, domain)
         tables = {}
         for split in SPLITS:
-            tables[split], sources[(domain, split)] = _read_split(domain_dir, split)
+            tables[split], sources[(domain, split)] = _read_split(processed_root, domain, split)
         previous: tuple[str, tuple[int, int]] | None = None
         for split in SPLITS:
             table = tables[split]

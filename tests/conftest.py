@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdanet.features import DomainSchema, load_schemas
+from cdanet.contract import DomainSchema, load_schemas
 from cdanet.synthetic import write_synthetic_processed
 
 

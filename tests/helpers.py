@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cdanet.features import DomainSchema, FieldKind, FieldSpec
+from cdanet.contract import DomainSchema, FieldKind, FieldSpec
 
 
 def movie_schema() -> DomainSchema:

@@ -10,9 +10,9 @@ import torch
 
 from cdanet.artifacts import ModelDirError, load_model_dir, save_model_dir
 from cdanet.config import tiny_config
+from cdanet.contract import DomainSchema, FieldSpec, SchemaError
 from cdanet.data import load_split
 from cdanet.evaluation import predict_scores
-from cdanet.features import DomainSchema, FieldSpec, SchemaError
 from cdanet.models import AugmentationNetwork, build_model
 
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from scipy.optimize import minimize
 
+from cdanet.contract import load_schemas
 from cdanet.data import load_split
 from cdanet.evaluation import compute_metrics
-from cdanet.features import load_schemas
 from cdanet.references import IdLogisticRegression, ItemPopularity
 from cdanet.simulate import load_ground_truth, load_user_prior, simulate
 from cdanet.studies.ceiling import VARIANT_BOTH, VARIANT_TARGET, learnable_ceiling, map_user_latents

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from cdanet.contract import DomainSchema, FieldKind, FieldSpec, SchemaError
 from cdanet.data import DataError, DomainData, TwoDomainSampler, load_split, table_to_batch
-from cdanet.features import DomainSchema, FieldKind, FieldSpec, SchemaError
 
 SCHEMA = DomainSchema(
     dataset="amazon",

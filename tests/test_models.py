@@ -8,7 +8,7 @@ from helpers import schemas
 
 from cdanet.batch import Batch, random_batch
 from cdanet.config import ABLATIONS, MODEL_NAMES, ConfigError, ExperimentConfig, tiny_config
-from cdanet.features import SchemaError
+from cdanet.contract import SchemaError
 from cdanet.layers import FastPaths, SharedMLPExtractor, set_fast_paths
 from cdanet.layers import MMoE as MMoELayer
 from cdanet.losses import compute_loss

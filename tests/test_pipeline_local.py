@@ -40,7 +40,7 @@ def test_first_run_promotes_a_champion_that_scores_rows(two_runs):
     import mlflow
     import pyarrow.parquet as pq
 
-    from cdanet.features import DomainSchema
+    from cdanet.contract import DomainSchema
     from cdanet.serving import features_frame
 
     workdir, (code, out), _ = two_runs

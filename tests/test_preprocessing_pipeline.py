@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_jobs import preprocess as job
-from cdanet.features import SPLITS, DomainSchema, FieldKind, split_files
+from cdanet.contract import SPLITS, DomainSchema, FieldKind, split_files
 from cdanet.preprocessing import PreprocessingError, PreprocessOptions, kcore_reference, run_preprocessing
 from cdanet.preprocessing.pipeline import pipeline_options
 from cdanet.simulate import simulate

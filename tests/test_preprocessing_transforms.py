@@ -15,15 +15,19 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from cdanet.preprocessing.domains import LAYOUTS
+from cdanet.config import DATASETS
+from cdanet.contract import ITEM_FIELD, USER_FIELD
+from cdanet.preprocessing.composites import label_rule
+from cdanet.preprocessing.domains import LAYOUTS, LabelSource
 from cdanet.preprocessing.formats import AmazonMetaLine, AmazonRatingsCsv, TaobaoUserProfile
 from cdanet.preprocessing.glove import TitleVectors, read_glove, tokenize
 from cdanet.preprocessing.interactions import BinariseLabels, Deduplicate, LabelRule, TimeWindow
 from cdanet.preprocessing.io import DEAD_LETTERS, ROWS, STATS, ParseLines, ReadLineChunks
 from cdanet.preprocessing.join import CATALOGUE, JoinFeatures
 from cdanet.preprocessing.kcore import KCoreFilter, kcore_reference
-from cdanet.preprocessing.options import PreprocessingError
+from cdanet.preprocessing.options import PreprocessingError, PreprocessOptions
 from cdanet.preprocessing.split import ChronologicalSplit
+from cdanet.preprocessing.stats import DomainCounts, KCorePass
 from cdanet.preprocessing.tables import ToRows
 from cdanet.preprocessing.vocab import BuildVocabularies, EncodeFeatures
 
@@ -307,3 +311,33 @@ def test_vocabularies_from_train_and_encoding() -> None:
         assert_that(encoded | ToRows(), equal_to([{
             "user_id": 0, "item_id": 1, "category": [], "writer": 0, "title": [1.0, 2.0], "label": 0,
             "timestamp": 9, "user_id_raw": "u3", "item_id_raw": "b1"}]), label="encoded")
+
+
+def test_domain_definitions_cover_the_datasets_and_name_their_labels() -> None:
+    # The domain names live in cdanet.config.DATASETS and LAYOUTS only: every preprocessing step asks these.
+    assert {d: lay.dataset for d, lay in LAYOUTS.items()} == {d: ds for ds, doms in DATASETS.items() for d in doms}
+    for lay in LAYOUTS.values():
+        assert lay.fields[:2] == tuple(f for f in lay.fields if f.name in (USER_FIELD, ITEM_FIELD))
+    o = PreprocessOptions(rating_threshold=4.0, positive_behaviors=("buy", "cart"))
+    rules = {d: label_rule(lay, o).describe() for d, lay in LAYOUTS.items()}
+    assert rules == {"movie": "rating > 4", "book": "rating > 4", "ad": "clk > 0", "rec": "behavior in ['buy', 'cart']"}
+    assert {lay.label for lay in LAYOUTS.values()} == set(LabelSource)
+
+
+def test_counts_are_filed_under_typed_fields() -> None:
+    counts = DomainCounts()
+    for key, value in [
+        (("file", "r.csv", "lines"), 12), (("file", "r.csv", "header"), 1), (("file", "r.csv", "blank"), 1),
+        (("file", "r.csv", "malformed:empty_id"), 2), (("kcore", "001", "removed"), 3), (("kcore", "001", "rows"), 7),
+        (("kcore", "001", "users"), 2), (("kcore", "002", "removed"), 0), (("rows", "duplicates"), 1),
+        (("split", "train", "positives"), 4), (("max_len", "genre"), 5), (("title", "items"), 9),
+    ]:
+        counts.record(list(key), value)  # the sidecar hands keys back as JSON lists
+    f = counts.file("r.csv")
+    assert (f.data_lines, f.malformed_total, f.malformed) == (10, 2, {"empty_id": 2})
+    assert counts.kcore_pass(1) == KCorePass(removed=3, rows=7, users=2) and counts.removed_by_pass() == {1: 3, 2: 0}
+    assert counts.rows.total == 1 and counts.split("train").positives == 4 and counts.split("test").rows == 0
+    assert counts.max_len == {"genre": 5} and counts.title == {"items": 9}
+    for bad in (("kcore", "001", "edges"), ("rows", "dropped"), ("nonsense", "x")):
+        with pytest.raises(ValueError, match="unknown preprocessing count"):
+            counts.record(bad, 1)

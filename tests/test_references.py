@@ -9,9 +9,9 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from cdanet.contract import DomainSchema, FieldKind
 from cdanet.data import DomainData, load_split
 from cdanet.evaluation import compute_metrics
-from cdanet.features import DomainSchema, FieldKind
 from cdanet.references import (
     BaseRate,
     IdLogisticRegression,

@@ -24,8 +24,8 @@ from mlflow.tracking import MlflowClient
 from cdanet.artifacts import load_model_dir
 from cdanet.champion import ENCODING_AS_IS, ChampionIncompatibleError, score_champion
 from cdanet.config import tiny_config
+from cdanet.contract import split_files
 from cdanet.data import table_to_batch
-from cdanet.features import split_files
 from cdanet.gate import GateConfig, GateDecision, decide
 from cdanet.registry import CHAMPION_ALIAS, TAG_REASONS, TAG_STATE, get_champion, register_candidate
 from cdanet.serving import features_frame

@@ -23,20 +23,24 @@ from mlflow.tracking import MlflowClient
 from cdanet.artifacts import ModelDirError, load_model_dir, save_model_dir
 from cdanet.champion import ENCODING_REENCODED, ChampionIncompatibleError, score_champion
 from cdanet.config import tiny_config
-from cdanet.data import (
+from cdanet.contract import (
     DataError,
+    DomainSchema,
+    FieldKind,
+    SchemaError,
     VocabularyError,
     encode_values,
+    load_schemas,
     load_vocabularies,
     processed_vocab_dir,
     read_vocabularies,
     remap_table,
-    table_to_batch,
+    split_files,
     vocab_lookup,
     write_vocabularies,
 )
+from cdanet.data import table_to_batch
 from cdanet.evaluation import compute_metrics
-from cdanet.features import DomainSchema, FieldKind, SchemaError, load_schemas, split_files
 from cdanet.gate import GateConfig, decide
 from cdanet.models import build_model
 from cdanet.registry import register_candidate

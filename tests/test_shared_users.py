@@ -8,7 +8,8 @@ from helpers import schemas
 
 from cdanet.batch import Batch, random_batch
 from cdanet.config import ConfigError, tiny_config
-from cdanet.data import OOV_MARKER, processed_vocab_dir, user_link, write_vocabularies
+from cdanet.contract import OOV_MARKER, processed_vocab_dir, write_vocabularies
+from cdanet.data import user_link
 from cdanet.losses import compute_loss
 from cdanet.models import AugmentationNetwork, build_model
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cdanet.features import split_files
+from cdanet.contract import split_files
 from cdanet.studies import (
     StudySpec,
     StudySpecError,
@@ -330,9 +330,9 @@ def _table_rows(md: str, header: str) -> list[list[str]]:
 
 
 def test_reference_rows_in_tables_without_and_with_ground_truth(tiny_processed, study_out, tmp_path):
+    from cdanet.contract import load_schemas
     from cdanet.data import load_split
     from cdanet.evaluation import compute_metrics
-    from cdanet.features import load_schemas
     from cdanet.references import IdLogisticRegression, ItemPopularity
     from cdanet.studies import learnable_ceiling
 

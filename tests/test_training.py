@@ -11,9 +11,9 @@ import torch
 
 from cdanet.artifacts import load_model_dir
 from cdanet.config import ABLATIONS, MODEL_NAMES, ConfigError, ExperimentConfig, tiny_config
+from cdanet.contract import load_schemas
 from cdanet.data import DomainData, TwoDomainSampler, load_split, stable_seed
 from cdanet.evaluation import evaluate
-from cdanet.features import load_schemas
 from cdanet.models import build_model
 from cdanet.training import (
     CheckpointMismatchError,

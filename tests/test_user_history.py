@@ -8,8 +8,8 @@ import torch
 from helpers import book_schema, movie_schema
 
 from cdanet.config import ConfigError, paper_config, strict_config, tiny_config
+from cdanet.contract import SchemaError
 from cdanet.data import DomainData, history_clicks, linked_history, user_history
-from cdanet.features import SchemaError
 from cdanet.layers.embeddings import UserHistory, auto_history_std
 
 

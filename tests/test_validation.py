@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cdanet.features import DomainSchema, FieldKind, split_files
+from cdanet.contract import DomainSchema, FieldKind, split_files
 from cdanet.validation import (
     DataValidationError,
     ExpectationOutcome,

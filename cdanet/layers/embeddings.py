@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdanet.features import USER_FIELD, DomainSchema, FieldKind, FieldSpec
+from cdanet.contract import USER_FIELD, DomainSchema, FieldKind, FieldSpec
 from cdanet.native import coalesce_grad, index_add_slots_
 
 COMBINERS: tuple[str, ...] = ("linear", "concat", "sum")
@@ -54,7 +54,7 @@ class _Lookup(torch.autograd.Function):
 class DomainEmbedding(nn.Module):
     """H_d: maps one domain's feature fields to ``h_d`` in R^d (paper Eq. 1).
 
-    Built only from that domain's :class:`~cdanet.features.DomainSchema`; two domains never share a
+    Built only from that domain's :class:`~cdanet.contract.DomainSchema`; two domains never share a
     table, so heterogeneous inputs need no alignment.
 
     Field-to-h mapping (the paper leaves it open; ``combiner`` picks it, ``linear`` by default):

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from torch import nn
 
 from cdanet.config import ConfigError, ExperimentConfig
-from cdanet.features import DomainSchema
+from cdanet.contract import DomainSchema
 from cdanet.models.base import DomainModel, check_inputs
 from cdanet.models.baselines import DDTCDR, MLP, PLE, STAR, MMoE, ShareMiddle
 from cdanet.models.cdanet import AugmentationNetwork, TranslationNetwork, build_extractor
@@ -35,7 +35,7 @@ def build_model(cfg: ExperimentConfig, schemas: Mapping[str, DomainSchema]) -> n
     Stage 2 is built from the trained stage 1 with :meth:`AugmentationNetwork.from_translation`, or
     with :meth:`AugmentationNetwork.fresh` for the "w/o translation network" ablation.
 
-    Raises :class:`ConfigError` for an invalid config and :class:`~cdanet.features.SchemaError` when
+    Raises :class:`ConfigError` for an invalid config and :class:`~cdanet.contract.SchemaError` when
     ``schemas`` lacks the source or target domain.
     """
     check_inputs(cfg, schemas)

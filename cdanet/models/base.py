@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from cdanet.batch import Batch
 from cdanet.config import ConfigError, ExperimentConfig
-from cdanet.features import USER_FIELD, DomainSchema, FieldSpec, SchemaError
+from cdanet.contract import USER_FIELD, DomainSchema, FieldSpec, SchemaError
 from cdanet.layers import DomainEmbedding
 
 

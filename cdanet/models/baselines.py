@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from cdanet import layers
 from cdanet.batch import Batch
 from cdanet.config import ExperimentConfig
-from cdanet.features import DomainSchema
+from cdanet.contract import DomainSchema
 from cdanet.models.base import DomainModel
 
 

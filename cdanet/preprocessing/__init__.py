@@ -1,12 +1,15 @@
-"""Apache Beam preprocessing: raw Amazon / Taobao files -> the feature contract of ``cdanet.features``.
+"""Apache Beam preprocessing: raw Amazon / Taobao files -> the data contract of ``cdanet.contract``.
 
 Steps, each a composable ``PTransform`` (see ``docs/preprocessing.md``): parse with dead letters
 (:mod:`.io`, :mod:`.formats`), labels and duplicates (:mod:`.interactions`), k-core to the fixed
 point (:mod:`.kcore`), feature joins (:mod:`.join`), GloVe title vectors (:mod:`.glove`),
-chronological split (:mod:`.split`), vocabularies and encoding (:mod:`.vocab`); the driver
-:func:`run_preprocessing` (:mod:`.pipeline`) chains them and writes the outputs.
+chronological split (:mod:`.split`), vocabularies and encoding (:mod:`.vocab`), chained per domain
+by the composites of :mod:`.composites`. The driver :func:`run_preprocessing` (:mod:`.pipeline`)
+runs them through staged files (:mod:`.staging`), files their counts as typed stats
+(:mod:`.stats`) and writes the contract files (:mod:`.outputs`).
 """
 
+from cdanet.preprocessing.composites import FeaturizeDomain, IngestDomain
 from cdanet.preprocessing.domains import LAYOUTS, DomainLayout, FieldSource
 from cdanet.preprocessing.formats import Malformed, discover
 from cdanet.preprocessing.glove import GloveVectors, TitleVectors, read_glove, tokenize
@@ -20,7 +23,7 @@ from cdanet.preprocessing.options import (
     PreprocessingError,
     PreprocessOptions,
 )
-from cdanet.preprocessing.pipeline import FeaturizeDomain, IngestDomain, default_beam_args, run_preprocessing
+from cdanet.preprocessing.pipeline import default_beam_args, run_preprocessing
 from cdanet.preprocessing.split import ChronologicalSplit
 from cdanet.preprocessing.vocab import BuildVocabularies, EncodeFeatures
 

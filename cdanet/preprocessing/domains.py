@@ -1,18 +1,20 @@
-"""Which feature fields each domain has and which joined column each one is built from.
+"""The domain definitions of preprocessing: each domain's label source, fields and their source columns.
 
 The two domains of a dataset have different fields (heterogeneous inputs, paper Sec. 3 and
-5.1.1); this module is the one place that lists them for preprocessing.
+5.1.1); this module is the one place that lists them, and the one place that names a domain's
+label, for preprocessing. Which domains a dataset has is ``cdanet.config.DATASETS``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 from types import MappingProxyType
 
 import pyarrow as pa
 
-from cdanet.features import CATEGORICAL_KINDS, DomainSchema, FieldKind, FieldSpec
+from cdanet.contract import CATEGORICAL_KINDS, ITEM_FIELD, USER_FIELD, DomainSchema, FieldKind, FieldSpec
 from cdanet.preprocessing.formats import PROFILE_FIELDS
 
 
@@ -30,12 +32,21 @@ class FieldSource:
         return self.kind in CATEGORICAL_KINDS
 
 
+class LabelSource(str, Enum):
+    """The raw signal a domain's binary label comes from (paper Sec. 5.1.1); the column it is read from."""
+
+    RATING = "rating"  # rating > PreprocessOptions.rating_threshold (Amazon)
+    CLICK = "clk"  # clk > 0 (Taobao ad)
+    BEHAVIOR = "behavior"  # behavior_type in PreprocessOptions.positive_behaviors (Taobao rec)
+
+
 @dataclass(frozen=True)
 class DomainLayout:
-    """The fields of one domain; ``catalogue_columns`` are row columns that describe the item."""
+    """The fields of one domain and its label source; ``catalogue_columns`` are row columns that describe the item."""
 
     dataset: str
     domain: str
+    label: LabelSource
     fields: tuple[FieldSource, ...]
     catalogue_columns: tuple[str, ...] = ()
 
@@ -63,27 +74,27 @@ class DomainLayout:
 
 def _ids(item: str) -> tuple[FieldSource, FieldSource]:
     return (
-        FieldSource("user_id", FieldKind.CATEGORICAL_ID, "user_id", "user id"),
-        FieldSource("item_id", FieldKind.CATEGORICAL_ID, "item_id", f"{item} id"),
+        FieldSource(USER_FIELD, FieldKind.CATEGORICAL_ID, USER_FIELD, "user id"),
+        FieldSource(ITEM_FIELD, FieldKind.CATEGORICAL_ID, ITEM_FIELD, f"{item} id"),
     )
 
 
 _TITLE = "mean GloVe vector of the title words"
 
 LAYOUTS: Mapping[str, DomainLayout] = MappingProxyType({
-    "movie": DomainLayout("amazon", "movie", (
+    "movie": DomainLayout("amazon", "movie", LabelSource.RATING, (
         *_ids("movie (asin)"),
         FieldSource("genre", FieldKind.MULTI_HOT, "categories", "movie genres (category paths without the root)"),
         FieldSource("director", FieldKind.CATEGORICAL, "person", "movie director (details, else brand/store)"),
         FieldSource("title", FieldKind.DENSE_VECTOR, "title", _TITLE),
     )),
-    "book": DomainLayout("amazon", "book", (
+    "book": DomainLayout("amazon", "book", LabelSource.RATING, (
         *_ids("book (asin)"),
         FieldSource("category", FieldKind.MULTI_HOT, "categories", "book categories (category paths without the root)"),
         FieldSource("writer", FieldKind.CATEGORICAL, "person", "book writer (details/author, else brand/store)"),
         FieldSource("title", FieldKind.DENSE_VECTOR, "title", _TITLE),
     )),
-    "ad": DomainLayout("taobao", "ad", (
+    "ad": DomainLayout("taobao", "ad", LabelSource.CLICK, (
         *_ids("ad (adgroup_id)"),
         *(FieldSource(f, FieldKind.CATEGORICAL, f, f"user profile: {f}") for f in PROFILE_FIELDS),
         FieldSource("category", FieldKind.CATEGORICAL, "category", "ad category (cate_id)"),
@@ -93,7 +104,7 @@ LAYOUTS: Mapping[str, DomainLayout] = MappingProxyType({
         FieldSource("price_bucket", FieldKind.CATEGORICAL, "price_bucket", "floor(log2(price + 1))"),
         FieldSource("pid", FieldKind.CATEGORICAL, "pid", "ad slot (pid)"),
     )),
-    "rec": DomainLayout("taobao", "rec", (
+    "rec": DomainLayout("taobao", "rec", LabelSource.BEHAVIOR, (
         *_ids("item"),
         FieldSource("category", FieldKind.CATEGORICAL, "category", "item category (category_id)"),
     ), catalogue_columns=("category",)),

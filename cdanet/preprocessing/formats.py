@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
+from cdanet.contract import ITEM_FIELD, USER_FIELD
 from cdanet.preprocessing.options import AmazonFieldMapping, PreprocessingError
 
 # ---- malformed-line reasons (the keys of stats.json "malformed" and of the dead letters) --------
@@ -154,7 +155,7 @@ class LineFormat:
 
 
 RATING_COLUMNS = (
-    ("user_id", pa.string()), ("item_id", pa.string()), ("rating", pa.float64()), ("timestamp", pa.int64()),
+    (USER_FIELD, pa.string()), (ITEM_FIELD, pa.string()), ("rating", pa.float64()), ("timestamp", pa.int64()),
 )
 
 
@@ -212,7 +213,7 @@ class AmazonReviewJson(LineFormat):
 
 
 META_COLUMNS = (
-    ("item_id", pa.string()), ("title", pa.string()), ("categories", pa.list_(pa.string())),
+    (ITEM_FIELD, pa.string()), ("title", pa.string()), ("categories", pa.list_(pa.string())),
     ("person", pa.string()),
 )
 
@@ -272,7 +273,7 @@ class TaobaoRawSample(LineFormat):
     name: str = "Taobao raw_sample.csv"
     header: tuple[str, ...] | None = ("user", "time_stamp", "adgroup_id", "pid", "nonclk", "clk")
     columns: tuple[tuple[str, pa.DataType], ...] = (
-        ("user_id", pa.string()), ("timestamp", pa.int64()), ("item_id", pa.string()), ("pid", pa.string()),
+        (USER_FIELD, pa.string()), ("timestamp", pa.int64()), (ITEM_FIELD, pa.string()), ("pid", pa.string()),
         ("clk", pa.float64()),
     )
 
@@ -297,7 +298,7 @@ class TaobaoAdFeature(LineFormat):
     name: str = "Taobao ad_feature.csv"
     header: tuple[str, ...] | None = ("adgroup_id", "cate_id", "campaign_id", "customer", "brand", "price")
     columns: tuple[tuple[str, pa.DataType], ...] = (
-        ("item_id", pa.string()), ("category", pa.string()), ("campaign", pa.string()),
+        (ITEM_FIELD, pa.string()), ("category", pa.string()), ("campaign", pa.string()),
         ("customer", pa.string()), ("brand", pa.string()), ("price_bucket", pa.string()),
     )
 
@@ -328,7 +329,7 @@ class TaobaoUserProfile(LineFormat):
         "shopping_level", "occupation", "new_user_class_level",
     )
     columns: tuple[tuple[str, pa.DataType], ...] = (
-        ("user_id", pa.string()), *((f, pa.string()) for f in PROFILE_FIELDS),
+        (USER_FIELD, pa.string()), *((f, pa.string()) for f in PROFILE_FIELDS),
     )
 
     def parse(self, text: str) -> tuple[Any, ...]:
@@ -348,7 +349,7 @@ class TaobaoUserBehavior(LineFormat):
 
     name: str = "Taobao UserBehavior.csv (user_id,item_id,category_id,behavior_type,timestamp; no header)"
     columns: tuple[tuple[str, pa.DataType], ...] = (
-        ("user_id", pa.string()), ("item_id", pa.string()), ("category", pa.string()),
+        (USER_FIELD, pa.string()), (ITEM_FIELD, pa.string()), ("category", pa.string()),
         ("behavior", pa.string()), ("timestamp", pa.int64()),
     )
 

@@ -23,6 +23,7 @@ import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from cdanet.contract import ITEM_FIELD
 from cdanet.preprocessing.io import STATS, iter_line_blocks
 from cdanet.preprocessing.options import PreprocessingError
 from cdanet.preprocessing.tables import concat
@@ -175,7 +176,7 @@ class _VectorsFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(STATS, (("title", "items"), table.num_rows))
         yield beam.pvalue.TaggedOutput(STATS, (("title", "without_title"), no_title))
         yield beam.pvalue.TaggedOutput(STATS, (("title", "without_known_word"), no_word))
-        yield pa.table({"item_id": table["item_id"], "title": vector_column(matrix)})
+        yield pa.table({ITEM_FIELD: table[ITEM_FIELD], "title": vector_column(matrix)})
 
 
 def _union(sets: Iterable[set[str]]) -> set[str]:
@@ -213,7 +214,7 @@ class TitleVectors(beam.PTransform):
             vectors[VECTORS]
             | "Collect" >> beam.combiners.ToList()
             | "Concat" >> beam.Map(lambda ts: concat(ts) or pa.table(
-                {"item_id": pa.array([], pa.string()), "title": pa.array([], pa.list_(pa.float32()))}))
+                {ITEM_FIELD: pa.array([], pa.string()), "title": pa.array([], pa.list_(pa.float32()))}))
         )
         stats = (glove[STATS], vectors[STATS]) | "Stats" >> beam.Flatten()
         return {VECTORS: table, STATS: stats}

@@ -18,10 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cdanet.contract import ITEM_FIELD, USER_FIELD
 from cdanet.preprocessing.io import ROWS, STATS
 from cdanet.preprocessing.tables import concat, partition
 
-INTERACTION_KEY = ("user_id", "item_id", "timestamp")
+INTERACTION_KEY = (USER_FIELD, ITEM_FIELD, "timestamp")
 SECONDS_PER_DAY = 86_400
 
 
@@ -160,7 +161,7 @@ class Deduplicate(beam.PTransform):
         n = self._n
         out = (
             chunks
-            | "ByUser" >> beam.FlatMap(lambda t: partition(t, "user_id", n))
+            | "ByUser" >> beam.FlatMap(lambda t: partition(t, USER_FIELD, n))
             | "Group" >> beam.GroupByKey()
             | "Dedup" >> beam.ParDo(_DedupFn()).with_outputs(STATS, main=ROWS)
         )

@@ -23,13 +23,14 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cdanet.contract import ITEM_FIELD, USER_FIELD
 from cdanet.preprocessing.io import ROWS, STATS
 from cdanet.preprocessing.tables import concat, partition
 
 
 def pass_column(pass_no: int) -> str:
     """Pass 1, 3, 5, ... filter users; pass 2, 4, ... filter items."""
-    return "user_id" if pass_no % 2 == 1 else "item_id"
+    return USER_FIELD if pass_no % 2 == 1 else ITEM_FIELD
 
 
 def filter_by_degree(table: pa.Table, column: str, k: int) -> tuple[pa.Table, int]:
@@ -51,7 +52,7 @@ class _DegreeFilterFn(beam.DoFn):
         tag = f"{self._pass:03d}"
         yield beam.pvalue.TaggedOutput(STATS, (("kcore", tag, "removed"), table.num_rows - kept.num_rows))
         yield beam.pvalue.TaggedOutput(STATS, (("kcore", tag, "rows"), kept.num_rows))
-        yield beam.pvalue.TaggedOutput(STATS, (("kcore", tag, "users" if self._column == "user_id" else "items"), keys))
+        yield beam.pvalue.TaggedOutput(STATS, (("kcore", tag, "users" if self._column == USER_FIELD else "items"), keys))
         if kept.num_rows:
             yield kept
 

@@ -7,10 +7,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-#: The two domains of each dataset family (the same order as ``cdanet.config.DATASETS``).
-DATASET_DOMAINS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {"amazon": ("movie", "book"), "taobao": ("ad", "rec")}
-)
+from cdanet.config import DATASETS
 
 #: k of the k-core filter per domain (paper Sec. 5.1.1: 5 / 10 for movie / book and ad / rec).
 DEFAULT_K_CORE: Mapping[str, int] = MappingProxyType({"movie": 5, "book": 10, "ad": 5, "rec": 10})
@@ -119,20 +116,21 @@ class PreprocessOptions:
         if not self.positive_behaviors:
             errors.append("positive_behaviors must name at least one behavior_type (pv, buy, cart, fav)")
         if dataset is not None:
-            if dataset not in DATASET_DOMAINS:
-                errors.append(f"unknown dataset {dataset!r}; expected one of {sorted(DATASET_DOMAINS)}")
+            if dataset not in DATASETS:
+                errors.append(f"unknown dataset {dataset!r}; expected one of {sorted(DATASETS)}")
             elif self.domains is not None:
-                unknown = sorted(set(self.domains) - set(DATASET_DOMAINS[dataset]))
+                unknown = sorted(set(self.domains) - set(DATASETS[dataset]))
                 if unknown or not self.domains:
                     errors.append(
-                        f"domains {list(self.domains)} must be a non-empty subset of {DATASET_DOMAINS[dataset]}"
+                        f"domains {list(self.domains)} must be a non-empty subset of {DATASETS[dataset]}"
                     )
         if errors:
             raise PreprocessingError("invalid preprocessing options:\n  - " + "\n  - ".join(errors))
         return self
 
     def domains_of(self, dataset: str) -> tuple[str, ...]:
-        return tuple(self.domains) if self.domains is not None else DATASET_DOMAINS[dataset]
+        """The domains to preprocess: ``domains`` when set, else every domain of ``dataset`` (``cdanet.config.DATASETS``)."""
+        return tuple(self.domains) if self.domains is not None else tuple(DATASETS[dataset])
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view (for the provenance in ``schema.json``)."""

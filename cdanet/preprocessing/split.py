@@ -21,7 +21,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cdanet.features import SPLITS
+from cdanet.contract import ITEM_FIELD, SPLITS, USER_FIELD
 from cdanet.preprocessing.tables import MergeCounts, value_counts
 
 #: The first row (timestamp, user_id, item_id) after a cut; ``None`` when nothing follows the cut.
@@ -72,7 +72,7 @@ def before(table: pa.Table, key: CutKey) -> pa.ChunkedArray | pa.BooleanScalar:
     if key is None:
         return pa.chunked_array([pa.array([True] * table.num_rows)])
     ts, user, item = key
-    t, u, i = table["timestamp"], table["user_id"], table["item_id"]
+    t, u, i = table["timestamp"], table[USER_FIELD], table[ITEM_FIELD]
     same_user_earlier_item = pc.and_(pc.equal(u, user), pc.less(i, item))
     same_ts_earlier = pc.and_(pc.equal(t, ts), pc.or_(pc.less(u, user), same_user_earlier_item))
     return pc.or_(pc.less(t, ts), same_ts_earlier)
@@ -100,7 +100,7 @@ def _rows_at(table: pa.Table, located: list[tuple[int, int] | None]) -> Iterator
     if not stamps:
         return
     hit = table.filter(pc.is_in(table["timestamp"], value_set=pa.array(stamps, pa.int64())))
-    yield from zip(hit["timestamp"].to_pylist(), hit["user_id"].to_pylist(), hit["item_id"].to_pylist(), strict=True)
+    yield from zip(hit["timestamp"].to_pylist(), hit[USER_FIELD].to_pylist(), hit[ITEM_FIELD].to_pylist(), strict=True)
 
 
 class ChronologicalSplit(beam.PTransform):

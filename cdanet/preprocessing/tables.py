@@ -38,6 +38,11 @@ def partition(table: pa.Table, column: str, num_partitions: int) -> Iterator[tup
         yield int(ordered[s]), table.take(pa.array(order[s:e]))
 
 
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema`` (the parquet writer rejects any other schema)."""
+    return table.select(schema.names).cast(schema)
+
+
 def concat(tables: Iterable[pa.Table]) -> pa.Table | None:
     """One table from many chunks of the same schema, or ``None`` if there are none."""
     tables = [t for t in tables if t.num_rows]

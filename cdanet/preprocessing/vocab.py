@@ -1,6 +1,6 @@
 """Steps 7-8: vocabularies from the training split, and encoding into the feature contract.
 
-Index 0 of every vocabulary is OOV (``cdanet.features.OOV_INDEX``): values never seen in train,
+Index 0 of every vocabulary is OOV (``cdanet.contract.OOV_INDEX``): values never seen in train,
 seen fewer than ``min_count`` times, or missing (no metadata / profile, ``NULL`` brand). The other
 indices follow descending training frequency, ties by value, so they are deterministic.
 """
@@ -16,12 +16,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cdanet.features import FieldKind
+from cdanet.contract import ITEM_FIELD, USER_FIELD, FieldKind
 from cdanet.preprocessing.domains import FieldSource
 from cdanet.preprocessing.io import STATS
 from cdanet.preprocessing.tables import MergeCounts, value_counts
-
-OOV_MARKER = "<OOV>"
 
 
 def vocabulary(counts: Mapping[str, int], min_count: int = 1) -> list[str]:
@@ -103,7 +101,7 @@ class _EncodeFn(beam.DoFn):
             dim = self._dim(vectors)
             flat = pc.list_flatten(vectors["title"]).to_numpy(zero_copy_only=False).astype(np.float32)
             matrix = np.vstack([flat.reshape(vectors.num_rows, dim), np.zeros((1, dim), np.float32)])
-            self._vectors = (pd.Index(vectors["item_id"].to_numpy(zero_copy_only=False)), matrix)
+            self._vectors = (pd.Index(vectors[ITEM_FIELD].to_numpy(zero_copy_only=False)), matrix)
 
     @staticmethod
     def _dim(vectors: pa.Table) -> int:
@@ -123,14 +121,14 @@ class _EncodeFn(beam.DoFn):
                 if self._vectors is None:
                     raise ValueError(f"field {f.name!r} needs title vectors but none were computed")
                 index, matrix = self._vectors
-                pos = index.get_indexer(table["item_id"].to_numpy(zero_copy_only=False))
+                pos = index.get_indexer(table[ITEM_FIELD].to_numpy(zero_copy_only=False))
                 pos[pos < 0] = len(matrix) - 1  # the zero row: an item without a vector
                 columns.append(vector_column(matrix[pos]))
             elif f.kind is FieldKind.MULTI_HOT:
                 columns.append(encode_multi_hot(col, self._indices[f.name]))
             else:
                 columns.append(encode_categorical(col, self._indices[f.name]))
-        columns += [table["label"], table["timestamp"], table["user_id"], table["item_id"]]
+        columns += [table["label"], table["timestamp"], table[USER_FIELD], table[ITEM_FIELD]]
         yield pa.Table.from_arrays(columns, schema=self._schema)
 
 

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from cdanet.config import MODEL_NAMES, ConfigError
-from cdanet.features import SchemaError
+from cdanet.contract import SchemaError
 from cdanet.studies.spec import STUDIES, StudySpec, StudySpecError
 
 

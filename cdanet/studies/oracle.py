@@ -17,10 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from cdanet.features import split_files
+from cdanet.contract import read_split
 
 SCOPE_TEST = "test rows"
 SCOPE_DOMAIN = "whole domain"
@@ -63,8 +61,7 @@ def ground_truth_root(path: str) -> str:
 def processed_rows(processed_root: str, domain: str, split: str = "test") -> pd.DataFrame:
     """The join keys and labels of one processed split: user_id_raw, item_id_raw, timestamp, label."""
     columns = ["user_id_raw", "item_id_raw", "timestamp", "label"]
-    tables = [pq.read_table(p, columns=columns) for p in split_files(os.path.join(processed_root, domain), split)]
-    return pa.concat_tables(tables).to_pandas()
+    return read_split(processed_root, domain, split, columns=columns).table.to_pandas()
 
 
 def oracle_auc(oracle_dir: str, processed_root: str, domain: str, min_match: float = 0.99) -> OracleAUC:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from cdanet.contract import PARQUET_SUFFIX, SCHEMA_FILENAME
 from cdanet.studies.oracle import OracleAUC, ground_truth_root
 
 logger = logging.getLogger(__name__)
@@ -60,9 +61,9 @@ class ReferenceScore:
 
 def fitted_reference_scores(processed_root: str, domain: str) -> list[ReferenceScore]:
     """Base rate, item popularity and id-only LR of ``domain``; one that cannot be fitted is left out (logged)."""
+    from cdanet.contract import load_schemas
     from cdanet.data import load_split
     from cdanet.evaluation import EvaluationError, compute_metrics
-    from cdanet.features import load_schemas
     from cdanet.references import BaseRate, IdLogisticRegression, ItemPopularity, ReferenceFitError
 
     schema = load_schemas(processed_root, [domain])[domain]
@@ -121,7 +122,7 @@ def reference_scores(processed_root: str, domains: Sequence[str],
     one ``all`` invocation fit the references once.
     """
     root = os.path.abspath(processed_root)
-    files = glob.glob(os.path.join(root, "*", "*.parquet")) + glob.glob(os.path.join(root, "*", "schema.json"))
+    files = glob.glob(os.path.join(root, "*", f"*{PARQUET_SUFFIX}")) + glob.glob(os.path.join(root, "*", SCHEMA_FILENAME))
     if oracle_dir:
         try:
             files += glob.glob(os.path.join(ground_truth_root(oracle_dir), "ground_truth", "*.parquet"))

@@ -25,11 +25,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
+from cdanet.contract import ITEMS_FILENAME, domain_dir
 from cdanet.data import DomainData
 
 logger = logging.getLogger(__name__)
 
-ITEMS_FILENAME = "items.parquet"
 #: Accepted names of the raw item id column of ``items.parquet``, in order of preference.
 ITEM_ID_COLUMNS: tuple[str, ...] = ("item_id_raw", "item_id", "asin", "parent_asin", "item")
 TITLE_COLUMN = "title"
@@ -45,7 +45,7 @@ def load_titles(processed_root: str, domain: str) -> dict[str, str]:
     A missing file or a catalogue without a ``title`` column (Taobao has none) means "no titles";
     a file without a recognisable item id column is an error.
     """
-    path = os.path.join(processed_root, domain, ITEMS_FILENAME)
+    path = os.path.join(domain_dir(processed_root, domain), ITEMS_FILENAME)
     if not os.path.exists(path):
         return {}
     names = pq.read_schema(path).names

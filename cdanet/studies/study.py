@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import pandas as pd
 
 from cdanet.config import DATASETS
-from cdanet.features import DomainSchema, SchemaError, load_schemas
+from cdanet.contract import DomainSchema, SchemaError, load_schemas
 from cdanet.studies import report
 from cdanet.studies.oracle import OracleAUC, oracle_aucs
 from cdanet.studies.plan import check_studies, plan_study, run_id_of

@@ -18,7 +18,7 @@ import torch
 
 from cdanet.atomic import replacing
 from cdanet.config import ExperimentConfig
-from cdanet.features import DomainSchema
+from cdanet.contract import DomainSchema
 
 CHECKPOINT_FORMAT = 1
 

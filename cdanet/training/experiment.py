@@ -31,6 +31,7 @@ from torch import nn
 from cdanet.artifacts import KIND_TRANSLATION, LoadedModel, load_model_dir, read_model_config, save_model_dir
 from cdanet.atomic import write_json
 from cdanet.config import ConfigError, ExperimentConfig
+from cdanet.contract import DomainSchema, load_schemas
 from cdanet.data import (
     DomainData,
     history_clicks,
@@ -42,7 +43,6 @@ from cdanet.data import (
     user_link_from_rows,
 )
 from cdanet.evaluation import EvaluationResult, evaluate
-from cdanet.features import DomainSchema, load_schemas
 from cdanet.training.trainer import TrainResult, resolve_device, train_model
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The feature contract: schema validation, round-trips and mismatch errors."""
+"""The data contract: schema validation, round-trips and mismatch errors, the layout and the split reader."""
 
 from __future__ import annotations
 
@@ -8,13 +8,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cdanet.features import (
+from cdanet.contract import (
+    DataError,
     DomainSchema,
     FieldKind,
     FieldSpec,
     SchemaError,
+    VocabularyError,
     load_schemas,
+    read_split,
+    read_vocabularies,
+    shard_name,
     split_files,
+    split_tables,
+    vocabulary_bytes,
+    write_vocabularies,
 )
 
 
@@ -134,3 +142,58 @@ def test_split_files_and_load_schemas(tmp_path):
     s.save(str(tmp_path / "book"))
     with pytest.raises(SchemaError, match="describes domain 'movie', not 'book'"):
         load_schemas(str(tmp_path), ["book"])
+
+
+def _rows(schema: DomainSchema, n: int, start: int = 0) -> pa.Table:
+    return pa.table({
+        "user_id": pa.array([i % 100 for i in range(start, start + n)], pa.int64()),
+        "genre": pa.array([[1, 2]] * n, pa.list_(pa.int64())),
+        "director": pa.array([3] * n, pa.int64()),
+        "title": pa.array([[0.5] * 50] * n, pa.list_(pa.float32())),
+        "label": pa.array([1] * n, pa.int64()),
+        "timestamp": pa.array(range(start, start + n), pa.int64()),
+        "user_id_raw": [f"u{i}" for i in range(start, start + n)],
+        "item_id_raw": [f"i{i}" for i in range(start, start + n)],
+    }, schema=schema.arrow_schema())
+
+
+class TestReadSplit:
+    def test_shards_in_order_with_limit_and_columns(self, tmp_path):
+        s = movie_schema()
+        d = tmp_path / "movie"
+        s.save(str(d))
+        pq.write_table(_rows(s, 3, 0), str(d / shard_name("train", 0, 2)))
+        pq.write_table(_rows(s, 4, 3), str(d / shard_name("train", 1, 2)))
+        whole = read_split(str(tmp_path), s, "train")
+        assert [f.rsplit("/", 1)[1] for f in whole.files] == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+        assert whole.table.column("timestamp").to_pylist() == list(range(7))
+        # Shards after the one that reaches the limit are not read.
+        first = read_split(str(tmp_path), s, "train", limit=2)
+        assert first.table.num_rows == 2 and len(first.files) == 1
+        labels = read_split(str(tmp_path), "movie", "train", columns=["label"])
+        assert labels.table.column_names == ["label"] and labels.table.num_rows == 7
+        assert [p for p, _ in split_tables(str(tmp_path), s, "train")] == list(whole.files)
+
+    def test_schema_checks_name_the_shard_and_a_bare_name_skips_them(self, tmp_path):
+        s = movie_schema()
+        d = tmp_path / "movie"
+        s.save(str(d))
+        bad = d / "train.parquet"
+        pq.write_table(_rows(s, 2).drop_columns(["director"]), str(bad))
+        with pytest.raises(SchemaError, match=f"{bad}.*missing feature column 'director'"):
+            read_split(str(tmp_path), s, "train")
+        assert read_split(str(tmp_path), "movie", "train").table.num_rows == 2
+        (d / "validation.parquet").write_bytes(b"not parquet")
+        with pytest.raises(DataError, match="validation.parquet is not a readable parquet file"):
+            read_split(str(tmp_path), "movie", "validation")
+
+
+def test_vocabulary_file_format(tmp_path):
+    spec = FieldSpec("director", FieldKind.CATEGORICAL, vocab_size=3)
+    schema = DomainSchema(dataset="amazon", domain="movie", fields=(spec,))
+    assert vocabulary_bytes("director", ["<OOV>", "Kurosawa", "Varda"]) == b"<OOV>\nKurosawa\nVarda\n"
+    write_vocabularies(str(tmp_path), {"director": ["<OOV>", "Kurosawa", "Varda"]})
+    assert (tmp_path / "director.txt").read_text() == "<OOV>\nKurosawa\nVarda\n"
+    assert read_vocabularies(str(tmp_path), schema) == {"director": ("<OOV>", "Kurosawa", "Varda")}
+    with pytest.raises(VocabularyError, match="contains a newline"):
+        vocabulary_bytes("director", ["<OOV>", "a\nb"])

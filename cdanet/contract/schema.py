@@ -1,16 +1,9 @@
-"""The feature contract: one typed schema per domain.
+"""The feature schema: one typed :class:`DomainSchema` per domain, and the checks it implies.
 
 Preprocessing writes a :class:`DomainSchema` as ``schema.json`` next to the parquet splits of a
-domain; the model library, validation and serving read it. Two domains have two different schemas
-(heterogeneous inputs, paper Sec. 3): nothing in the library may assume the domains share a field.
-
-Processed layout (one folder per domain)::
-
-    <processed_root>/<domain>/schema.json
-    <processed_root>/<domain>/stats.json
-    <processed_root>/<domain>/train-00000-of-00002.parquet      (or train.parquet)
-    <processed_root>/<domain>/validation-*.parquet
-    <processed_root>/<domain>/test-*.parquet
+domain (:mod:`cdanet.contract.layout`); the model library, validation and serving read it. Two
+domains have two different schemas (heterogeneous inputs, paper Sec. 3): nothing in the library may
+assume the domains share a field.
 
 Column encodings in the parquet files:
 
@@ -24,7 +17,6 @@ Column encodings in the parquet files:
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -33,22 +25,27 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from cdanet.atomic import write_text
+from cdanet.contract.layout import SCHEMA_FILENAME, domain_dir
 
-SCHEMA_FILENAME = "schema.json"
-STATS_FILENAME = "stats.json"
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
 SCHEMA_VERSION = 1
 OOV_INDEX = 0
 #: The categorical_id field that names the user in every domain's schema (the user link and the
-#: user profiles of cdanet.models read it).
+#: user profiles of cdanet.models read it). Preprocessing's tables carry the raw ids under the same names.
 USER_FIELD = "user_id"
+#: The categorical_id field that names the item in every domain's schema.
+ITEM_FIELD = "item_id"
 
 
 class SchemaError(ValueError):
     """A schema is invalid, or does not match the data or checkpoint it is used with."""
+
+
+class DataError(SchemaError):
+    """Processed data that violates the feature contract (values, not types)."""
 
 
 class FieldKind(str, Enum):
@@ -119,6 +116,16 @@ class FieldSpec:
             return _is_list(dtype) and pa.types.is_floating(dtype.value_type)
         return pa.types.is_integer(dtype)
 
+    def check_indices(self, values: np.ndarray, source: str) -> None:
+        """Raise :class:`DataError` naming ``source`` if an index in ``values`` is outside ``[0, vocab_size)``."""
+        bad = (values < 0) | (values >= self.vocab_size)
+        if bad.any():
+            first = int(values[np.argmax(bad)])
+            raise DataError(
+                f"{source}: column {self.name!r} has {int(bad.sum())} index(es) outside [0, {self.vocab_size}) "
+                f"(vocab_size of the schema), e.g. {first}; the schema and the parquet files are out of sync"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["kind"] = self.kind.value
@@ -188,6 +195,21 @@ class DomainSchema:
         return pa.schema(cols)
 
     # ---- checks -------------------------------------------------------------------------------
+    def check_feature_columns(self, actual: pa.Schema, source: str) -> None:
+        """Raise :class:`SchemaError` naming ``source`` if a feature column of ``actual`` is missing or mistyped.
+
+        The label, timestamp and raw id columns are not required (rows to score need only features).
+        """
+        problems = [
+            f"missing feature column {f.name!r} ({f.kind.value}, expected {f.arrow_type()})"
+            if f.name not in actual.names
+            else f"column {f.name!r} has type {actual.field(f.name).type}, expected {f.arrow_type()}"
+            for f in self.fields
+            if f.name not in actual.names or not f.accepts(actual.field(f.name).type)
+        ]
+        if problems:
+            raise SchemaError(f"{source} does not match the features of domain {self.domain!r}: " + "; ".join(problems))
+
     def check_arrow_schema(self, actual: pa.Schema, source: str) -> None:
         """Raise :class:`SchemaError` naming ``source`` if ``actual`` cannot be read with this schema."""
         problems: list[str] = []
@@ -287,31 +309,26 @@ class DomainSchema:
             )
 
 
-def split_files(domain_dir: str, split: str) -> list[str]:
-    """The parquet files of one split, sorted; a clear error if there are none."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    files = sorted(glob.glob(os.path.join(domain_dir, f"{split}-*.parquet")))
-    single = os.path.join(domain_dir, f"{split}.parquet")
-    if os.path.exists(single):
-        files = [single, *files]
-    if not files:
-        raise FileNotFoundError(
-            f"no {split} split under {domain_dir}: expected {split}.parquet or {split}-*.parquet "
-            f"(parquet with the columns of {SCHEMA_FILENAME}) as written by preprocessing"
-        )
-    return files
-
-
 def load_schemas(processed_root: str, domains: Iterable[str]) -> dict[str, DomainSchema]:
     """Read the schema of each domain under ``processed_root``; check the folder names match."""
     schemas = {}
     for domain in domains:
-        schema = DomainSchema.load(os.path.join(processed_root, domain))
+        schema = DomainSchema.load(domain_dir(processed_root, domain))
         if schema.domain != domain:
             raise SchemaError(
-                f"{os.path.join(processed_root, domain, SCHEMA_FILENAME)} describes domain "
+                f"{os.path.join(domain_dir(processed_root, domain), SCHEMA_FILENAME)} describes domain "
                 f"{schema.domain!r}, not {domain!r}"
             )
         schemas[domain] = schema
     return schemas
+
+
+def non_null_column(table: pa.Table, name: str, source: str) -> pa.Array:
+    """Column ``name`` of ``table`` as one array; :class:`DataError` naming ``source`` if it holds a null."""
+    col = table.column(name).combine_chunks()
+    if col.null_count:
+        raise DataError(
+            f"{source}: column {name!r} has {col.null_count} null value(s); the feature contract "
+            "requires every row to carry a value (use OOV index 0 / an empty list instead)"
+        )
+    return col
