@@ -326,7 +326,8 @@ _WRONG = object()
 
 
 def _convert(value: Any, tp: Any) -> Any:
-    """``value`` as a ``tp``, or ``_WRONG``: strict, except that a float setting takes an int."""
+    """``value`` as a ``tp``, or ``_WRONG``: strict, except that a float setting takes an int and an
+    int setting an integral float."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if value is None:
@@ -344,14 +345,14 @@ def _convert(value: Any, tp: Any) -> Any:
         return value if isinstance(value, tp) else _WRONG
     if isinstance(value, bool) or not isinstance(value, (int, float)):  # bool is an int to Python, not here
         return _WRONG
-    if tp is int:
-        return value if isinstance(value, int) else _WRONG
+    if tp is int:  # KFP hands over the numbers of dict and list parameters as doubles: 2.0 is 2, 2.5 is wrong
+        return int(value) if isinstance(value, int) or value.is_integer() else _WRONG
     return float(value) if tp is float else _WRONG
 
 
 def typed_value(key: str, value: Any, tp: Any = None, label: str | None = None) -> Any:
-    """``value`` checked against the type of setting ``key`` (int rejects 2.5 and true, bool takes only
-    true/false, float takes an int as a float, mappings are checked entry by entry, settings of
+    """``value`` checked against the type of setting ``key`` (int rejects 2.5 and true but takes 2.0 as 2,
+    bool takes only true/false, float takes an int as a float, mappings are checked entry by entry, settings of
     :data:`CHOICES` take only their values). Raises a one-line :class:`ConfigError` naming ``label``
     (default ``key``), the expected type and the value."""
     tp = config_types()[key] if tp is None else tp

@@ -117,10 +117,13 @@ def test_overrides_are_type_checked_in_one_line(override, message):
             ExperimentConfig.from_dict(d)
 
 
-def test_float_settings_take_ints_and_optional_ones_take_null():
+def test_float_settings_take_ints_int_settings_integral_floats_and_optional_ones_null():
     cfg = paper_config().with_overrides({"model.alpha": 1, "train.finetune_learning_rate": None})
     assert cfg.model.alpha == 1.0 and isinstance(cfg.model.alpha, float)
     assert cfg.with_overrides(["train.finetune_learning_rate=0.0005"]).train.finetune_learning_rate == 0.0005
+    # KFP hands the numbers of dict/list parameters over as doubles: an integral one is an int.
+    ints = paper_config().with_overrides({"train.batch_size": 512.0, "model.tower_layers_by_domain": {"movie": 3.0}})
+    assert type(ints.train.batch_size) is int and type(ints.model.tower_layers_by_domain["movie"]) is int
 
 
 def test_model_and_ablation_names_cover_the_paper():
