@@ -22,11 +22,11 @@ Verbs (``python pipeline.py --help``):
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Optional
 
 from kfp import dsl
 
 import components as C
+from cdanet.params import UNSET_FLOAT, UNSET_INT
 from components import DEFAULT_IMAGE
 
 PIPELINE_NAME = "cdanet-training"
@@ -105,14 +105,14 @@ def create_pipeline(
         dataset: str = "amazon",
         target_domain: str = "",
         profile: str = "paper",
-        alpha: Optional[float] = None,
-        beta: Optional[float] = None,
-        num_experts: int = 2,
-        latent_dim: int = 64,
-        max_epochs: int = 30,
-        batch_size: int = 2048,
-        learning_rate: float = 0.001,
-        seed: int = 42,
+        alpha: float = UNSET_FLOAT,
+        beta: float = UNSET_FLOAT,
+        num_experts: int = UNSET_INT,
+        latent_dim: int = UNSET_INT,
+        max_epochs: int = UNSET_INT,
+        batch_size: int = UNSET_INT,
+        learning_rate: float = UNSET_FLOAT,
+        seed: int = UNSET_INT,
         extra_overrides: list = [],  # noqa: B006 - KFP needs a literal default
         tuned_config_uri: str = "",
         min_auc: float = 0.6,
@@ -125,11 +125,15 @@ def create_pipeline(
         beam_args: list = [],  # noqa: B006
     ):
         """Run-time parameters. ``target_domain`` empty = the dataset's sparse domain (movie / ad);
-        ``alpha``/``beta`` unset = the paper's values for the dataset; ``baseline_margin`` = how much
+        ``profile`` = paper, strict or tiny (``cdanet.config.PROFILES``); the hyperparameters ``alpha``
+        ... ``seed`` at their default ``-1`` are unset: the profile's value for the dataset (or the tuned
+        config's), see ``cdanet.params``; ``extra_overrides`` = ``section.key=value`` settings applied
+        last; ``baseline_margin`` = how much
         higher than the in-run baseline's the candidate's test AUC must be (negative: may trail it);
         ``mlflow_tracking_uri`` empty = the task environment's ``MLFLOW_TRACKING_URI`` (from the
         Secret in a cluster); ``tuned_config_uri`` = a ``best_config.json`` of ``cdanet tune`` whose
-        hyperparameters replace the named ones (see ``cdanet.steps.configure``)."""
+        hyperparameters replace the profile's (hyperparameters set here still win; see
+        ``cdanet.steps.configure``)."""
         cfg = _common(
             C.configure(
                 dataset=dataset, target_domain=target_domain, raw_uri=raw_uri, glove_uri=glove_uri,

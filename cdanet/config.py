@@ -7,7 +7,10 @@ Everything is validated by :meth:`ExperimentConfig.validate` before any work sta
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,43 +224,155 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ExperimentConfig:
+        """The config of a ``to_dict`` mapping; every value is type-checked like an override (:func:`typed_value`)."""
         d = dict(d)
-        try:
-            model = ModelConfig(**dict(d.pop("model", {})))
-            train = TrainConfig(**dict(d.pop("train", {})))
-            return cls(model=model, train=train, **d)
-        except TypeError as e:
-            raise ConfigError(f"invalid config keys: {e}") from e
+        sections = {"model": ModelConfig, "train": TrainConfig}
+        unknown = sorted(set(d) - set(_key_types(cls)))
+        built: dict[str, Any] = {}
+        for name, section_cls in sections.items():
+            values = d.pop(name, {})
+            if not isinstance(values, Mapping):
+                raise ConfigError(f"{name}: expected a mapping of its settings, got {values!r}")
+            unknown += sorted(f"{name}.{k}" for k in set(values) - set(_key_types(section_cls)))
+            built[name] = {k: v for k, v in values.items() if k in _key_types(section_cls)}
+        if unknown:
+            raise ConfigError(f"invalid config keys: unknown {unknown}")
+        top = {k: typed_value(k, v) for k, v in d.items()}
+        model = ModelConfig(**{k: typed_value(f"model.{k}", v) for k, v in built["model"].items()})
+        train = TrainConfig(**{k: typed_value(f"train.{k}", v) for k, v in built["train"].items()})
+        return cls(model=model, train=train, **top)
 
     def with_overrides(self, overrides: Mapping[str, Any] | Sequence[str]) -> ExperimentConfig:
         """A copy with dotted-key overrides applied: ``{"model.alpha": 0.05}`` or ``["model.alpha=0.05"]``.
 
-        String values are parsed as JSON when possible (numbers, booleans, null, objects).
+        A string value of a non-string setting is parsed as JSON (numbers, booleans, null, objects);
+        ``section.dict_field.entry`` sets one entry of a mapping setting. Every value is type-checked
+        (:func:`typed_value`), so a wrong type fails here, in one line, instead of somewhere in training.
         """
         if not isinstance(overrides, Mapping):
-            pairs = {}
-            for item in overrides:
-                if "=" not in item:
-                    raise ConfigError(f"override {item!r} is not of the form section.key=value")
-                k, v = item.split("=", 1)
-                pairs[k.strip()] = v
-            overrides = pairs
+            overrides = parse_overrides(overrides)
         d = self.to_dict()
         for key, value in overrides.items():
-            if isinstance(value, str):
-                try:
-                    value = json.loads(value)
-                except json.JSONDecodeError:
-                    pass
-            node, parts = d, key.split(".")
-            for p in parts[:-1]:
-                if not isinstance(node.get(p), dict):
-                    raise ConfigError(f"unknown config section {p!r} in override {key!r}")
-                node = node[p]
-            if parts[-1] not in node:
+            parts = key.split(".")
+            if len(parts) > 1 and not isinstance(d.get(parts[0]), dict):
+                raise ConfigError(f"unknown config section {parts[0]!r} in override {key!r}")
+            field_key, entry = key, None
+            if key not in config_types() and ".".join(parts[:-1]) in config_types():
+                field_key, entry = ".".join(parts[:-1]), parts[-1]
+            tp = config_types().get(field_key)
+            if tp is None or (entry is not None and typing.get_origin(tp) is not dict):
                 raise ConfigError(f"unknown config key {key!r}")
-            node[parts[-1]] = value
+            node = d
+            for p in field_key.split(".")[:-1]:
+                node = node[p]
+            name = field_key.split(".")[-1]
+            if entry is None:
+                node[name] = typed_value(key, _parsed(value, tp))
+            else:
+                entry_type = typing.get_args(tp)[1]
+                node[name] = {**node[name], entry: typed_value(key, _parsed(value, entry_type), entry_type)}
         return ExperimentConfig.from_dict(d)
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, str]:
+    """``["model.alpha=0.05"]`` -> ``{"model.alpha": "0.05"}`` (values stay strings; overrides type them)."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        if not isinstance(item, str) or "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        k, v = item.split("=", 1)
+        pairs[k.strip()] = v
+    return pairs
+
+
+#: The settings that take one of a fixed set of values, checked wherever a value enters (:func:`typed_value`).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": tuple(DATASETS),
+    "model.name": MODEL_NAMES,
+    "model.ablation": ABLATIONS,
+    "model.embedding_combiner": EMBEDDING_COMBINERS,
+    "train.embedding_update": EMBEDDING_UPDATES,
+    "train.epoch_basis": EPOCH_BASES,
+    "train.device": DEVICES,
+}
+
+
+@functools.cache
+def _key_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+@functools.cache
+def config_types() -> dict[str, Any]:
+    """Every setting's dotted key and its type: ``{"dataset": str, ..., "train.batch_size": int, ...}``."""
+    out: dict[str, Any] = {}
+    for name, tp in _key_types(ExperimentConfig).items():
+        if dataclasses.is_dataclass(tp):
+            out.update({f"{name}.{k}": t for k, t in _key_types(tp).items()})
+        else:
+            out[name] = tp
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if typing.get_origin(tp) is dict:
+        return f"a mapping of {_type_name(args[0])} to {_type_name(args[1])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _parsed(value: Any, tp: Any) -> Any:
+    """A command-line string as the JSON value it spells, unless the setting is a string."""
+    if isinstance(value, str) and tp is not str:
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+_WRONG = object()
+
+
+def _convert(value: Any, tp: Any) -> Any:
+    """``value`` as a ``tp``, or ``_WRONG``: strict, except that a float setting takes an int and an
+    int setting an integral float."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None if type(None) in args else _WRONG
+        for a in args:
+            if a is not type(None) and (out := _convert(value, a)) is not _WRONG:
+                return out
+        return _WRONG
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            return _WRONG
+        out = {_convert(k, args[0]): _convert(v, args[1]) for k, v in value.items()}
+        return _WRONG if any(x is _WRONG for kv in out.items() for x in kv) else out
+    if tp is bool or tp is str:
+        return value if isinstance(value, tp) else _WRONG
+    if isinstance(value, bool) or not isinstance(value, (int, float)):  # bool is an int to Python, not here
+        return _WRONG
+    if tp is int:  # KFP hands over the numbers of dict and list parameters as doubles: 2.0 is 2, 2.5 is wrong
+        return int(value) if isinstance(value, int) or value.is_integer() else _WRONG
+    return float(value) if tp is float else _WRONG
+
+
+def typed_value(key: str, value: Any, tp: Any = None, label: str | None = None) -> Any:
+    """``value`` checked against the type of setting ``key`` (int rejects 2.5 and true but takes 2.0 as 2,
+    bool takes only true/false, float takes an int as a float, mappings are checked entry by entry, settings of
+    :data:`CHOICES` take only their values). Raises a one-line :class:`ConfigError` naming ``label``
+    (default ``key``), the expected type and the value."""
+    tp = config_types()[key] if tp is None else tp
+    out = _convert(value, tp)
+    if out is _WRONG:
+        raise ConfigError(f"{label or key}: expected {_type_name(tp)}, got {value!r}")
+    if key in CHOICES and out not in CHOICES[key]:
+        raise ConfigError(f"{label or key}: expected one of {list(CHOICES[key])}, got {value!r}")
+    return out
 
 
 def paper_config(dataset: str = "amazon", target_domain: str | None = None, model: str = "cdanet") -> ExperimentConfig:

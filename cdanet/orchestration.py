@@ -48,6 +48,12 @@ def _check_params(pipeline_func: Any, params: Mapping[str, Any]) -> None:
         raise SystemExit(f"unknown pipeline parameter(s) {unknown}; known: {sorted(known)}")
 
 
+def _typed_for_kfp(pipeline_func: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    """An int given for a float parameter (``alpha=0``) as a float: kfp.local rejects the int."""
+    inputs = pipeline_func.component_spec.inputs or {}
+    return {k: float(v) if inputs[k].type == "Float" and type(v) is int else v for k, v in params.items()}
+
+
 # ---- local ----------------------------------------------------------------------------------------
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STATUS = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
@@ -125,17 +131,14 @@ def run_local(
         **params,
     }
     _check_params(pipeline_func, arguments)
-    # The profile's values for the typed hyper-parameters, unless given. (This also works around
-    # kfp.local, which cannot default an optional (None) pipeline parameter such as alpha.)
-    from cdanet.config import PROFILES
+    arguments = _typed_for_kfp(pipeline_func, arguments)
+    # The configure step resolves the profile and the hyperparameters (cdanet.params); here only the
+    # registered model's name needs the target. One per dataset and target: a movie model is never
+    # gated against an ad champion.
+    from cdanet.config import DATASETS
 
-    base = PROFILES[profile](dataset, arguments.get("target_domain") or None)
-    for key, value in {"alpha": base.model.alpha, "beta": base.model.beta, "num_experts": base.model.num_experts,
-                       "latent_dim": base.model.d, "max_epochs": base.train.max_epochs,
-                       "batch_size": base.train.batch_size, "learning_rate": base.train.learning_rate}.items():
-        arguments.setdefault(key, value)
-    # One registered model per dataset and target: a movie model is never gated against an ad champion.
-    arguments.setdefault("model_name", f"cdanet-{dataset}-{base.target_domain}")
+    target = arguments.get("target_domain") or DATASETS.get(dataset, ("",))[0]
+    arguments.setdefault("model_name", f"cdanet-{dataset}-{target}")
     model_name = arguments["model_name"]
     # Inherited by every task subprocess: no analytics calls (there is no network), Beam on all cores.
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from cdanet import __version__
+from cdanet import __version__, params
 from cdanet.atomic import write_json, write_text
 from cdanet.config import DATASETS, PROFILES, ConfigError, ExperimentConfig
 from cdanet.contract import STATS_FILENAME
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from cdanet.gate import GateDecision
 
 
-class PipelineParameterError(ValueError):
+class PipelineParameterError(ConfigError):
     """An invalid pipeline parameter, rejected by the first step before any work starts."""
 
 
@@ -72,19 +72,28 @@ def _uri_exists(uri: str) -> bool:
 
 
 def configure(
-    *, dataset: str, target_domain: str, raw_uri: str, glove_uri: str, profile: str, alpha: float | None,
-    beta: float | None, num_experts: int, latent_dim: int, max_epochs: int, batch_size: int,
-    learning_rate: float, seed: int, extra_overrides: Sequence[str], min_auc: float, tolerance: float,
-    baseline_margin: float,
-    tuned_config_uri: str = "",
+    *, dataset: str, target_domain: str, raw_uri: str, glove_uri: str, profile: str, extra_overrides: Sequence[str],
+    min_auc: float, tolerance: float, baseline_margin: float, tuned_config_uri: str = "",
+    alpha: float | None = None, beta: float | None = None, num_experts: int | None = None,
+    latent_dim: int | None = None, max_epochs: int | None = None, batch_size: int | None = None,
+    learning_rate: float | None = None, seed: int | None = None,
 ) -> PipelineConfig:
-    """Validate every parameter; raise one error listing all problems (nothing has run yet).
+    """Resolve the run's config once and validate every parameter before any work starts.
+
+    The hyperparameters (``alpha`` ... ``seed``, :data:`cdanet.params.HYPERPARAMETERS`) are unset when
+    ``None`` or the pipeline's default ``-1``: then the profile (or the tuned config) decides. The
+    config is :func:`cdanet.params.resolve`: the ``profile`` for ``dataset`` and ``target_domain``
+    (empty: the dataset's sparse domain), then the tuned config, then the set hyperparameters, then
+    ``extra_overrides``.
 
     ``tuned_config_uri``: a ``best_config.json`` of ``cdanet tune`` (path or Beam filesystem URI). Its
     hyperparameters (:func:`cdanet.tuning.tuned_overrides`: the model section and the optimisation keys
-    of ``train``) replace the profile's and the named parameters' values (alpha, beta, num_experts,
-    latent_dim, batch_size, learning_rate); ``max_epochs``, ``seed`` and the runtime settings stay the
-    pipeline's, and ``extra_overrides`` still apply last. Its dataset and target domain must be the run's.
+    of ``train``) replace the profile's; a hyperparameter the run sets and ``extra_overrides`` still win,
+    and ``max_epochs``, ``seed`` and the runtime settings are never taken from it. Its dataset and target
+    domain must be the run's.
+
+    A value of the wrong type raises at once, in one line (:class:`PipelineParameterError`, a
+    :class:`ConfigError`); every other problem is listed in one error.
     """
     problems: list[str] = []
     if dataset not in DATASETS:
@@ -95,14 +104,13 @@ def configure(
         )
     if profile not in PROFILES:
         raise PipelineParameterError(f"unknown profile {profile!r}; expected one of {sorted(PROFILES)}")
-    cfg = PROFILES[profile](dataset, target_domain or None, "cdanet")
-    overrides: dict[str, Any] = {"model.num_experts": num_experts, "model.d": latent_dim,
-                                 "train.max_epochs": max_epochs, "train.batch_size": batch_size,
-                                 "train.learning_rate": learning_rate, "train.seed": seed}
-    if alpha is not None:
-        overrides["model.alpha"] = alpha
-    if beta is not None:
-        overrides["model.beta"] = beta
+    hyperparameters = dict(alpha=alpha, beta=beta, num_experts=num_experts, latent_dim=latent_dim,
+                           max_epochs=max_epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed)
+    try:
+        params.explicit(hyperparameters)  # a wrong type fails first, whatever else is wrong
+    except ConfigError as e:
+        raise PipelineParameterError(str(e)) from e
+    base = PROFILES[profile](dataset, target_domain or None, "cdanet")
     tuned: dict[str, Any] = {}
     if tuned_config_uri:
         from cdanet.tuning import load_tuned_config, tuned_overrides
@@ -112,16 +120,20 @@ def configure(
         except ConfigError as e:
             problems.append(f"tuned_config_uri: {e}")
         else:
-            if (best.dataset, best.target_domain) != (cfg.dataset, cfg.target_domain):
+            if (best.dataset, best.target_domain) != (base.dataset, base.target_domain):
                 problems.append(f"tuned_config_uri {tuned_config_uri!r} was tuned for {best.dataset}/{best.target_domain}, "
-                                f"this run trains {cfg.dataset}/{cfg.target_domain}")
+                                f"this run trains {base.dataset}/{base.target_domain}")
             elif best.model.name != "cdanet" or best.model.ablation != "none":
                 problems.append(f"tuned_config_uri {tuned_config_uri!r} holds model {best.model.name!r} "
                                 f"(ablation {best.model.ablation!r}); the training pipeline trains full CDAnet")
             else:
                 tuned = tuned_overrides(best)
     try:
-        cfg = cfg.with_overrides(overrides).with_overrides(tuned).with_overrides(list(extra_overrides)).validate()
+        cfg = params.resolve(base, hyperparameters, list(extra_overrides), tuned)
+    except ConfigError as e:
+        raise PipelineParameterError(f"extra_overrides: {e}") from e
+    try:
+        cfg.validate()
     except ConfigError as e:
         problems.append(str(e))
     else:

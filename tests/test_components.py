@@ -34,7 +34,7 @@ def workspace(tmp_path_factory):
     C.configure.python_func(
         dataset="amazon", target_domain="", raw_uri=str(raw), glove_uri=str(glove), profile="tiny", alpha=None,
         beta=None, num_experts=2, latent_dim=8, max_epochs=3, batch_size=128, learning_rate=0.005, seed=0,
-        extra_overrides=[], min_auc=0.5, tolerance=0.0, baseline_margin=0.005, config=config,
+        extra_overrides=[], tuned_config_uri="", min_auc=0.5, tolerance=0.0, baseline_margin=0.005, config=config,
     )
     return root, processed, config
 
@@ -51,7 +51,7 @@ def test_configure_rejects_invalid_parameters(tmp_path):
         C.configure.python_func(
             dataset="amazon", target_domain="", raw_uri=str(tmp_path), glove_uri=str(tmp_path), profile="tiny",
             alpha=None, beta=None, num_experts=2, latent_dim=8, max_epochs=1, batch_size=64, learning_rate=0.001,
-            seed=0, extra_overrides=[], min_auc=2.0, tolerance=0.0, baseline_margin=0.0,
+            seed=0, extra_overrides=[], tuned_config_uri="", min_auc=2.0, tolerance=0.0, baseline_margin=0.0,
             config=artifact(dsl.Artifact, tmp_path, "c"),
         )
 

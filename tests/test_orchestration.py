@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
-from helpers import configure
+from helpers import compiled_spec, configure, configure_as_compiled
 
 import pipeline as P
 from cdanet import orchestration, steps
+from cdanet.config import PROFILES, ConfigError
+from cdanet.params import HYPERPARAMETERS
 
 
 def test_configure_uses_paper_defaults_per_dataset(tmp_path):
@@ -17,6 +21,85 @@ def test_configure_uses_paper_defaults_per_dataset(tmp_path):
     assert taobao.experiment.model.tower_layers == 3
     both = configure(tmp_path, target_domain="book", alpha=0.05)
     assert (both.experiment.source_domain, both.experiment.model.alpha) == ("movie", 0.05)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+@pytest.mark.parametrize("dataset, target", [("amazon", ""), ("taobao", "rec")])
+def test_a_cluster_run_with_the_pipeline_defaults_gets_exactly_the_profile(tmp_path, profile, dataset, target):
+    # The compiled pipeline's defaults leave every hyperparameter to the profile (once mixed: tiny ran
+    # d=64, batch 2048, 30 epochs on a cluster, because the defaults repeated the paper's values).
+    frozen = configure_as_compiled(tmp_path, dataset=dataset, target_domain=target, profile=profile,
+                                   glove_uri="" if dataset == "taobao" else str(tmp_path / "glove.txt"))
+    assert frozen["experiment"] == PROFILES[profile](dataset, target or None, "cdanet").to_dict()
+
+
+def test_every_hyperparameter_defaults_to_unset_in_the_compiled_pipeline():
+    root = compiled_spec()["root"]["inputDefinitions"]["parameters"]
+    assert {name: root[name]["defaultValue"] for name in HYPERPARAMETERS} == {name: -1 for name in HYPERPARAMETERS}
+    configure_inputs = compiled_spec()["root"]["dag"]["tasks"]["configure"]["inputs"]["parameters"]
+    assert all(configure_inputs[name] == {"componentInputParameter": name} for name in HYPERPARAMETERS)
+
+
+def test_an_explicit_parameter_overrides_the_profile_and_extra_overrides_override_it(tmp_path):
+    frozen = configure_as_compiled(tmp_path, profile="tiny", batch_size=32, alpha=0, latent_dim=16)["experiment"]
+    tiny = PROFILES["tiny"]("amazon", None, "cdanet").to_dict()
+    assert (frozen["train"]["batch_size"], frozen["model"]["alpha"], frozen["model"]["d"]) == (32, 0.0, 16)
+    assert isinstance(frozen["model"]["alpha"], float)  # an int given for a float setting is stored as one
+    assert {k: v for k, v in frozen["train"].items() if k != "batch_size"} == {
+        k: v for k, v in tiny["train"].items() if k != "batch_size"}
+    last = configure_as_compiled(tmp_path, profile="tiny", batch_size=32,
+                                 extra_overrides=["train.batch_size=16"])["experiment"]
+    assert last["train"]["batch_size"] == 16
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (dict(batch_size=2.5), r"batch_size \(train.batch_size\): expected int, got 2.5"),
+        (dict(latent_dim="abc"), r"latent_dim \(model.d\): expected int, got 'abc'"),
+        (dict(seed=True), r"seed \(train.seed\): expected int, got True"),
+        (dict(alpha="0.1"), r"alpha \(model.alpha\): expected float, got '0.1'"),
+        (dict(extra_overrides=["train.batch_size=2.5"]), "extra_overrides: train.batch_size: expected int, got 2.5"),
+        (dict(extra_overrides=["train.progress=1"]), "extra_overrides: train.progress: expected bool, got 1"),
+        (dict(extra_overrides=['model.tower_layers_by_domain={"movie": "deep"}']),
+         "extra_overrides: model.tower_layers_by_domain: expected a mapping of str to int, got {'movie': 'deep'}"),
+        (dict(extra_overrides=["train.device=tpu"]),
+         r"extra_overrides: train.device: expected one of \['auto', 'cpu', 'cuda'\], got 'tpu'"),
+        # a wrong type is reported alone, in one line, even when other parameters are also invalid
+        (dict(batch_size=2.5, min_auc=3.0), r"batch_size \(train.batch_size\): expected int, got 2.5"),
+    ],
+)
+def test_a_wrong_type_fails_the_first_step_in_one_line(tmp_path, params, message):
+    with pytest.raises(ConfigError) as e:
+        configure_as_compiled(tmp_path, **params)
+    assert isinstance(e.value, steps.PipelineParameterError)
+    assert "\n" not in str(e.value) and re.fullmatch(message, str(e.value)), str(e.value)
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_run_local_leaves_the_profile_to_the_configure_step(tmp_path):
+    # kfp.local gets only what the command line gave: no hyperparameter filled in from the profile.
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    class Pipeline:
+        component_spec = P.create_pipeline().component_spec
+
+        def __call__(self, **arguments):
+            seen.update(arguments)
+            raise Stop
+
+    (tmp_path / "raw").mkdir()
+    code = orchestration.run_local(Pipeline(), raw_dir=str(tmp_path / "raw"), glove=None, dataset="amazon",
+                                   scale="tiny", workdir=str(tmp_path / "w"), profile="tiny",
+                                   params={"max_epochs": 3, "alpha": 0}, out=lambda _: None)
+    assert code == 1  # Stop, raised instead of running
+    assert {k: seen[k] for k in ("profile", "max_epochs", "alpha", "model_name")} == {
+        "profile": "tiny", "max_epochs": 3, "alpha": 0.0, "model_name": "cdanet-amazon-movie"}
+    assert type(seen["alpha"]) is float  # kfp.local rejects an int for a float parameter
+    assert not set(seen) & (set(HYPERPARAMETERS) - {"max_epochs", "alpha"})
 
 
 def test_config_artifact_round_trip(tmp_path):

@@ -36,6 +36,23 @@ def two_runs(tmp_path_factory):
     return workdir, (first, first_out), (second, second_out)
 
 
+def test_the_frozen_config_is_the_profile_plus_the_parameters_given(two_runs):
+    # kfp.local hands the configure task the pipeline's "unset" defaults (-1) for the rest.
+    import json
+
+    from cdanet.config import tiny_config
+
+    workdir, (code, out), _ = two_runs
+    assert code == 0, "\n".join(out)
+    first = min(glob.glob(str(workdir / "pipeline_root" / "cdanet-training-*")), key=os.path.getmtime)
+    (path,) = glob.glob(os.path.join(first, "configure", "config"))
+    with open(path) as fh:
+        frozen = json.load(fh)["experiment"]
+    expected = tiny_config("amazon").with_overrides(
+        {"train.max_epochs": 5, "train.batch_size": 128, "train.learning_rate": 0.003})
+    assert frozen == expected.to_dict()
+
+
 def test_first_run_promotes_a_champion_that_scores_rows(two_runs):
     import mlflow
     import pyarrow.parquet as pq

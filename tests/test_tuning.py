@@ -20,13 +20,13 @@ from unittest import mock
 import optuna
 import pytest
 import yaml
-from helpers import configure
+from helpers import configure, configure_as_compiled
 
-import components as C
 import pipeline as P
 from cdanet import orchestration, steps
 from cdanet.cli import main
 from cdanet.config import ConfigError, ExperimentConfig, tiny_config
+from cdanet.params import HYPERPARAMETERS
 from cdanet.tuning import (
     STAGE_STEP_STRIDE,
     CategoricalParam,
@@ -218,9 +218,10 @@ def test_pruned_trials_stop_training_and_never_win(no_test_dir, tmp_path):
 
 
 def _configure(tmp_path, **overrides) -> steps.PipelineConfig:
-    """The paper profile with the pipeline's defaults, 7 epochs and seed 3 (the tuned study's differ)."""
-    return configure(tmp_path, **{"profile": "paper", "latent_dim": 64, "max_epochs": 7, "batch_size": 2048,
-                                  "seed": 3, **overrides})
+    """The paper profile with the pipeline's defaults (every other hyperparameter unset), 7 epochs and
+    seed 3 (the tuned study's differ)."""
+    unset = {name: None for name in HYPERPARAMETERS}
+    return configure(tmp_path, **{**unset, "profile": "paper", "max_epochs": 7, "seed": 3, **overrides})
 
 
 def test_configure_takes_the_tuned_hyperparameters(study, tmp_path):
@@ -235,6 +236,9 @@ def test_configure_takes_the_tuned_hyperparameters(study, tmp_path):
     assert (cfg.train.max_epochs, cfg.train.seed, cfg.train.num_threads) == (7, 3, 0)  # the pipeline's, not the study's
     untuned = _configure(tmp_path).experiment
     assert (untuned.model.alpha, untuned.model.d) == (0.01, 64)
+    # A hyperparameter the run sets beats the tuned config's (and extra_overrides beat both).
+    mine = _configure(tmp_path, tuned_config_uri=path, batch_size=512, learning_rate=0.0042).experiment
+    assert (mine.train.batch_size, mine.train.learning_rate, mine.model.d) == (512, 0.0042, best.model.d)
 
 
 def test_configure_rejects_a_tuned_config_of_another_run(study, tmp_path):
@@ -263,22 +267,11 @@ def test_the_pipeline_parameter_reaches_the_configure_step(study, tmp_path):
     task = spec["root"]["dag"]["tasks"]["configure"]["inputs"]["parameters"]["tuned_config_uri"]
     assert task == {"componentInputParameter": "tuned_config_uri"}
 
-    from kfp import dsl
-
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    glove = tmp_path / "glove.txt"
-    glove.write_text("the 0.1 0.2\n")
-    config = dsl.Artifact(name="config", uri=str(tmp_path / "config"), metadata={})
-    C.configure.python_func(
-        dataset="amazon", target_domain="", raw_uri=str(raw), glove_uri=str(glove), profile="paper", alpha=None,
-        beta=None, num_experts=2, latent_dim=64, max_epochs=3, batch_size=2048, learning_rate=0.001, seed=0,
-        extra_overrides=[], min_auc=0.5, tolerance=0.0, config=config, **params,
-    )
+    frozen_all = configure_as_compiled(tmp_path, profile="paper", max_epochs=3, seed=0, min_auc=0.5, **params)
     best = json.load(open(path))
-    frozen = json.load(open(config.path))["experiment"]
+    frozen = frozen_all["experiment"]
     assert frozen["model"] == {**best["model"]} and frozen["train"]["learning_rate"] == best["train"]["learning_rate"]
-    assert config.metadata["alpha"] == best["model"]["alpha"]
+    assert frozen["train"]["batch_size"] == best["train"]["batch_size"]
 
 
 # ---- the README's commands, in tiny form -------------------------------------------------------
@@ -316,8 +309,7 @@ def test_the_documented_commands_run_in_tiny_form(no_test_dir, tmp_path, monkeyp
             with mock.patch.object(orchestration, "run_local", autospec=True, return_value=0) as run_local:
                 assert P.main(argv[2:]) == 0
             assert run_local.call_args.kwargs["params"] == {"tuned_config_uri": "tune/amazon/best_config.json"}
-            configure(tmp_path, profile="paper", latent_dim=64, max_epochs=30, batch_size=2048, seed=42,
-                      tolerance=0.005, **run_local.call_args.kwargs["params"])
+            configure_as_compiled(tmp_path, **run_local.call_args.kwargs["params"])
         else:
             assert argv[0] == "kubectl", argv  # needs a cluster; the manifest is checked in test_katib.py
             continue
