@@ -87,6 +87,10 @@ def test_profiles_default_on_the_target_and_strict_leaves_them_out() -> None:
     assert paper_config("taobao", "rec").model.history_fields == {"rec": "category"}
     assert paper_config("amazon").model.shared_users and not strict_config("amazon").model.shared_users
     assert strict_config("amazon").model.history_fields == {} == tiny_config().model.history_fields
+    assert paper_config("amazon").model.source_history_fields == {"movie": "category"}
+    assert paper_config("taobao").model.source_history_fields == {"ad": "category"}
+    assert strict_config("taobao").model.source_history_fields == {} == tiny_config().model.source_history_fields
+    assert paper_config("amazon").train.weight_decay == 1e-4 and strict_config("amazon").train.weight_decay == 0
     with pytest.raises(ConfigError, match="history_fields names unknown domains"):
         tiny_config().with_overrides(['model.history_fields={"ad": "category"}']).validate()
 
