@@ -302,7 +302,7 @@ class SearchSpace:
 def default_space(model: str, profile: str = "paper") -> SearchSpace:
     """A CTR search space around the paper's settings; the ``tiny`` profile keeps widths and batches small.
 
-    Every model: learning rate (log-uniform), weight decay (0 or a small value), dropout, latent size
+    Every model: learning rate (log-uniform), weight decay (0, or around the measured 1e-4), dropout, latent size
     ``model.d`` and batch size. CDAnet adds the loss weights alpha (L^cross) and beta (L^orth), DDTCDR
     its orthogonality weight. ``model.embedding_dim`` only matters for the concat/sum combiners, so it
     is left out of the default.
@@ -310,7 +310,7 @@ def default_space(model: str, profile: str = "paper") -> SearchSpace:
     tiny = profile == "tiny"
     params: dict[str, Param] = {
         "train.learning_rate": FloatParam(1e-4, 1e-2, log=True),
-        "train.weight_decay": CategoricalParam((0.0, 1e-6, 1e-5, 1e-4)),
+        "train.weight_decay": CategoricalParam((0.0, 3e-5, 1e-4, 3e-4, 1e-3)),
         "model.dropout": FloatParam(0.0, 0.5),
         "model.d": CategoricalParam((4, 8, 16) if tiny else (16, 32, 64, 128)),
         "train.batch_size": CategoricalParam((32, 64, 128) if tiny else (512, 1024, 2048, 4096)),
