@@ -1,7 +1,8 @@
 """Renders the training pipeline's figures (training curves, reliability diagrams) to PNG and HTML files.
 
 Matplotlib is imported inside the functions with the Agg backend, so importing this module costs
-nothing and needs no display.
+nothing and needs no display. The HTML pages are the templates ``curves.html.j2`` and
+``reliability.html.j2`` (:mod:`cdanet.pages`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from cdanet import pages
 from cdanet.atomic import replacing, write_text
 
 __all__ = ["write_curves_html", "write_reliability"]
@@ -39,7 +41,7 @@ def write_curves_html(histories: Mapping[str, list[dict]], target: str, path: st
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    write_text(path, _html_page("CDAnet training curves", f"<img src='data:image/png;base64,{_png_base64(fig)}'/>"))
+    write_text(path, pages.render("curves.html.j2", png=_png_base64(fig)))
 
 
 def _png_base64(fig: Any) -> str:
@@ -50,10 +52,6 @@ def _png_base64(fig: Any) -> str:
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
-
-
-def _html_page(title: str, body: str) -> str:
-    return f"<html><body><h3>{title}</h3>{body}</body></html>"
 
 
 def write_reliability(calibrations: Mapping[str, Mapping[str, Any]], png_path: str,
@@ -95,24 +93,4 @@ def write_reliability(calibrations: Mapping[str, Mapping[str, Any]], png_path: s
         fh.write(base64.b64decode(png))
     if html_path is None:
         return
-    parts = [f"<img src='data:image/png;base64,{png}'/>",
-             "<table border='1' cellpadding='3'><tr><th>domain</th><th>model</th><th>logloss</th>"
-             "<th>base-rate logloss</th><th>beats base rate</th><th>ECE</th></tr>"]
-    for domain, models in calibrations.items():
-        for label, cal in models.items():
-            parts.append(f"<tr><td>{domain}</td><td>{label}</td><td>{cal.logloss:.4f}</td>"
-                         f"<td>{cal.base_rate_logloss:.4f}</td><td>{'yes' if cal.beats_base_rate else 'NO'}</td>"
-                         f"<td>{cal.ece:.4f}</td></tr>")
-    parts.append("</table>")
-    for domain, models in calibrations.items():
-        for label, cal in models.items():
-            r = cal.reliability
-            rows = "".join(
-                f"<tr><td>{i + 1}</td><td>{lo:.4f} - {up:.4f}</td><td>{p:.4f}</td><td>{o:.4f}</td><td>{n}</td></tr>"
-                for i, (lo, up, p, o, n) in enumerate(zip(r.bin_lower, r.bin_upper, r.mean_predicted,
-                                                          r.observed_rate, r.count, strict=True))
-            )
-            parts.append(f"<h4>{domain}: {label}</h4><table border='1' cellpadding='3'><tr><th>bin</th>"
-                         "<th>score range</th><th>mean predicted</th><th>observed click rate</th><th>rows</th></tr>"
-                         f"{rows}</table>")
-    write_text(html_path, _html_page("Calibration on the test split (reliability diagrams)", "".join(parts)))
+    write_text(html_path, pages.render("reliability.html.j2", png=png, calibrations=calibrations))

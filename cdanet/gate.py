@@ -1,4 +1,4 @@
-"""The blessing rule: may a candidate model replace the registry's champion?
+"""The blessing rule: decides whether a candidate model may replace the registry's champion.
 
 It mirrors TFX's Evaluator blessing, extended so that a model that has not learnt the users' taste
 cannot pass. All checks are on the target domain's test split:

@@ -9,7 +9,7 @@ gradients (a coalesced sparse tensor) instead of a dense table that is mostly ze
   listed rows only (lazy), or on every row as dense Adam would (without building the dense gradient).
 
 Each has a torch implementation, and on CPU a C one (``native.c``) that does the same in one pass over
-the data instead of torch's gather / update / scatter (measured in ``docs/architecture.md``, "Training
+the data instead of torch's gather / update / scatter (measured in ``docs/performance.md``, "Training
 speed"). The C file is compiled on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``
 or ``clang``) into a cache directory (``$CDANET_NATIVE_CACHE``, else ``~/.cache/cdanet/native``), keyed
 by the source, the flags and the host CPU (a temporary folder when that one is not writable), and

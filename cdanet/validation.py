@@ -34,12 +34,11 @@ self-contained ``<report_dir>/validation.html`` (a Kubeflow HTML artifact shows 
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
+from cdanet import pages
 from cdanet.atomic import write_text
 from cdanet.contract import SPLITS, DataError, DomainSchema, FieldKind, FieldSpec, load_schemas, read_split
 
@@ -522,36 +522,13 @@ def validate_processed(
 
 # ---- HTML ---------------------------------------------------------------------------------------
 
-_CSS = """
-body{font-family:-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em;color:#222}
-h1{font-size:1.4em} h2{font-size:1.15em;margin-top:1.6em} h3{font-size:1em;margin-bottom:.3em}
-.banner{padding:.7em 1em;border-radius:6px;font-weight:600;color:#fff}
-.ok{background:#2e7d32} .bad{background:#c62828}
-table{border-collapse:collapse;margin:.4em 0 1em;font-size:.88em}
-th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
-th{background:#f3f3f3} tr.fail td{background:#fdecea} code{font-size:.95em}
-.muted{color:#666;font-size:.85em}
-"""
 
-
-def _row(cells: Iterable[str], cls: str = "") -> str:
-    attr = f' class="{cls}"' if cls else ""
-    return f"<tr{attr}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
-
-
-def _outcome_table(outcomes: Sequence[ExpectationOutcome], with_split: bool) -> str:
-    head = (["domain", "split"] if with_split else []) + ["status", "expectation", "column", "expected", "observed"]
-    rows = []
-    for o in outcomes:
-        cells = ([html.escape(o.domain), html.escape(o.split)] if with_split else []) + [
-            "pass" if o.success else "<b>FAIL</b>",
-            f"<code>{html.escape(o.expectation)}</code>",
-            html.escape(o.column or "(table)"),
-            html.escape(o.expected),
-            html.escape(o.observed),
-        ]
-        rows.append(_row(cells, "" if o.success else "fail"))
-    return "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
+def _fields_line(schema: DomainSchema) -> str:
+    return ", ".join(
+        f"{f.name} ({f.kind.value}" + (f", vocab {f.vocab_size}" if f.vocab_size else "")
+        + (f", dim {f.dim}" if f.dim else "") + ")"
+        for f in schema.fields
+    )
 
 
 def render_html(
@@ -559,44 +536,30 @@ def render_html(
     schemas: Mapping[str, DomainSchema],
     sources: Mapping[tuple[str, str], Sequence[str]],
 ) -> str:
-    """The one-file summary: verdict, every failure first, then every outcome per domain and split."""
-    failures = report.failures
-    verdict = (
-        f'<div class="banner ok">PASSED: all {len(report.results)} expectations met</div>'
-        if report.success
-        else f'<div class="banner bad">FAILED: {len(failures)} of {len(report.results)} expectations failed; '
-        "the pipeline stops before training</div>"
-    )
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>CDAnet data validation</title>",
-        f"<style>{_CSS}</style></head><body><h1>CDAnet data validation</h1>",
-        verdict,
-    ]
-    if failures:
-        parts += ["<h2>Failed expectations</h2>", _outcome_table(failures, with_split=True)]
-    parts.append("<h2>Summary</h2><table><tr><th>domain</th><th>split</th><th>expectations</th><th>failed</th><th>files</th></tr>")
+    """The one-file summary: verdict, every failure first, then every outcome per domain and split.
+
+    The page is ``cdanet/templates/validation.html.j2``; this gathers what it shows.
+    """
+    def outcomes_of(domain: str, split: str) -> list[ExpectationOutcome]:
+        return [o for o in report.results if o.domain == domain and o.split == split]
+
+    summary = []
     for (domain, split), files in sources.items():
-        mine = [o for o in report.results if o.domain == domain and o.split == split]
-        bad = sum(not o.success for o in mine)
-        parts.append(_row(
-            [html.escape(domain), html.escape(split), str(len(mine)), str(bad),
-             "<br>".join(html.escape(os.path.basename(f)) for f in files)],
-            "fail" if bad else "",
-        ))
-    parts.append("</table>")
-    for domain, schema in schemas.items():
-        fields = ", ".join(
-            f"{f.name} ({f.kind.value}" + (f", vocab {f.vocab_size}" if f.vocab_size else "")
-            + (f", dim {f.dim}" if f.dim else "") + ")"
-            for f in schema.fields
-        )
-        parts.append(f"<h2>Domain {html.escape(domain)}</h2><p class='muted'>dataset {html.escape(schema.dataset)}; "
-                     f"fields: {html.escape(fields)}</p>")
-        for split in SPLITS:
-            mine = [o for o in report.results if o.domain == domain and o.split == split]
-            if mine:
-                parts += [f"<h3>{html.escape(split)}</h3>", _outcome_table(mine, with_split=False)]
-    if report.data_docs_index:
-        parts.append(f"<p class='muted'>Great Expectations Data Docs: {html.escape(report.data_docs_index)}</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+        mine = outcomes_of(domain, split)
+        summary.append({"domain": domain, "split": split, "expectations": len(mine),
+                        "failed": sum(not o.success for o in mine),
+                        "files": [os.path.basename(f) for f in files]})
+    domains = [
+        {"name": domain, "dataset": schema.dataset, "fields": _fields_line(schema),
+         "splits": [(split, mine) for split in SPLITS if (mine := outcomes_of(domain, split))]}
+        for domain, schema in schemas.items()
+    ]
+    return pages.render(
+        "validation.html.j2",
+        success=report.success,
+        n_results=len(report.results),
+        failures=report.failures,
+        summary=summary,
+        domains=domains,
+        data_docs_index=report.data_docs_index,
+    )

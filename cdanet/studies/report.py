@@ -10,7 +10,6 @@ this module never changes the caller's pyplot backend.
 from __future__ import annotations
 
 import base64
-import html
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from cdanet import atomic
+from cdanet import atomic, pages
 from cdanet.studies.oracle import OracleAUC
 from cdanet.studies.plan import StudyPlan
 from cdanet.studies.reference_rows import ORACLE_LABEL, REFERENCE_LABELS, ReferenceScore, reference_cell
@@ -260,16 +259,11 @@ def plot_fig6(df: pd.DataFrame, path: str, oracle: Mapping[str, OracleAUC] | Non
 
 def png_html(png_paths: Sequence[str], title: str, notes: Sequence[str] = ()) -> str:
     """A self-contained HTML page with the PNGs embedded (what the KFP UI renders for an HTML artifact)."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
-             f"<h2>{html.escape(title)}</h2>"]
+    figures = []
     for path in png_paths:
         with open(path, "rb") as fh:
-            data = base64.b64encode(fh.read()).decode("ascii")
-        parts.append(f"<figure><img alt='{html.escape(os.path.basename(path))}' "
-                     f"src='data:image/png;base64,{data}' style='max-width:100%'></figure>")
-    parts += [f"<p>{html.escape(n)}</p>" for n in notes]
-    parts.append("</body></html>")
-    return "\n".join(parts)
+            figures.append((os.path.basename(path), base64.b64encode(fh.read()).decode("ascii")))
+    return pages.render("studies_figures.html.j2", title=title, figures=figures, notes=list(notes))
 
 
 def write_csv(df: pd.DataFrame, path: str) -> str:

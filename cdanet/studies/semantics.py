@@ -1,4 +1,4 @@
-"""Table 4 (paper Sec. 5.3): do translated latent features keep their meaning across domains?
+"""Table 4 (paper Sec. 5.3): measures whether translated latent features keep their meaning across domains.
 
 Following the paper: take the users with positive *training* rows in both domains; compute the
 latent features ``z_t`` (Eq. 4) of the target-domain positive rows of a few of them, translate them

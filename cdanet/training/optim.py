@@ -97,7 +97,7 @@ def training_fast_paths(device: torch.device, embedding_update: str = "dense") -
     (``FastPaths.sparse_rows``) for ``lazy``, which updates only the rows a step looked up, and for
     ``dense`` on CPU when the C kernels of :mod:`cdanet.native` are available: then neither the
     backward nor the optimiser builds a dense ``R x e`` gradient. Otherwise they are dense and Adam's
-    fused kernel updates the tables. Measured in ``docs/architecture.md``, "Training speed".
+    fused kernel updates the tables. Measured in ``docs/performance.md``, "Training speed".
     """
     if embedding_update not in EMBEDDING_UPDATES:
         raise ValueError(f"unknown embedding_update {embedding_update!r}; expected one of {EMBEDDING_UPDATES}")
