@@ -78,6 +78,10 @@ class ModelConfig:
     # profile layer (needs history_fields[domain]) also holds the user's profile over that field of the
     # other domain's training rows, matched with the row's item (UserHistory). Two-domain models only.
     source_history_fields: dict[str, str] = field(default_factory=dict)
+    # Departs from the paper (named option): {domain: [user-attribute fields]}. The listed domain's
+    # profile layer (needs history_fields[domain]) adds the user's attribute vectors to the profile,
+    # so they are crossed with the row's item (UserHistory).
+    user_fields: dict[str, list[str]] = field(default_factory=dict)
     alpha: float = 0.01  # weight of L^cross (Eq. 9)
     beta: float = 0.1  # weight of L^orth (Eq. 9, 11)
     ablation: str = "none"
@@ -151,16 +155,16 @@ class ExperimentConfig:
                     errors.append(f"unknown {role} {dom!r} for dataset {self.dataset!r}; expected one of {allowed}")
             if self.source_domain == self.target_domain:
                 errors.append(f"source_domain and target_domain are both {self.source_domain!r}")
-            unknown_h = sorted(set(m.history_fields) - set(allowed))
-            if unknown_h:
-                errors.append(f"model.history_fields names unknown domains {unknown_h}")
-            unknown_s = sorted(set(m.source_history_fields) - set(allowed))
-            if unknown_s:
-                errors.append(f"model.source_history_fields names unknown domains {unknown_s}")
-            unmatched = sorted(set(m.source_history_fields) - set(m.history_fields))
-            if unmatched:
-                errors.append(f"model.source_history_fields for {unmatched} needs model.history_fields for the "
-                              f"same domain(s) (the row's item is matched through that field)")
+            profile_maps = {"history_fields": m.history_fields, "source_history_fields": m.source_history_fields,
+                            "user_fields": m.user_fields}
+            for name, mapping in profile_maps.items():
+                unknown_d = sorted(set(mapping) - set(allowed))
+                if unknown_d:
+                    errors.append(f"model.{name} names unknown domains {unknown_d}")
+                unmatched = sorted(set(mapping) - set(m.history_fields))
+                if unmatched:
+                    errors.append(f"model.{name} for {unmatched} needs model.history_fields for the same "
+                                  f"domain(s) (the row's item is matched through that field)")
             unknown = sorted(set(m.tower_layers_by_domain) - set(allowed))
             if unknown:
                 errors.append(f"tower_layers_by_domain names unknown domains {unknown}")
@@ -320,6 +324,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
     if typing.get_origin(tp) is dict:
         return f"a mapping of {_type_name(args[0])} to {_type_name(args[1])}"
+    if typing.get_origin(tp) in (list, tuple):
+        return f"a list of {_type_name(args[0])}"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -352,6 +358,11 @@ def _convert(value: Any, tp: Any) -> Any:
             return _WRONG
         out = {_convert(k, args[0]): _convert(v, args[1]) for k, v in value.items()}
         return _WRONG if any(x is _WRONG for kv in out.items() for x in kv) else out
+    if origin in (list, tuple):
+        if isinstance(value, (str, Mapping)) or not isinstance(value, Sequence):
+            return _WRONG
+        items = [_convert(v, args[0]) for v in value]
+        return _WRONG if any(x is _WRONG for x in items) else items
     if tp is bool or tp is str:
         return value if isinstance(value, tp) else _WRONG
     if isinstance(value, bool) or not isinstance(value, (int, float)):  # bool is an int to Python, not here

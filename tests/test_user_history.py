@@ -8,7 +8,7 @@ import torch
 from helpers import book_schema, movie_schema
 
 from cdanet.config import ConfigError, paper_config, strict_config, tiny_config
-from cdanet.contract import SchemaError
+from cdanet.contract import DomainSchema, FieldKind, FieldSpec, SchemaError
 from cdanet.data import DomainData, history_clicks, linked_history, user_history
 from cdanet.layers.embeddings import UserHistory, auto_history_std
 
@@ -192,3 +192,29 @@ def test_training_fills_the_source_profile_and_stage_2_serves_it(processed_dir: 
     assert int(linked.sum()) > 10  # movie users with book rows carry their book profile into the served model
     assert bool((history.source_values[linked, 0] > 0).all()) and bool((history.source_values[~linked] == 0).all())
     assert float(history.source_clicks.abs().sum()) > 0
+
+
+# model.user_fields: the user's attributes join the profile, so they are crossed with the row's item.
+
+def test_user_attributes_join_the_profile_and_cross_the_item() -> None:
+    schema = DomainSchema("amazon", "movie", (*movie_schema().fields,
+                                              FieldSpec("age", FieldKind.CATEGORICAL, vocab_size=4),
+                                              FieldSpec("gender", FieldKind.CATEGORICAL, vocab_size=3)))
+    torch.manual_seed(0)
+    layer = UserHistory(schema, "genre", d=4, history_len=3, init_std=0.5, attributes=("age", "gender")).eval()
+    layer.set_profile(*user_history(_data([1, 1, 1], [4, 4, 2]), "genre", 3))
+    e, a = layer.table.weight.detach(), layer.attribute_table.weight.detach()
+    assert a.shape == (4 + 3, 4) and float(a.std()) < 0.05  # small init: q is large already
+    out = layer({"user_id": torch.tensor([1]), "genre": torch.tensor([2]), "age": torch.tensor([3]),
+                 "gender": torch.tensor([1])})
+    p = (2 * e[4] + e[2]) / 3 + a[3] + a[4 + 1]  # gender's rows follow age's 4
+    torch.testing.assert_close(out[0], p + p * e[2])
+    with pytest.raises(ValueError, match="must be categorical"):
+        UserHistory(schema, "genre", d=4, attributes=("user_id",))
+
+
+def test_user_fields_are_validated() -> None:
+    with pytest.raises(ConfigError, match="user_fields for \\['movie'\\] needs model.history_fields"):
+        tiny_config().with_overrides(['model.user_fields={"movie": ["genre"]}']).validate()
+    with pytest.raises(ConfigError, match="expected a mapping of str to a list of str"):
+        tiny_config().with_overrides(['model.user_fields={"movie": "genre"}'])

@@ -30,6 +30,7 @@ from cdanet.contract.schema import (
     OOV_INDEX,
     SCHEMA_VERSION,
     USER_FIELD,
+    USER_PROFILE_FIELDS,
     DataError,
     DomainSchema,
     FieldKind,
@@ -58,7 +59,7 @@ from cdanet.contract.vocab import (
 
 __all__ = [
     "CATEGORICAL_KINDS", "DEAD_LETTER_PREFIX", "ITEMS_FILENAME", "OOV_INDEX", "OOV_MARKER",
-    "PARQUET_SUFFIX", "SCHEMA_FILENAME", "SCHEMA_VERSION", "SPLITS", "STATS_FILENAME", "USER_FIELD",
+    "PARQUET_SUFFIX", "SCHEMA_FILENAME", "SCHEMA_VERSION", "SPLITS", "STATS_FILENAME", "USER_FIELD", "USER_PROFILE_FIELDS",
     "VOCAB_DIR", "DataError", "DomainSchema", "FieldKind", "FieldSpec", "ITEM_FIELD", "SchemaError",
     "SplitTable", "Vocabulary", "VocabularyError", "domain_dir", "encode_values", "load_schemas",
     "load_vocabularies", "non_null_column", "processed_vocab_dir", "read_split", "read_vocabularies",

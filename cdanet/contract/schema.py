@@ -38,6 +38,9 @@ OOV_INDEX = 0
 USER_FIELD = "user_id"
 #: The categorical_id field that names the item in every domain's schema.
 ITEM_FIELD = "item_id"
+#: The user-attribute fields of Taobao's ad domain (Tianchi 56 ``user_profile.csv``), in schema order.
+USER_PROFILE_FIELDS: tuple[str, ...] = ("cms_segid", "cms_group_id", "gender", "age_level", "pvalue_level",
+                                        "shopping_level", "occupation", "new_user_class_level")
 
 
 class SchemaError(ValueError):

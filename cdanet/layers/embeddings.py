@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -96,7 +96,7 @@ class DomainEmbedding(nn.Module):
 
     def __init__(self, schema: DomainSchema, d: int, embedding_dim: int, combiner: str = "linear",
                  history_field: str | None = None, history_len: int = 10, history_init_std: float = 0.0,
-                 source_history: FieldSpec | None = None) -> None:
+                 source_history: FieldSpec | None = None, user_fields: Sequence[str] = ()) -> None:
         super().__init__()
         if combiner not in COMBINERS:
             raise ValueError(f"unknown embedding combiner {combiner!r}; expected one of {COMBINERS}")
@@ -145,10 +145,11 @@ class DomainEmbedding(nn.Module):
             self.proj = nn.Linear(n_fields * embedding_dim if combiner == "concat" else embedding_dim, d)
         self.history: UserHistory | None = None
         if history_field is not None:
-            self.history = UserHistory(schema, history_field, d, history_len, history_init_std, source_history)
-        elif source_history is not None:
-            raise ValueError(f"a source-domain profile ({source_history.name!r}) of domain {schema.domain!r} needs "
-                             f"the domain's own history field (model.history_fields) to match the row's item")
+            self.history = UserHistory(schema, history_field, d, history_len, history_init_std, source_history,
+                                       user_fields)
+        elif source_history is not None or user_fields:
+            raise ValueError(f"a source-domain profile or user fields of domain {schema.domain!r} need the domain's "
+                             f"own history field (model.history_fields) to match the row's item")
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -284,6 +285,10 @@ class DomainEmbedding(nn.Module):
         return h
 
 
+#: Init std of the user-attribute table of :class:`UserHistory` (``model.user_fields``).
+ATTRIBUTE_INIT_STD = 0.01
+
+
 def auto_history_std(vocab_size: int) -> float:
     """The default init std of a :class:`UserHistory` table: ``min(2, 8 / sqrt(vocab_size))``.
 
@@ -318,12 +323,17 @@ class UserHistory(nn.Module):
     behaviour in the rich domain, matched with the target row's item. The labels are the other
     domain's, so nothing is left out.
 
+    With ``attributes`` (``model.user_fields``, a named option: e.g. Taobao's age, gender, shopping
+    level) the user's attribute vectors ``sum_f A_f[x_f]`` join ``p``, so ``p * q`` also crosses the
+    user's attributes with the row's item: the factorised user-attribute x item cross of an FM, which
+    the summed embedding ``h`` cannot form by itself.
+
     Shapes: ``features`` (needs ``user_id`` and F) -> ``B x d``. The profiles are held in persistent
     buffers (``n_users x history_len``), so they travel with the model (serving, stage 2).
     """
 
     def __init__(self, schema: DomainSchema, field: str, d: int, history_len: int = 10, init_std: float = 0.0,
-                 source: FieldSpec | None = None) -> None:
+                 source: FieldSpec | None = None, attributes: Sequence[str] = ()) -> None:
         super().__init__()
         spec = schema.field(field)
         for f, dom in ((spec, schema.domain), (source, "the other domain")):
@@ -348,6 +358,18 @@ class UserHistory(nn.Module):
             self.register_buffer("source_counts", torch.zeros(users.vocab_size, history_len))
             self.register_buffer("source_totals", torch.zeros(users.vocab_size))
             self.register_buffer("source_clicks", torch.zeros(users.vocab_size, history_len))
+        # model.user_fields: one table over the listed user-attribute fields, row blocks in field order.
+        specs = [schema.field(name) for name in attributes]
+        bad = [f.name for f in specs if f.kind is not FieldKind.CATEGORICAL]
+        if bad:
+            raise ValueError(f"user fields {bad} of domain {schema.domain!r} must be categorical")
+        self.attribute_fields = tuple(attributes)
+        self._attribute_sizes = tuple(f.vocab_size for f in specs)
+        self.attribute_table: nn.Embedding | None = None
+        if specs:
+            self.attribute_table = nn.Embedding(sum(self._attribute_sizes), d)
+            offsets = torch.tensor([0, *self._attribute_sizes[:-1]]).cumsum(0)
+            self.register_buffer("attribute_offsets", offsets, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -359,6 +381,10 @@ class UserHistory(nn.Module):
                 nn.init.normal_(table.weight, std=std)
                 with torch.no_grad():
                     table.weight[0].zero_()
+        if self.attribute_table is not None:
+            # Small, like the id tables: the item side q of the cross is already large, so a_f * q learns
+            # at once; large random attribute vectors would add noise to every user's profile.
+            nn.init.normal_(self.attribute_table.weight, std=ATTRIBUTE_INIT_STD)
 
     @staticmethod
     def _copy(dst: tuple[Tensor, Tensor, Tensor], values: Tensor, counts: Tensor, totals: Tensor) -> None:
@@ -400,4 +426,7 @@ class UserHistory(nn.Module):
             values_s, total_s = self.source_values[users], self.source_totals[users].clamp_min(1.0).unsqueeze(1)
             p = p + _Lookup.apply(self.source_table.weight, values_s, self.source_counts[users], True) / total_s
             p = p + _Lookup.apply(self.click_table.weight, values_s, self.source_clicks[users], True)
+        if self.attribute_table is not None:
+            slots = torch.stack([features[f] for f in self.attribute_fields], dim=1) + self.attribute_offsets
+            p = p + _Lookup.apply(self.attribute_table.weight, slots, None, True)
         return p + p * q

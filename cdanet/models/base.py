@@ -63,7 +63,8 @@ class DomainModel(nn.Module):
             {dom: DomainEmbedding(schemas[dom], m.d, m.embedding_dim, m.embedding_combiner,
                                   history_field=m.history_fields.get(dom), history_len=m.history_len,
                                   history_init_std=m.history_init_std,
-                                  source_history=self._source_history(dom))
+                                  source_history=self._source_history(dom),
+                                  user_fields=m.user_fields.get(dom, ()))
              for dom in embedded}
         )
         # model.shared_users: user_link[i] = the source's user index of the target's user i (0: none).

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from cdanet.contract import ITEM_FIELD, USER_FIELD
+from cdanet.contract import ITEM_FIELD, USER_FIELD, USER_PROFILE_FIELDS
 from cdanet.preprocessing.options import AmazonFieldMapping, PreprocessingError
 
 # ---- malformed-line reasons (the keys of stats.json "malformed" and of the dead letters) --------
@@ -315,8 +315,7 @@ class TaobaoAdFeature(LineFormat):
                 None if brand_value == "NULL" else brand_value, bucket)
 
 
-PROFILE_FIELDS = ("cms_segid", "cms_group_id", "gender", "age_level", "pvalue_level", "shopping_level",
-                  "occupation", "new_user_class_level")
+PROFILE_FIELDS = USER_PROFILE_FIELDS
 
 
 @dataclass(frozen=True)
