@@ -8,7 +8,7 @@ import torch
 from helpers import book_schema, movie_schema
 
 from cdanet.config import ConfigError, paper_config, strict_config, tiny_config
-from cdanet.contract import DomainSchema, FieldKind, FieldSpec, SchemaError
+from cdanet.contract import USER_PROFILE_FIELDS, DomainSchema, FieldKind, FieldSpec, SchemaError
 from cdanet.data import DomainData, history_clicks, linked_history, user_history
 from cdanet.layers.embeddings import UserHistory, auto_history_std
 
@@ -91,6 +91,9 @@ def test_profiles_default_on_the_target_and_strict_leaves_them_out() -> None:
     assert paper_config("taobao").model.source_history_fields == {"ad": "category"}
     assert strict_config("taobao").model.source_history_fields == {} == tiny_config().model.source_history_fields
     assert paper_config("amazon").train.weight_decay == 1e-4 and strict_config("amazon").train.weight_decay == 0
+    assert paper_config("taobao").model.user_fields == {"ad": list(USER_PROFILE_FIELDS)}
+    assert paper_config("amazon").model.user_fields == {} == strict_config("taobao").model.user_fields
+    assert paper_config("taobao", "rec").model.user_fields == {}  # rec rows carry no user attributes
     with pytest.raises(ConfigError, match="history_fields names unknown domains"):
         tiny_config().with_overrides(['model.history_fields={"ad": "category"}']).validate()
 
