@@ -31,12 +31,14 @@ import logging
 import math
 import os
 import time
+import types
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cdanet.atomic import replacing, write_json
-from cdanet.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig
+from cdanet.config import ConfigError, ExperimentConfig, config_types
 
 if TYPE_CHECKING:
     import optuna
@@ -157,17 +159,12 @@ def _param_from_spec(key: str, spec: Any) -> Param:
 
 def _field_kind(key: str) -> str | None:
     """'float', 'int', 'bool' or 'str' for a ``model.``/``train.`` key; None when it is not searchable."""
-    section, _, name = key.partition(".")
-    cls = {"model": ModelConfig, "train": TrainConfig}.get(section)
-    if cls is None:
+    if not key.startswith(("model.", "train.")):
         return None
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            annotation = str(f.type)
-            for kind in ("bool", "float", "int", "str"):
-                if annotation.split(" |")[0] == kind:
-                    return kind
-    return None
+    tp = config_types().get(key)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):  # an optional setting: its value's type
+        tp = next((a for a in typing.get_args(tp) if a is not type(None)), None)
+    return {bool: "bool", float: "float", int: "int", str: "str"}.get(tp)
 
 
 _KIND_NAMES = {"float": "a float", "int": "an integer", "bool": "a boolean", "str": "a string"}
