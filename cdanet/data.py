@@ -261,6 +261,21 @@ def load_split(processed_root: str, schema: DomainSchema, split: str) -> DomainD
 # ---- per-user views of the training data ----------------------------------------------------
 
 
+def _per_user_value(data: DomainData, field: str, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 ``[user vocab, field vocab]``: over ``data``'s rows, the number (or the sum of the rows'
+    ``weights``) of each user's rows with each value of ``field`` (value 0, padding, not counted)."""
+    users = data.features[USER_FIELD].cpu()
+    x = data.features[field].cpu()
+    n_users, n_values = data.schema.field(USER_FIELD).vocab_size, data.schema.field(field).vocab_size
+    if x.dim() == 1:
+        x = x.unsqueeze(1)
+    keep = x.flatten() > 0
+    keys = (users.unsqueeze(1) * n_values + x).flatten()[keep]
+    if weights is not None:
+        weights = weights.cpu().float().unsqueeze(1).expand_as(x).flatten()[keep]
+    return torch.bincount(keys, weights=weights, minlength=n_users * n_values).view(n_users, n_values).float()
+
+
 def user_history(data: DomainData, field: str, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each user's ``k`` most frequent values of ``field`` in ``data`` (a training split), with counts.
 
@@ -268,13 +283,8 @@ def user_history(data: DomainData, field: str, k: int) -> tuple[torch.Tensor, to
     count 0 where a user has fewer than k distinct values) and float32 ``[user vocab]``, the user's count
     over all values. Only exposure is counted, never labels.
     """
-    users = data.features[USER_FIELD].cpu()
-    x = data.features[field].cpu()
-    n_users, n_values = data.schema.field(USER_FIELD).vocab_size, data.schema.field(field).vocab_size
-    if x.dim() == 1:
-        x = x.unsqueeze(1)
-    keys = (users.unsqueeze(1) * n_values + x).flatten()[x.flatten() > 0]
-    counts = torch.bincount(keys, minlength=n_users * n_values).view(n_users, n_values).float()
+    counts = _per_user_value(data, field)
+    n_users, n_values = counts.shape
     top, values = counts.topk(min(k, n_values), dim=1)
     values[top == 0] = 0
     pad = k - values.shape[1]  # a field with fewer than k values: padding columns
@@ -284,22 +294,14 @@ def user_history(data: DomainData, field: str, k: int) -> tuple[torch.Tensor, to
     return values, top, counts.sum(1)
 
 
-def history_clicks(data: DomainData, field: str, values: torch.Tensor, prior: float = 2.0) -> torch.Tensor:
-    """float32 ``[user vocab, k]``: for each user's profile ``values`` (from :func:`user_history` on the
-    same ``data``), the click weight ``(clicks - b n) / (n + prior)`` of the user's ``n`` rows with that
-    value, ``b`` the split's click rate: above 0 where the user clicks that value more than average."""
-    users = data.features[USER_FIELD].cpu()
-    x = data.features[field].cpu()
-    x = x if x.dim() == 2 else x.unsqueeze(1)
-    n_users, n_values = data.schema.field(USER_FIELD).vocab_size, data.schema.field(field).vocab_size
-    keys = (users.unsqueeze(1) * n_values + x).flatten()
-    keep = x.flatten() > 0
-    label = data.label.cpu().float().unsqueeze(1).expand_as(x).flatten()
-    n = torch.bincount(keys[keep], minlength=n_users * n_values).float()
-    clicks = torch.bincount(keys[keep], weights=label[keep], minlength=n_users * n_values).float()
-    index = torch.arange(n_users).unsqueeze(1) * n_values + values
+def history_clicks(data: DomainData, field: str, values: torch.Tensor, counts: torch.Tensor,
+                   prior: float = 2.0) -> torch.Tensor:
+    """float32 ``[user vocab, k]``: for each user's profile ``values`` with their ``counts`` ``n`` (both
+    from :func:`user_history` on the same ``data``), the click weight ``(clicks - b n) / (n + prior)``,
+    ``b`` the split's click rate: above 0 where the user clicks that value more than average."""
+    clicks = _per_user_value(data, field, weights=data.label).gather(1, values)
     base = float(data.label.float().mean()) if len(data.label) else 0.0
-    weights = (clicks[index] - base * n[index]) / (n[index] + prior)
+    weights = (clicks - base * counts) / (counts + prior)
     return weights * (values > 0)
 
 

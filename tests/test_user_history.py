@@ -156,7 +156,7 @@ def test_click_weights_and_linking_by_the_other_domains_users() -> None:
     book = _data([3, 3, 3, 4], [1, 2, 2, 2])  # a stand-in "other domain" profile over users 3 and 4
     book.label = torch.tensor([1.0, 1.0, 0.0, 0.0])  # base rate 0.5
     values, counts, totals = user_history(book, "genre", 2)
-    clicks = history_clicks(book, "genre", values)
+    clicks = history_clicks(book, "genre", values, counts)
     assert values[3].tolist() == [2, 1] and clicks[3].tolist() == pytest.approx([(1 - 0.5 * 2) / 4, (1 - 0.5) / 3])
     assert clicks[4].tolist() == pytest.approx([(0 - 0.5) / 3, 0.0])  # an empty slot weighs 0
     values, counts, totals, clicks = linked_history((values, counts, totals, clicks), torch.tensor([0, 3, 0, 4]))

@@ -387,25 +387,25 @@ class UserHistory(nn.Module):
             nn.init.normal_(self.attribute_table.weight, std=ATTRIBUTE_INIT_STD)
 
     @staticmethod
-    def _copy(dst: tuple[Tensor, Tensor, Tensor], values: Tensor, counts: Tensor, totals: Tensor) -> None:
-        if values.shape != dst[0].shape or counts.shape != dst[1].shape or totals.shape != dst[2].shape:
-            raise ValueError(f"profile of shape {list(values.shape)}, expected {list(dst[0].shape)}")
-        for buf, new in zip(dst, (values, counts, totals), strict=True):
-            buf.copy_(new)
+    def _copy(buffers: Sequence[Tensor], new: Sequence[Tensor]) -> None:
+        """Copy ``new`` into the profile ``buffers``, all shapes checked before any is written."""
+        for buf, t in zip(buffers, new, strict=True):
+            if t.shape != buf.shape:
+                raise ValueError(f"profile tensor of shape {list(t.shape)}, expected {list(buf.shape)}")
+        for buf, t in zip(buffers, new, strict=True):
+            buf.copy_(t)
 
     def set_profile(self, values: Tensor, counts: Tensor, totals: Tensor) -> None:
         """Set the profile: ``values``/``counts`` ``n_users x history_len`` (value 0 = none), ``totals`` ``n_users``."""
-        self._copy((self.values, self.counts, self.totals), values, counts, totals)
+        self._copy((self.values, self.counts, self.totals), (values, counts, totals))
 
     def set_source_profile(self, values: Tensor, counts: Tensor, totals: Tensor, clicks: Tensor) -> None:
         """Set the other domain's profile, indexed by *this* domain's users: shapes as :meth:`set_profile`,
         and ``clicks`` (``n_users x history_len``) the click weights ``w_k`` of the values."""
         if self.source_table is None:
             raise ValueError("this profile layer was built without a source field (model.source_history_fields)")
-        self._copy((self.source_values, self.source_counts, self.source_totals), values, counts, totals)
-        if clicks.shape != self.source_clicks.shape:
-            raise ValueError(f"click weights of shape {list(clicks.shape)}, expected {list(self.source_clicks.shape)}")
-        self.source_clicks.copy_(clicks)
+        self._copy((self.source_values, self.source_counts, self.source_totals, self.source_clicks),
+                   (values, counts, totals, clicks))
 
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:
         users = features[USER_FIELD]

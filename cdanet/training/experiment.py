@@ -146,7 +146,7 @@ def _set_histories(model: nn.Module, train: dict[str, DomainData]) -> None:
         if history.source_field is not None and other is not None:
             link = torch.from_numpy(user_link_from_rows(train[dom], train[other]))
             values, counts, totals = user_history(train[other], history.source_field, k)
-            clicks = history_clicks(train[other], history.source_field, values)
+            clicks = history_clicks(train[other], history.source_field, values, counts)
             history.set_source_profile(*linked_history((values, counts, totals, clicks), link))
             logger.info("model.source_history_fields: %d %s users carry their profile over %s's %r",
                         int((link > 0).sum()), dom, other, history.source_field)
