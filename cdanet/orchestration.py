@@ -184,7 +184,7 @@ def run_summary(tracking_uri: str, model_name: str, pipeline_root: str, log_path
     from mlflow import MlflowClient
 
     from cdanet.registry import TAG_BLESSED, TAG_REASONS, TAG_SUMMARY, TAG_TARGET, get_champion
-    from cdanet.steps import BASELINE_MODEL, RELIABILITY_PNG
+    from cdanet.steps import BASELINE_MODEL, CURVES_PNG, RELIABILITY_PNG, ROC_PNG
 
     client = MlflowClient(tracking_uri=tracking_uri)
     versions = client.search_model_versions(f"name = '{model_name}'", order_by=["version_number DESC"],
@@ -224,6 +224,8 @@ def run_summary(tracking_uri: str, model_name: str, pipeline_root: str, log_path
         for label, rel in (("processed data", "preprocess/processed"), ("validation report", "validate/report"),
                            ("model", "finetune/model"), ("training curves", "finetune/curves"),
                            ("predictions", "evaluate/predictions"),
+                           ("training curves PNG", f"finetune/model/{CURVES_PNG}"),
+                           ("ROC curve", f"evaluate/predictions/{ROC_PNG}"),
                            ("reliability diagram", f"evaluate/predictions/{RELIABILITY_PNG}"),
                            ("baseline metrics", "baseline/test_metrics"), ("gate decision", "gate/report")):
             if os.path.exists(os.path.join(run_dir, rel)):

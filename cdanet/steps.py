@@ -226,6 +226,10 @@ def pretrain(config_path: str, processed_dir: str, model_dir: str) -> dict[str, 
     return _train_metrics(run_pretrain(cfg, processed_dir, model_dir), "stage1")
 
 
+#: The training curves as a PNG, written into the fine-tuned model's folder (the HTML artifact embeds it).
+CURVES_PNG = "training_curves.png"
+
+
 def finetune(config_path: str, processed_dir: str, pretrained_dir: str, model_dir: str,
              curves_path: str) -> dict[str, float]:
     from cdanet.figures import write_curves_html
@@ -235,7 +239,7 @@ def finetune(config_path: str, processed_dir: str, pretrained_dir: str, model_di
     result = run_finetune(cfg, processed_dir, pretrained_dir, model_dir)
     stage1 = _read_history(pretrained_dir)
     write_curves_html({"stage 1 (translation)": stage1, "stage 2 (augmentation)": result.history},
-                      cfg.target_domain, curves_path)
+                      cfg.target_domain, curves_path, os.path.join(model_dir, CURVES_PNG))
     return _train_metrics(result, "stage2")
 
 
@@ -250,6 +254,7 @@ def _read_history(model_dir: str) -> list[dict]:
 # ---- evaluate -----------------------------------------------------------------------------------------
 #: Written into the evaluate step's predictions folder next to predictions.parquet.
 RELIABILITY_PNG = "reliability.png"
+ROC_PNG = "roc.png"
 CALIBRATION_JSON = "calibration.json"
 #: Equal-mass bins of the reliability diagrams.
 RELIABILITY_BINS = 10
@@ -285,10 +290,11 @@ def evaluate(model_dir: str, processed_dir: str, predictions_dir: str, threshold
 
     The reliability diagrams are written to ``<predictions_dir>/reliability.png``, their bins to
     ``calibration.json`` next to it, and with ``calibration_html`` the same plot plus tables as HTML.
+    The target's ROC curves (the candidate's, and the stage-1 network's) go to ``roc.png``.
     """
     from cdanet.contract import load_schemas
     from cdanet.evaluation import train_positive_rate
-    from cdanet.figures import write_reliability
+    from cdanet.figures import write_reliability, write_roc
     from cdanet.training import evaluate_model_dir
 
     scored = {"": evaluate_model_dir(model_dir, processed_dir, split="test", predictions_dir=predictions_dir)}
@@ -319,6 +325,9 @@ def evaluate(model_dir: str, processed_dir: str, predictions_dir: str, threshold
     result = scored[""]
     target = result.target_domain
     roc = result.roc(target)
+    write_roc({_MODEL_LABELS[prefix]: (res.roc(target), float(res.domains[target].auc))
+               for prefix, res in scored.items() if target in res.domains},
+              target, os.path.join(predictions_dir, ROC_PNG))
     # Without a chosen threshold, the confusion matrix uses the target's positive rate as the cut-off.
     cm = result.confusion_matrix(target, threshold)
     return EvaluationOutput(

@@ -139,6 +139,8 @@ def test_train_evaluate_gate_register_chain(workspace, baseline_run, tmp_path):
     C.finetune.python_func(config=config, processed=processed_in, pretrained=pretrained, model=model,
                            metrics=m2, curves=curves)
     assert "data:image/png;base64," in open(curves.path).read()
+    with open(os.path.join(model.path, "training_curves.png"), "rb") as fh:  # the same plot as a file
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
 
     metrics, roc = artifact(dsl.Metrics, tmp_path, "metrics"), artifact(dsl.ClassificationMetrics, tmp_path, "roc")
     predictions = artifact(dsl.Dataset, tmp_path, "predictions", directory=True)
@@ -157,8 +159,9 @@ def test_train_evaluate_gate_register_chain(workspace, baseline_run, tmp_path):
     saved = json.load(open(os.path.join(predictions.path, "calibration.json")))
     assert set(saved) == {"movie", "stage1_movie", "stage1_book"}
     assert saved["movie"]["ece"] == pytest.approx(metrics.metadata["movie_test_ece"])
-    with open(os.path.join(predictions.path, "reliability.png"), "rb") as fh:
-        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    for png in ("reliability.png", "roc.png"):
+        with open(os.path.join(predictions.path, png), "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n", png
     html = open(calibration.path).read()
     assert "data:image/png;base64," in html and "base-rate logloss" in html and "stage-1 translation network" in html
     assert "book_test_auc" not in metrics.metadata  # the augmentation network scores the target only

@@ -92,8 +92,10 @@ def test_first_run_promotes_a_champion_that_scores_rows(two_runs):
     for key in ('"movie_test_auc"', '"movie_test_logloss"', '"stage1_book_test_auc"', '"confusionMatrix"',
                 '"confidenceMetrics"', '"movie_test_base_rate_logloss"', '"movie_test_ece"', '"reliability"'):
         assert key in executor_output, key
-    reliability_png = os.path.join(run_dir, "evaluate", "predictions", "reliability.png")
-    assert os.path.exists(reliability_png) and reliability_png in text  # the summary points at it
+    for png in ("evaluate/predictions/reliability.png", "evaluate/predictions/roc.png",
+                "finetune/model/training_curves.png"):
+        path = os.path.join(run_dir, png)
+        assert os.path.exists(path) and path in text, png  # the summary points at it
     assert os.path.exists(os.path.join(run_dir, "evaluate", "calibration"))
 
 
