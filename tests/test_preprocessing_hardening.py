@@ -9,6 +9,7 @@ progress lines instead of Beam's logging.
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 import signal
@@ -46,7 +47,7 @@ from cdanet.preprocessing.formats import (
 from cdanet.preprocessing.glove import check_glove_header
 from cdanet.preprocessing.io import DEAD_LETTERS, ROWS, ParseLines
 from cdanet.preprocessing.pipeline import LOCAL_RUNNER, pipeline_options
-from cdanet.preprocessing.progress import one_line_error
+from cdanet.preprocessing.progress import Progress, one_line_error
 from cdanet.preprocessing.staging import OWNER_LOCK, STALE_UNLOCKED_SECONDS, Staging, remove_stale_staging
 from cdanet.preprocessing.tables import ToRows
 from cdanet.simulate import simulate
@@ -252,6 +253,20 @@ def test_an_empty_ratings_file_is_named(tmp_path: Path) -> None:
                           options=PreprocessOptions(domains=("rec",)), beam_args=IN_PROCESS)
     assert str(e.value) == (f"{empty} is empty (no lines): expected Taobao UserBehavior.csv "
                             "(user_id,item_id,category_id,behavior_type,timestamp; no header) data lines")
+
+
+def test_a_long_beam_run_says_it_still_runs() -> None:
+    stream = io.StringIO()
+    say = Progress(stream)
+    with say.heartbeat("ingest run", every=0.01):
+        time.sleep(0.5)
+    beats = stream.getvalue().splitlines()
+    assert beats and all(b.startswith("[preprocess 0:00:0") and "ingest run: still running (0:00:0" in b for b in beats)
+    time.sleep(0.05)
+    assert stream.getvalue().splitlines() == beats  # stopped with the block
+    with Progress(stream, enabled=False).heartbeat("x", every=0.01):
+        time.sleep(0.05)
+    assert stream.getvalue().splitlines() == beats
 
 
 # ---- staging left by a killed run ----------------------------------------------------------------

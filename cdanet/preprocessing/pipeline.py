@@ -72,6 +72,8 @@ _FEATURE_ROLES = ("items", "users")
 #: binary from GitHub on first use; offline that fails and it falls back after the attempt.
 LOCAL_RUNNER = "FnApiRunner"
 _DIRECT_NAMES = frozenset({"directrunner", "direct"})
+#: Seconds between "still running" lines during one Beam run.
+HEARTBEAT_SECONDS = 60.0
 
 
 def default_beam_args() -> list[str]:
@@ -104,12 +106,15 @@ def pipeline_options(beam_args: Sequence[str] | None) -> PipelineOptions:
 
 
 @contextmanager
-def _beam_run(name: str, beam_args: Sequence[str] | None, verbose: bool) -> Iterator[beam.Pipeline]:
-    """One Beam pipeline, run on leaving the block; any failure becomes one ``PreprocessingError`` line."""
-    args = worker_log_args(list(beam_args or []), verbose)
+def _beam_run(name: str, ra: _RunArgs) -> Iterator[beam.Pipeline]:
+    """One Beam pipeline, run on leaving the block; any failure becomes one ``PreprocessingError`` line.
+
+    While it runs, a heartbeat line every ``HEARTBEAT_SECONDS`` says it still does."""
+    args = worker_log_args(list(ra.beam_args or []), ra.verbose)
     log_path: str | None = None
     try:
-        with quiet_beam(verbose) as log_path, beam.Pipeline(options=pipeline_options(args)) as p:
+        with (quiet_beam(ra.verbose) as log_path, ra.say.heartbeat(f"{name} run", HEARTBEAT_SECONDS),
+              beam.Pipeline(options=pipeline_options(args)) as p):
             yield p
     except Exception as e:  # noqa: BLE001 - the driver boundary: Beam wraps step errors in its own types
         raise one_line_error(name, e, log_path) from e
@@ -224,7 +229,7 @@ def _run_ingest(runs: Mapping[str, DomainRun], o: PreprocessOptions, ra: _RunArg
         ra.say(f"{dom}: ingest run: reading {', '.join(os.path.basename(f.path) for f in run.inputs.files)}, "
                f"first {o.kcore_rounds_per_run} k-core rounds")
     sidecar = Sidecar()
-    with _beam_run("ingest", ra.beam_args, ra.verbose) as p:
+    with _beam_run("ingest", ra) as p:
         for dom, run in runs.items():
             ing = p | f"{dom}/Ingest" >> IngestDomain(run.inputs, o)
             kc = ing[ROWS] | f"{dom}/KCore" >> KCoreFilter(run.k, o.kcore_rounds_per_run, o.num_partitions)
@@ -259,7 +264,7 @@ def _run_kcore_until_converged(runs: Mapping[str, DomainRun], o: PreprocessOptio
                    f"running {o.kcore_rounds_per_run} more rounds")
         sidecar = Sidecar()
         number = min(run.kcore_run for run in pending.values()) + 1
-        with _beam_run(f"k-core continuation {number}", ra.beam_args, ra.verbose) as p:
+        with _beam_run(f"k-core continuation {number}", ra) as p:
             for dom, run in pending.items():
                 kc = (
                     p
@@ -284,7 +289,7 @@ def _run_features(runs: Mapping[str, DomainRun], o: PreprocessOptions, glove_pat
         ra.say(f"{dom}: features run: joins, {'title vectors, ' if run.layout.has_titles else ''}"
                "chronological split, vocabularies, encoding")
     sidecar = Sidecar()
-    with _beam_run("features", ra.beam_args, ra.verbose) as p:
+    with _beam_run("features", ra) as p:
         for dom, run in runs.items():
             inputs: dict[str, beam.PCollection] = {ROWS: p | f"{dom}/ReadRows" >> parquet_read(run.kcore_pattern())}
             schemas: dict[str, pa.Schema | None] = dict.fromkeys(_FEATURE_ROLES)

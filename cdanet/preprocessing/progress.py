@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,10 +48,34 @@ class Progress:
     def __call__(self, message: str) -> None:
         if not self._enabled:
             return
-        elapsed = int(time.monotonic() - self._start)
         stream = self._stream or sys.stderr
-        print(f"[preprocess {elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}] {message}",
-              file=stream, flush=True)
+        print(f"[preprocess {_clock(time.monotonic() - self._start)}] {message}", file=stream, flush=True)
+
+    @contextmanager
+    def heartbeat(self, what: str, every: float = 60.0) -> Iterator[None]:
+        """Say ``<what>: still running (h:mm:ss)`` every ``every`` seconds while the block runs (a long
+        Beam run, e.g. a Taobao-scale ingest, is otherwise silent for minutes)."""
+        if not self._enabled or every <= 0:
+            yield
+            return
+        stop, start = threading.Event(), time.monotonic()
+
+        def beat() -> None:
+            while not stop.wait(every):
+                self(f"{what}: still running ({_clock(time.monotonic() - start)})")
+
+        thread = threading.Thread(target=beat, name="preprocess-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 @contextmanager
