@@ -85,11 +85,20 @@ def _cpu_signature() -> str:
 
 
 def _cache_dirs() -> list[Path]:
-    """Where built kernels may be: the configured or per-user cache, then a per-user temporary folder."""
+    """Where built kernels may be: the configured or per-user cache, then a per-user temporary folder
+    (either is left out where it cannot even be named: no home directory, no usable temporary folder)."""
+    out = []
     configured = os.environ.get(ENV_CACHE)
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return [Path(configured) if configured else base / "cdanet" / "native",
-            Path(tempfile.gettempdir()) / f"cdanet-native-{_uid()}"]
+    try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        out.append(Path(configured) if configured else base / "cdanet" / "native")
+    except (RuntimeError, KeyError, OSError):  # Path.home() without $HOME and without a passwd entry
+        pass
+    try:
+        out.append(Path(tempfile.gettempdir()) / f"cdanet-native-{_uid()}")
+    except OSError:  # FileNotFoundError: "No usable temporary directory found"
+        pass
+    return out
 
 
 def _uid() -> int:
@@ -226,13 +235,14 @@ def library() -> _Lib | None:
         return None
     try:
         source, cpu = _SOURCE.read_bytes(), _cpu_signature().encode()
-        folders = [f for f in (_private_dir(d) for d in _cache_dirs()) if f is not None]
+        candidates = _cache_dirs()
+        folders = [f for f in (_private_dir(d) for d in candidates) if f is not None]
     except OSError as e:
         logger.warning("cannot prepare the native kernels (%s): the sparse embedding path uses torch ops", e)
         return None
     if not folders:
         logger.warning("no private folder to build %s in (%s): the sparse embedding path uses torch ops",
-                       _SOURCE.name, ", ".join(str(d) for d in _cache_dirs()))
+                       _SOURCE.name, ", ".join(str(d) for d in candidates) or "no cache or temporary folder")
         return None
     for flags, name in _candidates(cc, source, cpu):
         # A read-only cache (e.g. a container's home) falls through to the temporary folder.

@@ -129,3 +129,15 @@ def test_no_writable_folder_falls_back_to_torch(fresh_library, monkeypatch: pyte
     assert "no private folder" in caplog.text and "uses torch ops" in caplog.text
     rows, values = native.coalesce_grad(torch.tensor([[3, 1], [3, 0]]), torch.ones(2, 2), None, True, 5)
     assert rows.tolist() == [0, 1, 3] and values.tolist() == [[1, 1], [1, 1], [2, 2]]
+
+
+def test_no_usable_temporary_folder_falls_back_to_torch(fresh_library, monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    def no_tmp() -> str:  # what tempfile.gettempdir() raises when no candidate folder is usable
+        raise FileNotFoundError("No usable temporary directory found in ['/tmp']")
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv(native.ENV_CACHE, str(blocker / "cache"))
+    monkeypatch.setattr(native.tempfile, "gettempdir", no_tmp)
+    assert fresh_library() is None

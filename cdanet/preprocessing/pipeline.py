@@ -261,7 +261,7 @@ def _run_kcore_until_converged(runs: Mapping[str, DomainRun], o: PreprocessOptio
             return
         for dom, run in pending.items():
             ra.say(f"{dom}: k-core not at its fixed point after pass {run.last_pass}; "
-                   f"running {o.kcore_rounds_per_run} more rounds")
+                   f"running {o.kcore_rounds_per_run} more round(s)")
         sidecar = Sidecar()
         number = min(run.kcore_run for run in pending.values()) + 1
         with _beam_run(f"k-core continuation {number}", ra) as p:

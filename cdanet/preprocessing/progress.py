@@ -111,7 +111,13 @@ def _stderr_to_file() -> Iterator[str | None]:
         return
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to keep Beam off
+        os.close(fd)
+        os.unlink(path)
+        yield None
+        return
     console = sys.stderr
     os.dup2(fd, 2)
     os.close(fd)
