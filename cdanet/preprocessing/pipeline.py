@@ -68,8 +68,8 @@ _FEATURE_ROLES = ("items", "users")
 
 
 #: Beam's local runner that never tries Prism. Beam 2.77's ``DirectRunner`` first tries the Prism
-#: runner for every pipeline Prism supports (our k-core continuation runs), and Prism downloads its
-#: binary from GitHub on first use; offline that fails and it falls back after the attempt.
+#: runner for every pipeline Prism supports (measured: our ingest and features runs), and Prism
+#: downloads its binary from GitHub on first use; offline that fails and it falls back after the attempt.
 LOCAL_RUNNER = "FnApiRunner"
 _DIRECT_NAMES = frozenset({"directrunner", "direct"})
 #: Seconds between "still running" lines during one Beam run.
