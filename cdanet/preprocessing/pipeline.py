@@ -49,7 +49,7 @@ from cdanet.preprocessing.io import DEAD_LETTERS, LINE_COLUMN, ROWS, STATS, Writ
 from cdanet.preprocessing.kcore import KCoreFilter, converged
 from cdanet.preprocessing.options import PreprocessingError, PreprocessOptions
 from cdanet.preprocessing.outputs import finish_domain
-from cdanet.preprocessing.progress import Progress, one_line_error, quiet_beam, worker_log_args
+from cdanet.preprocessing.progress import Progress, one_line_error, quiet_beam
 from cdanet.preprocessing.staging import (
     DomainRun,
     Sidecar,
@@ -110,11 +110,10 @@ def _beam_run(name: str, ra: _RunArgs) -> Iterator[beam.Pipeline]:
     """One Beam pipeline, run on leaving the block; any failure becomes one ``PreprocessingError`` line.
 
     While it runs, a heartbeat line every ``HEARTBEAT_SECONDS`` says it still does."""
-    args = worker_log_args(list(ra.beam_args or []), ra.verbose)
     log_path: str | None = None
     try:
         with (quiet_beam(ra.verbose) as log_path, ra.say.heartbeat(f"{name} run", HEARTBEAT_SECONDS),
-              beam.Pipeline(options=pipeline_options(args)) as p):
+              beam.Pipeline(options=pipeline_options(ra.beam_args)) as p):
             yield p
     except Exception as e:  # noqa: BLE001 - the driver boundary: Beam wraps step errors in its own types
         raise one_line_error(name, e, log_path) from e
@@ -139,7 +138,8 @@ def run_preprocessing(
     ``vocab/<field>.txt``, ``items.parquet`` and ``dead_letter-*.jsonl``; returns the stats of each
     domain. ``beam_args`` are pipeline options passed to Beam as they are (runner, workers, ...),
     except that ``DirectRunner`` runs as :data:`LOCAL_RUNNER`. Progress lines go to ``progress``
-    (stderr by default); Beam's own logging is held at ERROR unless ``verbose``.
+    (stderr by default); Beam's own output is kept off the console unless ``verbose``
+    (:func:`.progress.quiet_beam`).
     Raises :class:`PreprocessingError` (one line naming the file, field or option) on missing or
     empty files, bad headers, a bad GloVe file, too many malformed lines, a domain emptied by
     k-core, or a field without training values.

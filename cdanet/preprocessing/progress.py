@@ -27,10 +27,8 @@ from typing import TextIO
 
 from cdanet.preprocessing.options import PreprocessingError
 
-#: Beam's Python loggers that :func:`quiet_beam` holds at ERROR.
+#: Beam's Python loggers that :func:`quiet_beam` holds at CRITICAL.
 BEAM_LOGGERS = ("apache_beam",)
-#: Pipeline option for the log level of Beam's SDK workers (multi-process DirectRunner / FnApiRunner).
-WORKER_LOG_LEVEL_FLAG = "--default_sdk_harness_log_level"
 
 # A PreprocessingError raised in a worker process reaches the driver as text inside a RuntimeError.
 _REMOTE = re.compile(r"PreprocessingError: (.+?)(?: \[while running '[^']*'\])?(?:\\n|\n|\"|$)")
@@ -130,13 +128,6 @@ def _stderr_to_file() -> Iterator[str | None]:
         sys.stderr = console
         os.dup2(saved, 2)
         os.close(saved)
-
-
-def worker_log_args(beam_args: list[str], verbose: bool) -> list[str]:
-    """``beam_args`` plus ``--default_sdk_harness_log_level=ERROR`` unless verbose or already set."""
-    if verbose or any(a.split("=", 1)[0] == WORKER_LOG_LEVEL_FLAG for a in beam_args):
-        return beam_args
-    return [*beam_args, f"{WORKER_LOG_LEVEL_FLAG}=ERROR"]
 
 
 def one_line_error(run: str, error: BaseException, log_path: str | None = None) -> PreprocessingError:
