@@ -6,7 +6,8 @@ point (:mod:`.kcore`), feature joins (:mod:`.join`), GloVe title vectors (:mod:`
 chronological split (:mod:`.split`), vocabularies and encoding (:mod:`.vocab`), chained per domain
 by the composites of :mod:`.composites`. The driver :func:`run_preprocessing` (:mod:`.pipeline`)
 runs them through staged files (:mod:`.staging`), files their counts as typed stats
-(:mod:`.stats`) and writes the contract files (:mod:`.outputs`).
+(:mod:`.stats`), writes the contract files (:mod:`.outputs`) and reports progress, with Beam's own
+output kept off the console and errors as one line (:mod:`.progress`).
 """
 
 from cdanet.preprocessing.composites import FeaturizeDomain, IngestDomain
@@ -24,6 +25,7 @@ from cdanet.preprocessing.options import (
     PreprocessOptions,
 )
 from cdanet.preprocessing.pipeline import default_beam_args, run_preprocessing
+from cdanet.preprocessing.progress import Progress
 from cdanet.preprocessing.split import ChronologicalSplit
 from cdanet.preprocessing.vocab import BuildVocabularies, EncodeFeatures
 
@@ -31,6 +33,6 @@ __all__ = [
     "DEFAULT_K_CORE", "LAYOUTS", "AmazonFieldMapping", "BinariseLabels", "BuildVocabularies", "ChronologicalSplit",
     "Deduplicate", "DomainLayout", "EncodeFeatures", "FeaturizeDomain", "FieldSource", "GloveVectors",
     "IngestDomain", "JoinFeatures", "KCoreFilter", "LabelRule", "Malformed", "ParseLines", "PreprocessOptions",
-    "PreprocessingError", "ReadLineChunks", "TimeWindow", "TitleVectors", "WriteDeadLetters", "default_beam_args",
+    "PreprocessingError", "Progress", "ReadLineChunks", "TimeWindow", "TitleVectors", "WriteDeadLetters", "default_beam_args",
     "discover", "kcore_reference", "read_glove", "run_preprocessing", "tokenize",
 ]
