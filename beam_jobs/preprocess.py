@@ -18,20 +18,8 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-
-class _BeamImportNoise(logging.Filter):
-    """Drops the warnings Beam's modules log on the root logger while being imported (e.g. "apitools
-    not found"): noise for this job, which uses no BigQuery. ``--verbose`` removes the filter."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR or "apache_beam" not in record.pathname
-
-
-_IMPORT_NOISE = _BeamImportNoise()
-logging.getLogger().addFilter(_IMPORT_NOISE)
-
-from cdanet.preprocessing import PreprocessingError, PreprocessOptions, run_preprocessing  # noqa: E402
-from cdanet.preprocessing.options import DEFAULT_K_CORE  # noqa: E402
+from cdanet.preprocessing import PreprocessingError, PreprocessOptions, run_preprocessing
+from cdanet.preprocessing.options import DEFAULT_K_CORE
 
 
 def parse_k_core(text: str) -> dict[str, int]:
@@ -99,8 +87,6 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
-    if verbose:
-        logging.getLogger().removeFilter(_IMPORT_NOISE)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
     try:

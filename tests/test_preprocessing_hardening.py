@@ -255,6 +255,14 @@ def test_an_empty_ratings_file_is_named(tmp_path: Path) -> None:
                             "(user_id,item_id,category_id,behavior_type,timestamp; no header) data lines")
 
 
+def test_importing_the_library_prints_none_of_beams_notes() -> None:
+    # As a KFP component does: logging at INFO, then the first import of Beam (through the library).
+    code = "import logging; logging.basicConfig(level=logging.INFO); import cdanet.preprocessing"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0 and done.stderr == "" and done.stdout == "", done.stderr
+
+
 def test_a_long_beam_run_says_it_still_runs() -> None:
     stream = io.StringIO()
     say = Progress(stream)

@@ -71,6 +71,28 @@ class Progress:
             thread.join()
 
 
+@contextmanager
+def beam_import_quietly() -> Iterator[None]:
+    """Import Beam without its import-time notes about optional Google Cloud clients ("apitools not
+    found", "No module named google.cloud.bigquery_storage_v1"): this job uses neither. Only records
+    from Beam's own modules below ERROR are dropped, and only during the block."""
+    root, beam_logger = logging.getLogger(), logging.getLogger("apache_beam")
+    level = beam_logger.level
+    noise = _BeamModuleNoise()
+    root.addFilter(noise)  # "apitools not found" is logged on the root logger itself
+    beam_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        beam_logger.setLevel(level)
+        root.removeFilter(noise)
+
+
+class _BeamModuleNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "apache_beam" not in record.pathname
+
+
 def _clock(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
