@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -47,7 +48,7 @@ from cdanet.preprocessing.formats import (
 from cdanet.preprocessing.glove import check_glove_header
 from cdanet.preprocessing.io import DEAD_LETTERS, ROWS, ParseLines
 from cdanet.preprocessing.pipeline import LOCAL_RUNNER, pipeline_options
-from cdanet.preprocessing.progress import Progress, one_line_error
+from cdanet.preprocessing.progress import Progress, one_line_error, quiet_beam
 from cdanet.preprocessing.staging import OWNER_LOCK, STALE_UNLOCKED_SECONDS, Staging, remove_stale_staging
 from cdanet.preprocessing.tables import ToRows
 from cdanet.simulate import simulate
@@ -253,6 +254,33 @@ def test_an_empty_ratings_file_is_named(tmp_path: Path) -> None:
                           options=PreprocessOptions(domains=("rec",)), beam_args=IN_PROCESS)
     assert str(e.value) == (f"{empty} is empty (no lines): expected Taobao UserBehavior.csv "
                             "(user_id,item_id,category_id,behavior_type,timestamp; no header) data lines")
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_beam_output_is_kept_off_the_console_unless_verbose(verbose: bool, capfd: pytest.CaptureFixture) -> None:
+    beam_log = logging.getLogger("apache_beam.runners.worker.sdk_worker")
+    handler = logging.StreamHandler(sys.stderr)  # as basicConfig would have set up before the run
+    logging.getLogger().addHandler(handler)
+    old_level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.INFO)
+    try:
+        with quiet_beam(verbose) as log_path:
+            beam_log.info("Creating insecure control channel")
+            beam_log.error("a worker's error report")
+            os.write(2, b"WARNING:__main__:what a worker process writes to the inherited stderr\n")
+            Progress()("movie: read 10 lines")
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(old_level)
+    err = capfd.readouterr().err
+    assert "movie: read 10 lines" in err
+    noise = ("Creating insecure control channel", "a worker's error report", "inherited stderr")
+    if verbose:
+        assert log_path is None and all(n in err for n in noise), err
+    else:
+        assert not any(n in err for n in noise), err
+        assert "inherited stderr" in Path(log_path).read_text()
+        os.unlink(log_path)
 
 
 def test_importing_the_library_prints_none_of_beams_notes() -> None:
