@@ -234,18 +234,27 @@ def remove_stale_staging(output_dir: str, now: float | None = None) -> list[str]
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
     else:
-        newest: dict[str, float] = {}
-        pattern = FileSystems.join(output_dir, f"{STAGING_PREFIX}*")
-        for m in FileSystems.match([FileSystems.join(pattern, "**")])[0].metadata_list:
-            folder = m.path[len(output_dir.rstrip("/")) + 1:].split("/", 1)[0]
-            top = FileSystems.join(output_dir, folder)
-            newest[top] = max(newest.get(top, 0.0), m.last_updated_in_seconds or 0.0)
-        for top, t in sorted(newest.items()):
-            if now - t > STALE_REMOTE_SECONDS:
-                FileSystems.delete([top])
-                removed.append(top)
+        try:
+            removed = _remove_stale_remote(output_dir, now)
+        except Exception as e:  # noqa: BLE001 - cleaning up after others must never fail this run
+            log.warning("could not look for stale staging folders under %s: %s", output_dir, e)
     for path in removed:
         log.info("removed %s, left by a run that did not finish", path)
+    return removed
+
+
+def _remove_stale_remote(output_dir: str, now: float) -> list[str]:
+    newest: dict[str, float] = {}
+    pattern = FileSystems.join(output_dir, f"{STAGING_PREFIX}*")
+    for m in FileSystems.match([FileSystems.join(pattern, "**")])[0].metadata_list:
+        folder = m.path[len(output_dir.rstrip("/")) + 1:].split("/", 1)[0]
+        top = FileSystems.join(output_dir, folder)
+        newest[top] = max(newest.get(top, 0.0), m.last_updated_in_seconds or 0.0)
+    removed = []
+    for top, t in sorted(newest.items()):
+        if now - t > STALE_REMOTE_SECONDS:
+            FileSystems.delete([top])
+            removed.append(top)
     return removed
 
 
