@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -229,7 +230,9 @@ def test_errors_from_beam_become_one_line() -> None:
 
 
 @pytest.mark.slow
-def test_a_non_numeric_glove_value_on_a_used_word_is_one_line(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+def test_a_non_numeric_glove_value_on_a_used_word_is_one_line(tmp_path: Path, capfd: pytest.CaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the failed run's Beam log is kept
     simulate(str(tmp_path / "raw"), dataset="amazon", scale="tiny", seed=4)
     lines = (tmp_path / "raw" / "glove" / "glove.sim.50d.txt").read_text().splitlines()
     bad = tmp_path / "glove.sim.50d.txt"
@@ -240,6 +243,8 @@ def test_a_non_numeric_glove_value_on_a_used_word_is_one_line(tmp_path: Path, ca
     assert code == 2
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and f"{bad}: line " in errors[0] and "non-numeric value" in errors[0], err
+    (log,) = glob.glob(str(tmp_path / "cdanet-beam-*.log"))
+    assert errors[0].endswith(f"(Beam's log: {log})") and "Traceback" in Path(log).read_text()
     assert not any(noise in err for noise in BEAM_NOISE), err
     assert not glob.glob(str(tmp_path / "out" / "_staging-*"))
 
@@ -330,7 +335,7 @@ def test_a_killed_run_leaves_staging_that_the_next_run_removes(tmp_path: Path, c
     out = tmp_path / "out"
     args = ["--dataset", "taobao", "--input", str(tmp_path / "raw" / "taobao"), "--output", str(out),
             "--domains", "rec", *IN_PROCESS]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "beam_jobs.preprocess", *args], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:

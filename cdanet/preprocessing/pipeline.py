@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -116,6 +117,9 @@ def _beam_run(name: str, ra: _RunArgs) -> Iterator[beam.Pipeline]:
               beam.Pipeline(options=pipeline_options(ra.beam_args)) as p):
             yield p
     except Exception as e:  # noqa: BLE001 - the driver boundary: Beam wraps step errors in its own types
+        if log_path:  # the whole chain next to Beam's own output, for whoever reads the log
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write("".join(traceback.format_exception(e)))
         raise one_line_error(name, e, log_path) from e
     if log_path:
         os.unlink(log_path)

@@ -7,9 +7,10 @@ of it and a Taobao-scale job went minutes without a word of its own. A job there
 the elapsed time), and, unless ``verbose``, :func:`quiet_beam` keeps Beam's output off the console
 while a Beam run lasts: Beam's Python loggers are held at ``CRITICAL``, and the process's stderr
 (file descriptor 2, which Beam's worker processes inherit and log to) goes to a log file, kept
-only when the run fails. Errors raised inside a Beam step reach the user as one
-:class:`~.options.PreprocessingError` line (:func:`one_line_error`) that names the file and that
-log; the full chain stays on the exception (``__cause__``) for ``--verbose``.
+only when the run fails, with the failure's traceback appended. Errors raised inside a Beam step
+reach the user as one :class:`~.options.PreprocessingError` line (:func:`one_line_error`) that
+names the file and that log; the full chain also stays on the exception (``__cause__``) for
+``--verbose``.
 """
 
 from __future__ import annotations
@@ -139,17 +140,29 @@ def _stderr_to_file() -> Iterator[str | None]:
         yield None
         return
     console = sys.stderr
+    # Only a sys.stderr that writes to descriptor 2 needs a new stream to the console; one that does
+    # not (a notebook's, a test's capture) keeps working as it is.
+    swap = _writes_to_fd2(console)
     os.dup2(fd, 2)
     os.close(fd)
-    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
+    if swap:
+        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
     try:
         yield path
     finally:
-        sys.stderr.flush()
-        sys.stderr.close()
-        sys.stderr = console
+        if swap:
+            sys.stderr.flush()
+            sys.stderr.close()
+            sys.stderr = console
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def _writes_to_fd2(stream: TextIO) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return False
 
 
 def one_line_error(run: str, error: BaseException, log_path: str | None = None) -> PreprocessingError:
