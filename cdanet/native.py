@@ -39,7 +39,13 @@ import shutil
 import stat
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: builds are not serialised between processes
+    pass
 
 import torch
 from torch import Tensor
@@ -191,8 +197,30 @@ def _compile(cc: str, flags: tuple[str, ...], out: Path) -> bool:
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def _build_lock(folder: Path) -> Iterator[None]:
+    """Serialise check, build and load among this user's processes (two DDP ranks starting together):
+    without it, one could delete the other's half-recorded build and fall back to torch."""
+    fd = None
+    try:
+        fd = os.open(folder / ".build.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except (OSError, NameError):  # no fcntl (not POSIX) or no locks on this filesystem: build unserialised
+        pass
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def _load(folder: Path, name: str, cc: str, flags: tuple[str, ...]) -> _Lib | None:
     """The kernels ``folder/name``: loaded if trusted, else (re)built there first."""
+    with _build_lock(folder):
+        return _load_locked(folder, name, cc, flags)
+
+
+def _load_locked(folder: Path, name: str, cc: str, flags: tuple[str, ...]) -> _Lib | None:
     path = folder / name
     if os.path.lexists(path):
         why = _trusted(path)

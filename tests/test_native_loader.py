@@ -10,6 +10,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,15 @@ def test_no_usable_temporary_folder_falls_back_to_torch(fresh_library, monkeypat
     monkeypatch.setenv(native.ENV_CACHE, str(blocker / "cache"))
     monkeypatch.setattr(native.tempfile, "gettempdir", no_tmp)
     assert fresh_library() is None
+
+
+@needs_cc
+def test_processes_starting_together_all_get_the_kernels(tmp_path: Path) -> None:
+    # e.g. the ranks of a DDP job on a fresh node: one builds, the others wait and load the same file
+    env = {**os.environ, native.ENV_CACHE: str(tmp_path / "cache"), "PYTHONPATH": str(Path(__file__).parents[1])}
+    code = "from cdanet.native import library; lib = library(); assert lib is not None; print(lib.path)"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    assert len({out.strip() for out, _ in outs}) == 1
