@@ -4,8 +4,9 @@
         --output processed/amazon [--k-core movie=5,book=10] [beam pipeline options]
 
 Flags this job does not know (``--runner``, ``--direct_num_workers``, ``--flink_master``, ...) are
-Beam pipeline options and pass through untouched; without ``--runner`` the DirectRunner runs on
-every core. All logic lives in :func:`cdanet.preprocessing.run_preprocessing`.
+Beam pipeline options and pass through untouched; without ``--runner`` Beam's local runner runs on
+every core. The job prints one progress line per stage and domain; ``--verbose`` adds Beam's own
+logging and, on failure, the traceback. All logic lives in :func:`cdanet.preprocessing.run_preprocessing`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
 from cdanet.preprocessing import PreprocessingError, PreprocessOptions, run_preprocessing
@@ -50,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-min-count", type=int, default=1)
     p.add_argument("--num-partitions", type=int, default=16)
     p.add_argument("--kcore-rounds-per-run", type=int, default=3)
+    p.add_argument("--verbose", action="store_true",
+                   help="show Beam's own logging, and the full traceback of an error")
     return p
 
 
@@ -73,7 +77,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
     """Parse the job's flags, pass the rest to Beam, run, print a per-domain summary."""
     args, beam_args = build_parser().parse_known_args(argv)
     stats = run_preprocessing(args.dataset, args.input, args.output, glove_path=args.glove,
-                              options=options_from_args(args), beam_args=beam_args)
+                              options=options_from_args(args), beam_args=beam_args, verbose=args.verbose)
     for domain, s in stats.items():
         summary = {k: s["rows"][k] for k in ("read", "malformed_total", "duplicates", "after_kcore", "train",
                                              "validation", "test")}
@@ -82,10 +86,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
     try:
         run(argv)
     except PreprocessingError as e:
+        if verbose:
+            traceback.print_exception(e, file=sys.stderr)
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -11,14 +11,23 @@ gradients (a coalesced sparse tensor) instead of a dense table that is mostly ze
 Each has a torch implementation, and on CPU a C one (``native.c``) that does the same in one pass over
 the data instead of torch's gather / update / scatter (measured in ``docs/performance.md``, "Training
 speed"). The C file is compiled on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``
-or ``clang``) into a cache directory (``$CDANET_NATIVE_CACHE``, else ``~/.cache/cdanet/native``), keyed
-by the source, the flags and the host CPU (a temporary folder when that one is not writable), and
-loaded with :mod:`ctypes`. Where no compiler works, or with ``CDANET_NATIVE=0``, the torch
-implementation runs instead: same semantics, float rounding aside.
+or ``clang``) into a private cache directory (``$CDANET_NATIVE_CACHE``, else
+``$XDG_CACHE_HOME/cdanet/native``, else ``~/.cache/cdanet/native``; ``<tmp>/cdanet-native-<uid>`` when
+that one cannot be used), keyed by the source, the flags and the host CPU, and loaded with
+:mod:`ctypes`. Where no compiler works, no private folder can be had, or with ``CDANET_NATIVE=0``,
+the torch implementation runs instead: same semantics, float rounding aside.
+
+Loading a shared library runs its code, so nothing is loaded that another user could have written
+(:func:`_private_dir`, :func:`_trusted`): the folder is created ``0700`` and must be a real
+directory owned by this user (group / other permissions are removed if it is ours); the library
+must be a regular file owned by this user, writable by no one else, and its SHA-256 must equal the
+digest recorded next to it when this code compiled it. A library that fails a check is not loaded
+(a warning names it and why) and is rebuilt; a folder that fails one is skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -27,9 +36,16 @@ import math
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: builds are not serialised between processes
+    pass
 
 import torch
 from torch import Tensor
@@ -75,24 +91,87 @@ def _cpu_signature() -> str:
 
 
 def _cache_dirs() -> list[Path]:
-    """Where built kernels may be: the configured or per-user cache, then a per-user temporary folder."""
+    """Where built kernels may be: the configured or per-user cache, then a per-user temporary folder
+    (either is left out where it cannot even be named: no home directory, no usable temporary folder)."""
+    out = []
     configured = os.environ.get(ENV_CACHE)
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    return [Path(configured) if configured else base / "cdanet" / "native",
-            Path(tempfile.gettempdir()) / f"cdanet-native-{uid}"]
-
-
-def _writable(folder: Path) -> bool:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK)
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        out.append(Path(configured) if configured else base / "cdanet" / "native")
+    except (RuntimeError, KeyError, OSError):  # Path.home() without $HOME and without a passwd entry
+        pass
+    try:
+        out.append(Path(tempfile.gettempdir()) / f"cdanet-native-{_uid()}")
+    except OSError:  # FileNotFoundError: "No usable temporary directory found"
+        pass
+    return out
+
+
+def _uid() -> int:
+    return os.getuid() if hasattr(os, "getuid") else 0
+
+
+def _private_dir(folder: Path) -> Path | None:
+    """``folder``, created ``0700`` when missing; None unless it is a directory (not a symlink) owned
+    by this user, with group and other permissions removed, that this user can write."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(folder)
+        if not stat.S_ISDIR(st.st_mode):
+            logger.warning("not using %s for the native kernels: not a directory (a symlink?)", folder)
+            return None
+        if st.st_uid != _uid():
+            logger.warning("not using %s for the native kernels: owned by uid %d, not by this user (%d)",
+                           folder, st.st_uid, _uid())
+            return None
+        if st.st_mode & 0o077:
+            os.chmod(folder, 0o700)  # ours: nobody else needs to see, let alone write, what we load
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return None
+    except OSError as e:
+        logger.debug("cannot use %s for the native kernels: %s", folder, e)
+        return None
+    return folder
+
+
+def _digest_path(lib: Path) -> Path:
+    return lib.with_name(lib.name + ".sha256")
+
+
+def _owned_file(path: Path) -> str | None:
+    """Why ``path`` must not be trusted (None when it is a regular file of ours that no one else can write)."""
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        return f"cannot stat it ({e.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_uid != _uid():
+        return f"owned by uid {st.st_uid}, not by this user ({_uid()})"
+    if st.st_mode & 0o022:
+        return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def _trusted(lib: Path) -> str | None:
+    """Why the library ``lib`` must not be loaded, or None when its file, its digest file and its
+    SHA-256 (against the digest recorded when this code compiled it) all check out."""
+    for path in (lib, _digest_path(lib)):
+        why = _owned_file(path)
+        if why is not None:
+            return f"{path.name}: {why}"
+    try:
+        recorded = _digest_path(lib).read_text().strip()
+        actual = hashlib.sha256(lib.read_bytes()).hexdigest()
+    except OSError as e:
+        return f"cannot read it ({e.strerror})"
+    if recorded != actual:
+        return "its SHA-256 differs from the one recorded when it was compiled"
+    return None
 
 
 def _compile(cc: str, flags: tuple[str, ...], out: Path) -> bool:
-    """Compile the kernels to ``out`` (atomically: a temporary file, then a rename)."""
+    """Compile the kernels to ``out`` (atomically: a temporary file, then a rename) and record its digest."""
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
@@ -102,6 +181,12 @@ def _compile(cc: str, flags: tuple[str, ...], out: Path) -> bool:
         if done.returncode != 0:
             logger.debug("%s %s failed: %s", cc, " ".join(flags), done.stderr.strip())
             return False
+        os.chmod(tmp, 0o700)
+        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+        fd, tmp_digest = tempfile.mkstemp(suffix=".sha256", dir=out.parent)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(digest + "\n")
+        os.replace(tmp_digest, _digest_path(out))
         os.replace(tmp, out)
         return True
     except (OSError, subprocess.SubprocessError) as e:
@@ -110,6 +195,61 @@ def _compile(cc: str, flags: tuple[str, ...], out: Path) -> bool:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _build_lock(folder: Path) -> Iterator[None]:
+    """Serialise check, build and load among this user's processes (two DDP ranks starting together):
+    without it, one could delete the other's half-recorded build and fall back to torch."""
+    fd = None
+    try:
+        fd = os.open(folder / ".build.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except (OSError, NameError):  # no fcntl (not POSIX) or no locks on this filesystem: build unserialised
+        pass
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _load(folder: Path, name: str, cc: str, flags: tuple[str, ...]) -> _Lib | None:
+    """The kernels ``folder/name``: loaded if trusted, else (re)built there first."""
+    with _build_lock(folder):
+        return _load_locked(folder, name, cc, flags)
+
+
+def _load_locked(folder: Path, name: str, cc: str, flags: tuple[str, ...]) -> _Lib | None:
+    path = folder / name
+    if os.path.lexists(path):
+        why = _trusted(path)
+        if why is not None:
+            logger.warning("not loading %s: %s; rebuilding it", path, why)
+            for stale in (path, _digest_path(path)):
+                with contextlib.suppress(OSError):
+                    os.unlink(stale)
+    if not os.path.lexists(path) and not _compile(cc, flags, path):
+        return None
+    why = _trusted(path)
+    if why is not None:  # e.g. replaced between the build and here: never load it
+        logger.warning("not loading %s: %s", path, why)
+        return None
+    try:
+        return _Lib(ctypes.CDLL(str(path)), path)
+    except (OSError, AttributeError) as e:
+        logger.debug("loading %s failed: %s", path, e)
+        return None
+
+
+def _candidates(cc: str, source: bytes, cpu: bytes) -> list[tuple[tuple[str, ...], str]]:
+    """(flags, file name) of each build to try, in order; the name is keyed by source, flags, compiler and CPU."""
+    out = []
+    for extra in _FLAG_SETS:
+        flags = (*_BASE_FLAGS, *extra)
+        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), cc.encode(), cpu])).hexdigest()[:16]
+        out.append((flags, f"native-{key}.so"))
+    return out
 
 
 @functools.cache
@@ -121,23 +261,23 @@ def library() -> _Lib | None:
     if cc is None:
         logger.warning("no C compiler found ($CC, cc, gcc, clang): the sparse embedding path uses torch ops")
         return None
-    source, cpu = _SOURCE.read_bytes(), _cpu_signature().encode()
-    folders = _cache_dirs()
-    for extra in _FLAG_SETS:
-        flags = (*_BASE_FLAGS, *extra)
-        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), cc.encode(), cpu])).hexdigest()[:16]
-        name = f"native-{key}.so"
-        path = next((f / name for f in folders if (f / name).exists()), None)
-        if path is None:
-            # A read-only cache (e.g. a container's home) falls through to the temporary folder.
-            target = next((f for f in folders if _writable(f)), None)
-            if target is None or not _compile(cc, flags, target / name):
-                continue
-            path = target / name
-        try:
-            return _Lib(ctypes.CDLL(str(path)), path)
-        except (OSError, AttributeError) as e:
-            logger.debug("loading %s failed: %s", path, e)
+    try:
+        source, cpu = _SOURCE.read_bytes(), _cpu_signature().encode()
+        candidates = _cache_dirs()
+        folders = [f for f in (_private_dir(d) for d in candidates) if f is not None]
+    except OSError as e:
+        logger.warning("cannot prepare the native kernels (%s): the sparse embedding path uses torch ops", e)
+        return None
+    if not folders:
+        logger.warning("no private folder to build %s in (%s): the sparse embedding path uses torch ops",
+                       _SOURCE.name, ", ".join(str(d) for d in candidates) or "no cache or temporary folder")
+        return None
+    for flags, name in _candidates(cc, source, cpu):
+        # A read-only cache (e.g. a container's home) falls through to the temporary folder.
+        for folder in folders:
+            lib = _load(folder, name, cc, flags)
+            if lib is not None:
+                return lib
     logger.warning("could not build %s with %s: the sparse embedding path uses torch ops", _SOURCE.name, cc)
     return None
 

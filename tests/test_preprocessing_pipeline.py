@@ -161,6 +161,8 @@ def test_stats_and_catalogue(processed: tuple[Path, dict]) -> None:
     ad_items = pq.read_table(out / "ad" / "items.parquet")
     assert "brand" in ad_items.column_names and ad_items.num_rows == stats["ad"]["items"]
     assert stats["ad"]["user_features"]["keys"] == stats["ad"]["users"]
+    for s in stats.values():  # the preprocess step's stats table shows it (it read a key nobody wrote)
+        assert s["positive_rate"] == round(s["positives"]["total"] / sum(s["rows"][n] for n in SPLITS), 6) > 0
 
 
 def test_load_split_reads_the_output(processed: tuple[Path, dict]) -> None:
@@ -213,7 +215,7 @@ def test_job_rejects_bad_k_core() -> None:
 
 
 @pytest.mark.slow
-def test_cli_multi_processing_2023_gzip(tmp_path: Path) -> None:
+def test_cli_multi_processing_2023_gzip(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     simulate(str(tmp_path / "raw"), dataset="amazon", scale="tiny", seed=5, amazon_format="2023json", gzip=True,
              malformed_fraction=MALFORMED)
     glove = glob.glob(str(tmp_path / "raw" / "glove" / "*"))[0]
@@ -221,6 +223,10 @@ def test_cli_multi_processing_2023_gzip(tmp_path: Path) -> None:
                      "--output", str(tmp_path / "out"), "--k-core", "movie=5,book=5",
                      "--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
     assert code == 0
+    # Worker processes log to the stderr they inherit: none of it reaches the console, the progress does.
+    err = capfd.readouterr().err
+    assert "movie: wrote " in err and "book: wrote " in err
+    assert all(line.startswith("[preprocess ") for line in err.splitlines()), err
     for domain in ("movie", "book"):
         schema = DomainSchema.load(str(tmp_path / "out" / domain))
         assert schema.metadata["raw_files"]["interactions"].endswith(".jsonl.gz")

@@ -19,7 +19,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from cdanet.contract import ITEM_FIELD, USER_FIELD, USER_PROFILE_FIELDS
-from cdanet.preprocessing.options import AmazonFieldMapping, PreprocessingError
+from cdanet.preprocessing.options import DEFAULT_TIMESTAMP_RANGE, AmazonFieldMapping, PreprocessingError
 
 # ---- malformed-line reasons (the keys of stats.json "malformed" and of the dead letters) --------
 UNDECODABLE = "undecodable_bytes"
@@ -31,6 +31,12 @@ TIMESTAMP_RANGE = "timestamp_out_of_range"
 BROKEN_JSON = "broken_json"
 MISSING_FIELD = "missing_field"
 INVALID_VALUE = "invalid_value"
+#: A parser failure that none of the reasons above names (the safety net of :mod:`.io`): the line still
+#: becomes one dead letter, with the exception's type and message as its detail.
+PARSER_ERROR = "parser_error"
+
+#: Largest accepted Taobao ``price`` (the real file spans 0.01 .. about 1e8).
+MAX_PRICE = 1e10
 
 #: Amazon category file stems of the paper's two domains.
 AMAZON_CATEGORIES: Mapping[str, str] = {"movie": "Movies_and_TV", "book": "Books"}
@@ -85,10 +91,11 @@ def _float(value: Any, name: str) -> float:
     return f
 
 
-def _timestamp(value: Any, name: str) -> int:
-    t = _int(value, name)
-    if t < 0:
-        raise Malformed(TIMESTAMP_RANGE, f"{name}={t} is negative")
+def _timestamp(value: Any, name: str, rng: tuple[int, int] = DEFAULT_TIMESTAMP_RANGE, scale: int = 1) -> int:
+    """Unix seconds (``value / scale``, floored) within ``[rng[0], rng[1])``."""
+    t = _int(value, name) // scale
+    if not rng[0] <= t < rng[1]:
+        raise Malformed(TIMESTAMP_RANGE, f"{name}={str(value)[:40]} is outside [{rng[0]}, {rng[1]}) unix seconds")
     return t
 
 
@@ -108,7 +115,11 @@ def load_record(text: str) -> dict[str, Any]:
     """A JSON object, or a Python dict literal as in the 2014 Amazon metadata (never ``eval``)."""
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError:
+    except RecursionError:
+        # Nesting deeper than the interpreter's stack: no real record does that, and the literal parser
+        # would recurse just as deep.
+        raise Malformed(BROKEN_JSON, "nested too deeply (RecursionError)") from None
+    except ValueError:  # JSONDecodeError, and ints longer than sys.get_int_max_str_digits()
         try:
             obj = ast.literal_eval(text)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
@@ -166,11 +177,12 @@ class AmazonRatingsCsv(LineFormat):
     name: str = "Amazon 2014 ratings CSV (user,item,rating,timestamp; no header)"
     columns: tuple[tuple[str, pa.DataType], ...] = RATING_COLUMNS
     rating_range: tuple[float, float] = (0.0, 5.0)
+    timestamp_range: tuple[int, int] = DEFAULT_TIMESTAMP_RANGE
 
     def parse(self, text: str) -> tuple[Any, ...]:
         user, item, rating, ts = _fields(text, 4)
         return (_id(user, "user"), _id(item, "item"), _rating(rating, self.rating_range),
-                _timestamp(ts, "timestamp"))
+                _timestamp(ts, "timestamp", self.timestamp_range))
 
 
 def _rating(value: Any, rng: tuple[float, float]) -> float:
@@ -189,6 +201,7 @@ class AmazonReviewJson(LineFormat):
     columns: tuple[tuple[str, pa.DataType], ...] = RATING_COLUMNS
     rating_range: tuple[float, float] = (0.0, 5.0)
     item_keys_2023: tuple[str, ...] = ("parent_asin", "asin")
+    timestamp_range: tuple[int, int] = DEFAULT_TIMESTAMP_RANGE
 
     def parse(self, text: str) -> tuple[Any, ...]:
         d = load_record(text)
@@ -198,7 +211,8 @@ class AmazonReviewJson(LineFormat):
             if missing:
                 raise Malformed(MISSING_FIELD, f"missing {missing}")
             return (_id(d["reviewerID"], "reviewerID"), _id(d["asin"], "asin"),
-                    _rating(d["overall"], self.rating_range), _timestamp(d["unixReviewTime"], "unixReviewTime"))
+                    _rating(d["overall"], self.rating_range),
+                    _timestamp(d["unixReviewTime"], "unixReviewTime", self.timestamp_range))
         if "user_id" in d:
             item = _first(d, self.item_keys_2023)
             missing = [k for k in ("rating", "timestamp") if k not in d]
@@ -208,7 +222,7 @@ class AmazonReviewJson(LineFormat):
                 raise Malformed(MISSING_FIELD, f"missing {missing}")
             # 2023 timestamps are unix milliseconds; the contract stores seconds.
             return (_id(d["user_id"], "user_id"), _id(item, "parent_asin"), _rating(d["rating"], self.rating_range),
-                    _timestamp(d["timestamp"], "timestamp") // 1000)
+                    _timestamp(d["timestamp"], "timestamp", self.timestamp_range, scale=1000))
         raise Malformed(MISSING_FIELD, "neither reviewerID (2014/2018) nor user_id (2023)")
 
 
@@ -276,13 +290,14 @@ class TaobaoRawSample(LineFormat):
         (USER_FIELD, pa.string()), ("timestamp", pa.int64()), (ITEM_FIELD, pa.string()), ("pid", pa.string()),
         ("clk", pa.float64()),
     )
+    timestamp_range: tuple[int, int] = DEFAULT_TIMESTAMP_RANGE
 
     def parse(self, text: str) -> tuple[Any, ...]:
         user, ts, ad, pid, nonclk, clk = _fields(text, 6)
         flags = (_int(nonclk, "nonclk"), _int(clk, "clk"))
         if any(f not in (0, 1) for f in flags):
             raise Malformed(INVALID_VALUE, f"nonclk={flags[0]}, clk={flags[1]}; expected 0 or 1")
-        return (_id(user, "user"), _timestamp(ts, "time_stamp"), _id(ad, "adgroup_id"), _optional(pid),
+        return (_id(user, "user"), _timestamp(ts, "time_stamp", self.timestamp_range), _id(ad, "adgroup_id"), _optional(pid),
                 float(flags[1]))
 
 
@@ -307,8 +322,8 @@ class TaobaoAdFeature(LineFormat):
         bucket = None
         if price.strip():
             p = _float(price, "price")
-            if p < 0:
-                raise Malformed(INVALID_VALUE, f"price={p} is negative")
+            if not 0 <= p <= MAX_PRICE:
+                raise Malformed(INVALID_VALUE, f"price={p} is outside [0, {MAX_PRICE:g}]")
             bucket = str(int(math.floor(math.log2(p + 1.0))))
         brand_value = _optional(brand)
         return (_id(ad, "adgroup_id"), _optional(cate), _optional(campaign), _optional(customer),
@@ -351,13 +366,15 @@ class TaobaoUserBehavior(LineFormat):
         (USER_FIELD, pa.string()), (ITEM_FIELD, pa.string()), ("category", pa.string()),
         ("behavior", pa.string()), ("timestamp", pa.int64()),
     )
+    timestamp_range: tuple[int, int] = DEFAULT_TIMESTAMP_RANGE
 
     def parse(self, text: str) -> tuple[Any, ...]:
         user, item, cate, behavior, ts = _fields(text, 5)
         behavior = behavior.strip()
         if behavior not in TAOBAO_BEHAVIORS:
             raise Malformed(INVALID_VALUE, f"behavior_type {behavior[:20]!r} not in {sorted(TAOBAO_BEHAVIORS)}")
-        return (_id(user, "user_id"), _id(item, "item_id"), _optional(cate), behavior, _timestamp(ts, "timestamp"))
+        return (_id(user, "user_id"), _id(item, "item_id"), _optional(cate), behavior,
+                _timestamp(ts, "timestamp", self.timestamp_range))
 
 
 # ---- discovery -----------------------------------------------------------------------------------
@@ -388,7 +405,8 @@ def amazon_meta_names(category: str) -> tuple[str, ...]:
 
 
 def discover(dataset: str, domain: str, input_dir: str, rating_range: tuple[float, float] = (0.0, 5.0),
-             mapping: AmazonFieldMapping | None = None) -> list[RawFile]:
+             mapping: AmazonFieldMapping | None = None,
+             timestamp_range: tuple[int, int] = DEFAULT_TIMESTAMP_RANGE) -> list[RawFile]:
     """The raw files of one domain under ``input_dir`` (plain or ``.gz``), headers checked.
 
     Amazon ratings files are tried in the order 2014 CSV, 2014 5-core reviews, 2018 reviews,
@@ -410,16 +428,18 @@ def discover(dataset: str, domain: str, input_dir: str, rating_range: tuple[floa
                 "(2014 Python-literal lines or 2018/2023 JSON lines)"
             )
         base = ratings.rsplit("/", 1)[-1]
-        rfmt: LineFormat = (AmazonRatingsCsv(rating_range=rating_range) if base.startswith("ratings_")
-                            else AmazonReviewJson(rating_range=rating_range, item_keys_2023=mapping.review_item_keys))
+        rfmt: LineFormat = (AmazonRatingsCsv(rating_range=rating_range, timestamp_range=timestamp_range)
+                            if base.startswith("ratings_")
+                            else AmazonReviewJson(rating_range=rating_range, item_keys_2023=mapping.review_item_keys,
+                                                  timestamp_range=timestamp_range))
         files = [RawFile(ratings, "interactions", rfmt),
                  RawFile(meta, "items", AmazonMetaLine(domain=domain, mapping=mapping))]
     elif dataset == "taobao":
         specs = {
-            "ad": [("raw_sample.csv", "interactions", TaobaoRawSample()),
+            "ad": [("raw_sample.csv", "interactions", TaobaoRawSample(timestamp_range=timestamp_range)),
                    ("ad_feature.csv", "items", TaobaoAdFeature()),
                    ("user_profile.csv", "users", TaobaoUserProfile())],
-            "rec": [("UserBehavior.csv", "interactions", TaobaoUserBehavior())],
+            "rec": [("UserBehavior.csv", "interactions", TaobaoUserBehavior(timestamp_range=timestamp_range))],
         }[domain]
         files = []
         for name, role, fmt in specs:

@@ -74,6 +74,39 @@ def open_glove(path: str, member: str | None = None) -> Iterator[BinaryIO]:
             yield fh  # type: ignore[misc]
 
 
+_NAMED_DIM = re.compile(r"(\d+)d(?:\.|$)")
+
+
+def check_glove_header(path: str, member: str | None = None) -> int:
+    """Check the first line of a GloVe file before any Beam run; returns its dimension.
+
+    The line must be a word and at least one number, all numeric, and when the file (or zip member)
+    is named ``*.<N>d.txt`` as the GloVe downloads are, there must be N of them. Raises
+    :class:`PreprocessingError` naming the file, the line and the expected format.
+    """
+    with open_glove(path, member) as fh:
+        first = fh.readline().rstrip(b"\r\n")
+        name = getattr(fh, "name", None) if member is None else member
+    where = f"{path}" + (f" (member {member})" if member else "")
+    if not first:
+        raise PreprocessingError(f"{where} is empty: expected GloVe text lines 'word v1 ... vn'")
+    parts = first.split(b" ")
+    dim = len(parts) - 1
+    if dim < 1:
+        raise PreprocessingError(f"{where}: line 1 is not 'word v1 ... vn' (GloVe text format, no header): "
+                                 f"{first[:80]!r}")
+    try:
+        np.array(parts[1:], dtype=np.float32)
+    except ValueError:
+        raise PreprocessingError(f"{where}: line 1 has a non-numeric value; expected 'word v1 ... vn' with "
+                                 f"{dim} numbers (GloVe text format, no header)") from None
+    named = _NAMED_DIM.search(str(name or path).rsplit("/", 1)[-1])
+    if named and int(named.group(1)) != dim:
+        raise PreprocessingError(f"{where}: line 1 has {dim} values but the file name says {named.group(1)}d; "
+                                 f"expected 'word' followed by {named.group(1)} numbers per line")
+    return dim
+
+
 def read_glove(path: str, vocabulary: Collection[str] | None = None, member: str | None = None) -> GloveVectors:
     """Stream a GloVe file and keep the vectors of ``vocabulary`` (all words when ``None``).
 
@@ -106,7 +139,8 @@ def read_glove(path: str, vocabulary: Collection[str] | None = None, member: str
                     continue  # glove.840B has a few "words" with spaces; they never match a title token
                 if len(parts) < dim + 1:
                     raise PreprocessingError(
-                        f"{path}: line {line_no} has {len(parts) - 1} values, expected {dim} (from line 1)"
+                        f"{path}: line {line_no} has {len(parts) - 1} values, expected {dim} (from line 1; "
+                        f"GloVe text format 'word v1 ... v{dim}')"
                     )
                 try:
                     vec = np.array(parts[1:], dtype=np.float32)

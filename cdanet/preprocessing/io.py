@@ -10,6 +10,7 @@ dominate the run time. Every line ends up in exactly one of: header, blank, pars
 from __future__ import annotations
 
 import json
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -19,7 +20,8 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from cdanet.preprocessing.formats import UNDECODABLE, LineFormat, Malformed
+from cdanet.preprocessing.formats import INVALID_VALUE, PARSER_ERROR, UNDECODABLE, LineFormat, Malformed
+from cdanet.preprocessing.options import PreprocessingError
 
 #: A chunk of raw lines: (file path, number of its first line (1-based), the lines without "\n").
 LineChunk = tuple[str, int, list[bytes]]
@@ -54,12 +56,16 @@ class _ReadChunksFn(beam.DoFn):
 
     def process(self, path: str) -> Iterator[LineChunk]:
         n, first, buf = self._chunk_lines, 1, []
-        with FileSystems.open(path) as fh:
-            for lines in iter_line_blocks(fh):
-                buf.extend(lines)
-                while len(buf) >= n:
-                    yield path, first, buf[:n]
-                    first, buf = first + n, buf[n:]
+        try:
+            with FileSystems.open(path) as fh:
+                for lines in iter_line_blocks(fh):
+                    buf.extend(lines)
+                    while len(buf) >= n:
+                        yield path, first, buf[:n]
+                        first, buf = first + n, buf[n:]
+        except (OSError, EOFError, zlib.error) as e:  # a truncated .gz, a vanished or unreadable file
+            raise PreprocessingError(f"{path}: cannot be read after line {first + len(buf) - 1} "
+                                     f"({type(e).__name__}: {e})") from e
         if buf:
             yield path, first, buf
 
@@ -110,6 +116,7 @@ class _ParseChunkFn(beam.DoFn):
         fmt, parse = self._fmt, self._fmt.parse
         columns: list[list[Any]] = [[] for _ in fmt.columns]
         numbers: list[int] = []
+        raws: list[bytes] = []
         counts: Counter[str] = Counter(lines=len(lines))
         for offset, raw in enumerate(lines):
             line_no = first + offset
@@ -132,23 +139,61 @@ class _ParseChunkFn(beam.DoFn):
                 counts[f"malformed:{e.reason}"] += 1
                 yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead_letter(path, line_no, e.reason, raw, e.detail))
                 continue
+            except Exception as e:  # noqa: BLE001 - any failure of one line is that line's dead letter
+                # RecursionError, OverflowError, MemoryError from a crafted line must not stop the job.
+                counts[f"malformed:{PARSER_ERROR}"] += 1
+                yield beam.pvalue.TaggedOutput(
+                    DEAD_LETTERS, dead_letter(path, line_no, PARSER_ERROR, raw, f"{type(e).__name__}: {str(e)[:200]}"))
+                continue
             for col, v in zip(columns, values, strict=True):
                 col.append(v)
             numbers.append(line_no)
-        parsed = len(columns[0])
+            raws.append(raw)
+        table, rejected = _to_table(fmt, columns, numbers)
+        for i in rejected:
+            counts[f"malformed:{INVALID_VALUE}"] += 1
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead_letter(
+                path, numbers[i], INVALID_VALUE, raws[i], "a value does not fit its column's type"))
+        parsed = 0 if table is None else table.num_rows
         counts["parsed"] = parsed
         self._parsed.inc(parsed)
         self._blank.inc(counts["blank"])
         self._malformed.inc(sum(v for k, v in counts.items() if k.startswith("malformed:")))
-        if parsed:
-            table = pa.Table.from_arrays(
-                [pa.array(col, type=t) for col, (_, t) in zip(columns, fmt.columns, strict=True)], schema=fmt.arrow_schema
-            )
+        if table is not None and parsed:
             if self._line_numbers:
-                table = table.append_column(LINE_COLUMN, pa.array(numbers, pa.int64()))
+                kept = numbers if not rejected else [n for i, n in enumerate(numbers) if i not in rejected]
+                table = table.append_column(LINE_COLUMN, pa.array(kept, pa.int64()))
             yield table
         for key, value in counts.items():
             yield beam.pvalue.TaggedOutput(STATS, (("file", path, key), value))
+
+
+def _to_table(fmt: LineFormat, columns: list[list[Any]], numbers: list[int]) -> tuple[pa.Table | None, set[int]]:
+    """The parsed values as one table, and the positions of rows that fit no column type (dropped).
+
+    The parsers range-check what they return, so the fast path is the whole chunk at once; only when
+    that fails (a value the parsers let through but arrow rejects) is each row tried on its own.
+    """
+    if not numbers:
+        return None, set()
+    try:
+        return pa.Table.from_arrays([pa.array(col, type=t) for col, (_, t) in zip(columns, fmt.columns, strict=True)],
+                                    schema=fmt.arrow_schema), set()
+    except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        pass
+    rejected: set[int] = set()
+    for i in range(len(numbers)):
+        try:
+            for col, (_, t) in zip(columns, fmt.columns, strict=True):
+                pa.array([col[i]], type=t)
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            rejected.add(i)
+    keep = [i for i in range(len(numbers)) if i not in rejected]
+    if not keep:
+        return None, rejected
+    return pa.Table.from_arrays([pa.array([col[i] for i in keep], type=t)
+                                 for col, (_, t) in zip(columns, fmt.columns, strict=True)],
+                                schema=fmt.arrow_schema), rejected
 
 
 class ParseLines(beam.PTransform):

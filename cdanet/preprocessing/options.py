@@ -13,6 +13,11 @@ from cdanet.config import DATASETS
 DEFAULT_K_CORE: Mapping[str, int] = MappingProxyType({"movie": 5, "book": 10, "ad": 5, "rec": 10})
 
 
+#: Accepted unix seconds, ``[1990-01-01, 2100-01-01)`` UTC (``PreprocessOptions.timestamp_range``): the
+#: public files span 1995-2018 (Amazon) and 2017 (Taobao); a value outside is a corrupt field.
+DEFAULT_TIMESTAMP_RANGE: tuple[int, int] = (631_152_000, 4_102_444_800)
+
+
 class PreprocessingError(ValueError):
     """Bad input or options: the message names the file, field or option and the expected format."""
 
@@ -68,6 +73,9 @@ class PreprocessOptions:
     k_core: Mapping[str, int] = field(default_factory=lambda: _frozen(DEFAULT_K_CORE))
     rating_threshold: float = 3.0
     rating_range: tuple[float, float] = (0.0, 5.0)
+    #: Accepted interaction timestamps, unix seconds ``[low, high)``; a line outside is the dead letter
+    #: ``timestamp_out_of_range``. Default 1990-01-01 .. 2100-01-01 UTC (the public files: 1995-2018).
+    timestamp_range: tuple[int, int] = DEFAULT_TIMESTAMP_RANGE
     positive_behaviors: tuple[str, ...] = ("buy",)
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     vocab_min_count: int = 1
@@ -100,6 +108,9 @@ class PreprocessOptions:
         lo, hi = self.rating_range
         if not lo <= self.rating_threshold <= hi:
             errors.append(f"rating_threshold {self.rating_threshold} lies outside rating_range {self.rating_range}")
+        t_lo, t_hi = self.timestamp_range
+        if not (isinstance(t_lo, int) and isinstance(t_hi, int) and 0 <= t_lo < t_hi):
+            errors.append(f"timestamp_range must be two unix seconds 0 <= low < high, got {self.timestamp_range}")
         if len(self.split_fractions) != 3 or min(self.split_fractions) <= 0 or abs(sum(self.split_fractions) - 1) > 1e-9:
             errors.append(f"split_fractions must be three positive fractions summing to 1, got {self.split_fractions}")
         if self.vocab_min_count < 1:
@@ -139,6 +150,7 @@ class PreprocessOptions:
             "k_core": dict(self.k_core),
             "rating_threshold": self.rating_threshold,
             "rating_range": list(self.rating_range),
+            "timestamp_range": list(self.timestamp_range),
             "positive_behaviors": list(self.positive_behaviors),
             "split_fractions": list(self.split_fractions),
             "vocab_min_count": self.vocab_min_count,

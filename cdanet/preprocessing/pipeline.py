@@ -13,15 +13,21 @@ Runs hand data to each other through staged parquet and report their small resul
 JSONL sidecar (:mod:`.staging`); the counts become typed :class:`~.stats.DomainCounts`. Everything
 is written under ``<output>/_staging-<id>/`` and each domain folder is moved to
 ``<output>/<domain>`` only when every step succeeded (contract files by :mod:`.outputs`), so a
-failed run leaves no half-written domain; the staging folder is removed either way.
+failed run leaves no half-written domain; the staging folder is removed either way, and one left
+by a killed run is removed by the next run on the same output (:func:`.staging.remove_stale_staging`).
+
+Each run reports a progress line per domain (:mod:`.progress`); an error raised inside a Beam step
+reaches the caller as one :class:`PreprocessingError` line that names the file.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import uuid
-from collections.abc import Mapping, Sequence
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
@@ -39,17 +45,21 @@ from cdanet.preprocessing.composites import (
 )
 from cdanet.preprocessing.domains import LAYOUTS
 from cdanet.preprocessing.formats import discover
+from cdanet.preprocessing.glove import check_glove_header
 from cdanet.preprocessing.io import DEAD_LETTERS, LINE_COLUMN, ROWS, STATS, WriteDeadLetters
 from cdanet.preprocessing.kcore import KCoreFilter, converged
 from cdanet.preprocessing.options import PreprocessingError, PreprocessOptions
 from cdanet.preprocessing.outputs import finish_domain
+from cdanet.preprocessing.progress import Progress, one_line_error, quiet_beam
 from cdanet.preprocessing.staging import (
     DomainRun,
     Sidecar,
+    Staging,
     parquet_read,
     parquet_write,
     promote,
     read_sidecar,
+    remove_stale_staging,
 )
 
 log = logging.getLogger(__name__)
@@ -58,18 +68,61 @@ log = logging.getLogger(__name__)
 _FEATURE_ROLES = ("items", "users")
 
 
+#: Beam's local runner that never tries Prism. Beam 2.77's ``DirectRunner`` first tries the Prism
+#: runner for every pipeline Prism supports (measured: our ingest and features runs), and Prism
+#: downloads its binary from GitHub on first use; offline that fails and it falls back after the attempt.
+LOCAL_RUNNER = "FnApiRunner"
+_DIRECT_NAMES = frozenset({"directrunner", "direct"})
+#: Seconds between "still running" lines during one Beam run.
+HEARTBEAT_SECONDS = 60.0
+
+
 def default_beam_args() -> list[str]:
-    """The DirectRunner on every core (never Prism, which downloads a binary and fails offline)."""
-    return ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
+    """Beam's local runner on every core (the ``FnApiRunner``, never Prism: see :data:`LOCAL_RUNNER`)."""
+    return [f"--runner={LOCAL_RUNNER}", "--direct_running_mode=multi_processing",
             f"--direct_num_workers={os.cpu_count() or 1}"]
 
 
 def pipeline_options(beam_args: Sequence[str] | None) -> PipelineOptions:
-    """Runner flags pass through untouched; without ``--runner`` the default DirectRunner is added."""
+    """Runner flags pass through, except that ``DirectRunner`` becomes :data:`LOCAL_RUNNER` (the same
+    Python runner the DirectRunner would run our batch pipelines on, without its Prism attempt);
+    without ``--runner`` the default local runner on every core is added."""
     args = list(beam_args) if beam_args is not None else []
-    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
-        args = default_beam_args() + args
-    return PipelineOptions(args)
+    out: list[str] = []
+    has_runner = False
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--runner" and i + 1 < len(args):
+            a, i = f"--runner={args[i + 1]}", i + 1
+        if a.startswith("--runner="):
+            has_runner = True
+            if a.split("=", 1)[1].strip().lower() in _DIRECT_NAMES:
+                a = f"--runner={LOCAL_RUNNER}"
+        out.append(a)
+        i += 1
+    if not has_runner:
+        out = default_beam_args() + out
+    return PipelineOptions(out)
+
+
+@contextmanager
+def _beam_run(name: str, ra: _RunArgs) -> Iterator[beam.Pipeline]:
+    """One Beam pipeline, run on leaving the block; any failure becomes one ``PreprocessingError`` line.
+
+    While it runs, a heartbeat line every ``HEARTBEAT_SECONDS`` says it still does."""
+    log_path: str | None = None
+    try:
+        with (quiet_beam(ra.verbose) as log_path, ra.say.heartbeat(f"{name} run", HEARTBEAT_SECONDS),
+              beam.Pipeline(options=pipeline_options(ra.beam_args)) as p):
+            yield p
+    except Exception as e:  # noqa: BLE001 - the driver boundary: Beam wraps step errors in its own types
+        if log_path:  # the whole chain next to Beam's own output, for whoever reads the log
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write("".join(traceback.format_exception(e)))
+        raise one_line_error(name, e, log_path) from e
+    if log_path:
+        os.unlink(log_path)
 
 
 def run_preprocessing(
@@ -79,45 +132,70 @@ def run_preprocessing(
     glove_path: str | None = None,
     options: PreprocessOptions | None = None,
     beam_args: list[str] | None = None,
+    *,
+    verbose: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, dict]:
     """Preprocess the raw files of ``dataset`` under ``input_dir`` into ``output_dir/<domain>``.
 
     Writes per domain ``schema.json``, ``stats.json``, ``<split>-SSSSS-of-NNNNN.parquet``,
     ``vocab/<field>.txt``, ``items.parquet`` and ``dead_letter-*.jsonl``; returns the stats of each
-    domain. ``beam_args`` are pipeline options passed to Beam as they are (runner, workers, ...).
-    Raises :class:`PreprocessingError` on missing files, bad headers, too many malformed lines,
-    a domain emptied by k-core, or a field without training values.
+    domain. ``beam_args`` are pipeline options passed to Beam as they are (runner, workers, ...),
+    except that ``DirectRunner`` runs as :data:`LOCAL_RUNNER`. Progress lines go to ``progress``
+    (stderr by default); Beam's own output is kept off the console unless ``verbose``
+    (:func:`.progress.quiet_beam`).
+    Raises :class:`PreprocessingError` (one line naming the file, field or option) on missing or
+    empty files, bad headers, a bad GloVe file, too many malformed lines, a domain emptied by
+    k-core, or a field without training values.
     """
     options = (options or PreprocessOptions()).validate(dataset)
+    say = progress or Progress()
     domains = options.domains_of(dataset)
-    glove_path = _glove_for(domains, glove_path)
-    staging = FileSystems.join(output_dir, f"_staging-{uuid.uuid4().hex[:12]}")
-    work = FileSystems.join(staging, "_work")
+    glove_path = _glove_for(domains, glove_path, options.glove_member)
+    for stale in remove_stale_staging(output_dir):
+        say(f"removed {stale} (left by a run that did not finish)")
+    inputs = {dom: DomainInputs(dom, tuple(discover(dataset, dom, input_dir, options.rating_range, options.amazon,
+                                                       options.timestamp_range))) for dom in domains}
+    staging = Staging(output_dir)
+    work = FileSystems.join(staging.path, "_work")
     runs: dict[str, DomainRun] = {}
-    for dom in domains:
-        inputs = DomainInputs(dom, tuple(discover(dataset, dom, input_dir, options.rating_range, options.amazon)))
-        raw = inputs.get("interactions")
-        assert raw is not None
-        runs[dom] = DomainRun(
-            inputs=inputs, layout=LAYOUTS[dom], work=FileSystems.join(work, dom), out=FileSystems.join(staging, dom),
-            row_schema=interaction_schema(raw.fmt.arrow_schema, label_rule(LAYOUTS[dom], options)),
-            k=options.k_core[dom],
-        )
     try:
-        _run_ingest(runs, options, beam_args, work)
-        _run_kcore_until_converged(runs, options, beam_args, work)
-        _run_features(runs, options, glove_path, beam_args, work)
+        for dom in domains:
+            raw = inputs[dom].get("interactions")
+            assert raw is not None
+            runs[dom] = DomainRun(
+                inputs=inputs[dom], layout=LAYOUTS[dom], work=FileSystems.join(work, dom),
+                out=FileSystems.join(staging.path, dom),
+                row_schema=interaction_schema(raw.fmt.arrow_schema, label_rule(LAYOUTS[dom], options)),
+                k=options.k_core[dom],
+            )
+        run_args = _RunArgs(beam_args, verbose, say)
+        _run_ingest(runs, options, run_args, work)
+        _run_kcore_until_converged(runs, options, run_args, work)
+        _run_features(runs, options, glove_path, run_args, work)
         results = {dom: finish_domain(run, dataset, options, glove_path) for dom, run in runs.items()}
         for dom in domains:
-            promote(FileSystems.join(staging, dom), FileSystems.join(output_dir, dom))
+            promote(FileSystems.join(staging.path, dom), FileSystems.join(output_dir, dom))
+            split_rows = {n: results[dom]["rows"][n] for n in SPLITS}
+            say(f"{dom}: wrote {sum(split_rows.values())} rows ({', '.join(f'{n} {v}' for n, v in split_rows.items())})"
+                f" to {FileSystems.join(output_dir, dom)}")
         return results
     finally:
-        if FileSystems.exists(staging):
-            FileSystems.delete([staging])
+        staging.remove()
 
 
-def _glove_for(domains: Sequence[str], glove_path: str | None) -> str | None:
-    """The GloVe file when a domain has title vectors (then it is required), else None."""
+@dataclass(frozen=True)
+class _RunArgs:
+    """What every Beam run of one job shares: runner flags, verbosity, the progress reporter."""
+
+    beam_args: list[str] | None
+    verbose: bool
+    say: Progress
+
+
+def _glove_for(domains: Sequence[str], glove_path: str | None, member: str | None) -> str | None:
+    """The GloVe file when a domain has title vectors (then it is required, and its first line is
+    checked here, before any Beam run), else None."""
     titled = [d for d in domains if LAYOUTS[d].has_titles]
     if titled:
         if not glove_path:
@@ -125,15 +203,37 @@ def _glove_for(domains: Sequence[str], glove_path: str | None) -> str | None:
                                      "(--glove glove.6B.300d.txt[.gz|.zip])")
         if not FileSystems.exists(glove_path):
             raise PreprocessingError(f"GloVe file {glove_path} does not exist (expected glove.6B.*d.txt[.gz] or a .zip)")
+        check_glove_header(glove_path, member)
         return glove_path
     if glove_path:
         log.info("%s has no titles; ignoring the GloVe file %s", list(domains), glove_path)
     return None
 
 
-def _run_ingest(runs: Mapping[str, DomainRun], o: PreprocessOptions, beam_args: list[str] | None, work: str) -> None:
+def _files_summary(run: DomainRun) -> str:
+    parts = []
+    for f in run.inputs.files:
+        c = run.counts.file(f.path)
+        parts.append(f"{os.path.basename(f.path)} {c.lines} lines, {c.parsed} parsed, {c.malformed_total} dead letters")
+    return "; ".join(parts)
+
+
+def _kcore_summary(run: DomainRun) -> str:
+    passes = sorted(run.counts.kcore)
+    if not passes:
+        return "no k-core pass"
+    last = run.counts.kcore[passes[-1]]
+    removed = sum(run.counts.kcore[p].removed for p in passes)
+    return (f"{run.k}-core passes {passes[0]}-{passes[-1]} removed {removed} rows, "
+            f"{last.rows} left (last pass removed {last.removed})")
+
+
+def _run_ingest(runs: Mapping[str, DomainRun], o: PreprocessOptions, ra: _RunArgs, work: str) -> None:
+    for dom, run in runs.items():
+        ra.say(f"{dom}: ingest run: reading {', '.join(os.path.basename(f.path) for f in run.inputs.files)}, "
+               f"first {o.kcore_rounds_per_run} k-core rounds")
     sidecar = Sidecar()
-    with beam.Pipeline(options=pipeline_options(beam_args)) as p:
+    with _beam_run("ingest", ra) as p:
         for dom, run in runs.items():
             ing = p | f"{dom}/Ingest" >> IngestDomain(run.inputs, o)
             kc = ing[ROWS] | f"{dom}/KCore" >> KCoreFilter(run.k, o.kcore_rounds_per_run, o.num_partitions)
@@ -152,20 +252,23 @@ def _run_ingest(runs: Mapping[str, DomainRun], o: PreprocessOptions, beam_args: 
     for dom, run in runs.items():
         run.kcore_run, run.last_pass = 1, 2 * o.kcore_rounds_per_run
         run.record_counts(side["stats"][dom])
+        ra.say(f"{dom}: read {_files_summary(run)}")
+        ra.say(f"{dom}: {_kcore_summary(run)}")
+        _check_empty_files(run)
         _check_malformed(run, o, {f: ex for f, ex in side["examples"][dom]})
 
 
-def _run_kcore_until_converged(runs: Mapping[str, DomainRun], o: PreprocessOptions,
-                               beam_args: list[str] | None, work: str) -> None:
+def _run_kcore_until_converged(runs: Mapping[str, DomainRun], o: PreprocessOptions, ra: _RunArgs, work: str) -> None:
     while True:
         pending = {d: run for d, run in runs.items() if not converged(run.counts.removed_by_pass(), run.last_pass)}
         if not pending:
             return
-        log.info("k-core not converged after pass %s for %s; running %d more rounds",
-                 {d: run.last_pass for d, run in pending.items()}, sorted(pending), o.kcore_rounds_per_run)
+        for dom, run in pending.items():
+            ra.say(f"{dom}: k-core not at its fixed point after pass {run.last_pass}; "
+                   f"running {o.kcore_rounds_per_run} more round(s)")
         sidecar = Sidecar()
         number = min(run.kcore_run for run in pending.values()) + 1
-        with beam.Pipeline(options=pipeline_options(beam_args)) as p:
+        with _beam_run(f"k-core continuation {number}", ra) as p:
             for dom, run in pending.items():
                 kc = (
                     p
@@ -180,14 +283,17 @@ def _run_kcore_until_converged(runs: Mapping[str, DomainRun], o: PreprocessOptio
             run.kcore_run += 1
             run.last_pass += 2 * o.kcore_rounds_per_run
             run.record_counts(side["stats"][dom])
+            ra.say(f"{dom}: {_kcore_summary(run)}")
 
 
 def _run_features(runs: Mapping[str, DomainRun], o: PreprocessOptions, glove_path: str | None,
-                  beam_args: list[str] | None, work: str) -> None:
-    for run in runs.values():
+                  ra: _RunArgs, work: str) -> None:
+    for dom, run in runs.items():
         _check_kcore_rows(run, o)
+        ra.say(f"{dom}: features run: joins, {'title vectors, ' if run.layout.has_titles else ''}"
+               "chronological split, vocabularies, encoding")
     sidecar = Sidecar()
-    with beam.Pipeline(options=pipeline_options(beam_args)) as p:
+    with _beam_run("features", ra) as p:
         for dom, run in runs.items():
             inputs: dict[str, beam.PCollection] = {ROWS: p | f"{dom}/ReadRows" >> parquet_read(run.kcore_pattern())}
             schemas: dict[str, pa.Schema | None] = dict.fromkeys(_FEATURE_ROLES)
@@ -230,6 +336,15 @@ def _check_kcore_rows(run: DomainRun, o: PreprocessOptions) -> None:
             f"domain {run.domain} has {rows} rows after {run.k}-core filtering: the chronological "
             f"{':'.join(f'{f:g}' for f in o.split_fractions)} split needs at least 10"
         )
+
+
+def _check_empty_files(run: DomainRun) -> None:
+    """A raw file without a data line is named, with its format, before k-core reports an empty domain."""
+    for f in run.inputs.files:
+        c = run.counts.file(f.path)
+        if c.data_lines == 0:
+            what = f"only {c.header} header and {c.blank} blank lines" if c.lines else "no lines"
+            raise PreprocessingError(f"{f.path} is empty ({what}): expected {f.fmt.name} data lines")
 
 
 def _check_malformed(run: DomainRun, o: PreprocessOptions, examples: Mapping[str, list[Any]]) -> None:

@@ -5,13 +5,23 @@ run hands to the next (k-cored rows, parsed feature files), one JSONL sidecar pe
 small results the driver needs (counts, malformed-line examples, vocabularies, split cut keys),
 and each domain's finished folder, which :func:`promote` moves into place. All paths go through
 Beam's ``FileSystems``, so the same code writes to local disk and to object stores.
+
+A run that is killed (SIGKILL, OOM, a preempted node) cannot remove its staging folder, so the next
+run on the same output removes it (:func:`remove_stale_staging`). A live run is never touched: on a
+local disk each run holds an exclusive ``flock`` on ``<staging>/_owner.lock`` for its whole life (the
+kernel drops it when the process dies, however it dies), and a folder is stale exactly when that
+lock can be taken. On an object store there are no locks; a folder counts as stale once its newest
+file is older than ``STALE_REMOTE_SECONDS``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import shutil
+import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -26,6 +36,17 @@ from cdanet.preprocessing.composites import DomainInputs
 from cdanet.preprocessing.domains import DomainLayout
 from cdanet.preprocessing.stats import DomainCounts
 from cdanet.preprocessing.tables import conform
+
+log = logging.getLogger(__name__)
+
+STAGING_PREFIX = "_staging-"
+OWNER_LOCK = "_owner.lock"
+#: Object stores: a staging folder whose newest file is older than this is stale (no live run
+#: writes nothing for a day: every Beam run writes its outputs and sidecar well within that).
+STALE_REMOTE_SECONDS = 24 * 3600
+#: Local disks: a staging folder without an owner lock (a run killed between creating it and
+#: locking it) is stale after this long.
+STALE_UNLOCKED_SECONDS = 600
 
 #: Malformed-line examples kept per raw file for the error message of the malformed check.
 EXAMPLES_PER_FILE = 3
@@ -165,3 +186,96 @@ def promote(src: str, dst: str) -> None:
         FileSystems.delete([dst])
     sources = [m.path for m in FileSystems.match([FileSystems.join(src, "**")])[0].metadata_list]
     FileSystems.rename(sources, [dst + s[len(src):] for s in sources])
+
+
+class Staging:
+    """This run's ``<output>/_staging-<id>/``, locked by this process while it lives (local disks)."""
+
+    def __init__(self, output_dir: str) -> None:
+        self.path = FileSystems.join(output_dir, f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
+        self._lock_fd: int | None = None
+        if _is_local(self.path):
+            os.makedirs(self.path)
+            # Not inherited by Beam's worker processes (Python's descriptors are non-inheritable), so
+            # the lock dies with this process and only with it.
+            self._lock_fd = os.open(os.path.join(self.path, OWNER_LOCK), os.O_CREAT | os.O_RDWR, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(self._lock_fd, f"{os.getpid()} {time.time():.0f}\n".encode())
+
+    def remove(self) -> None:
+        """Delete the folder and release the lock (both idempotent)."""
+        try:
+            if _is_local(self.path):
+                shutil.rmtree(self.path, ignore_errors=True)
+            elif FileSystems.exists(self.path):
+                FileSystems.delete([self.path])
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+
+def remove_stale_staging(output_dir: str, now: float | None = None) -> list[str]:
+    """Remove the staging folders of dead runs under ``output_dir``; returns the removed paths.
+
+    Local: a folder whose owner lock can be taken (its run is gone), or that has no owner lock and
+    is older than ``STALE_UNLOCKED_SECONDS``. Object stores: a folder whose newest file is older than
+    ``STALE_REMOTE_SECONDS``. Only ``_staging-*`` folders directly under ``output_dir`` are looked at.
+    """
+    now = time.time() if now is None else now
+    removed: list[str] = []
+    if _is_local(output_dir):
+        if not os.path.isdir(output_dir):
+            return removed
+        for name in sorted(os.listdir(output_dir)):
+            path = os.path.join(output_dir, name)
+            if name.startswith(STAGING_PREFIX) and os.path.isdir(path) and not os.path.islink(path) \
+                    and _local_stale(path, now):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    else:
+        try:
+            removed = _remove_stale_remote(output_dir, now)
+        except Exception as e:  # noqa: BLE001 - cleaning up after others must never fail this run
+            log.warning("could not look for stale staging folders under %s: %s", output_dir, e)
+    for path in removed:
+        log.info("removed %s, left by a run that did not finish", path)
+    return removed
+
+
+def _remove_stale_remote(output_dir: str, now: float) -> list[str]:
+    newest: dict[str, float] = {}
+    pattern = FileSystems.join(output_dir, f"{STAGING_PREFIX}*")
+    for m in FileSystems.match([FileSystems.join(pattern, "**")])[0].metadata_list:
+        folder = m.path[len(output_dir.rstrip("/")) + 1:].split("/", 1)[0]
+        top = FileSystems.join(output_dir, folder)
+        newest[top] = max(newest.get(top, 0.0), m.last_updated_in_seconds or 0.0)
+    removed = []
+    for top, t in sorted(newest.items()):
+        if now - t > STALE_REMOTE_SECONDS:
+            FileSystems.delete([top])
+            removed.append(top)
+    return removed
+
+
+def _local_stale(path: str, now: float) -> bool:
+    lock = os.path.join(path, OWNER_LOCK)
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return now - os.path.getmtime(path) > STALE_UNLOCKED_SECONDS
+    except OSError:
+        return False  # not ours to judge (permissions): leave it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # a live run holds it
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # releases the lock taken just above, if any
+    return True
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path

@@ -153,6 +153,7 @@ def domain_stats(
     ]
     effective = [x for x in kcore_passes if x["removed"]]
     splits = {n: counts.split(n).rows for n in SPLITS}
+    total_rows = sum(splits.values())
     positives = {n: counts.split(n).positives for n in SPLITS}
     vocab_sizes = {f.name: f.vocab_size for f in fields if f.vocab_size}
     drops = counts.rows
@@ -174,6 +175,8 @@ def domain_stats(
             **splits,
         },
         "positives": {"total": sum(positives.values()), **positives},
+        # Over all splits: the column the pipeline's stats table (and a reader of stats.json) shows.
+        "positive_rate": round(sum(positives.values()) / total_rows, 6) if total_rows else 0.0,
         "users": counts.kcore_pass(last_pass - 1).users,
         "items": counts.kcore_pass(last_pass).items,
         "vocab_sizes": vocab_sizes,
