@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -27,31 +28,105 @@ class OrchestrationError(RuntimeError):
     """A run could not be started or did not finish; the message says why."""
 
 
-def parse_params(values: Sequence[str]) -> dict[str, Any]:
-    """``["max_epochs=5", "extra_overrides=[\\"model.dropout=0.1\\"]"]`` -> typed values (JSON when it parses)."""
-    params: dict[str, Any] = {}
+class ParameterError(SystemExit):
+    """A pipeline parameter that cannot be used; the message is one line naming it. A SystemExit, so
+    an uncaught one ends a script with that line and no traceback; ``pipeline.py`` exits 2 with it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"error: {message}")
+        self.message = message
+
+
+def parse_params(values: Sequence[str], pipeline_func: Any = None) -> dict[str, Any]:
+    """``key=value`` items as the kfp CLI parses them (``kfp run create ... key=value``:
+    :func:`kfp.cli.utils.parsing.parse_parameter_value`), or, given ``pipeline_func``, each value
+    coerced to the parameter's declared type (:func:`coerce_params`)."""
+    from kfp.cli.utils.parsing import parse_parameter_value
+
+    raw: dict[str, str] = {}
     for item in values:
-        if "=" not in item:
-            raise SystemExit(f"pipeline parameter {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        try:
-            params[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key.strip()] = raw
-    return params
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ParameterError(f"pipeline parameter {item!r} is not of the form key=value")
+        raw[key.strip()] = value
+    if pipeline_func is None:
+        return {k: parse_parameter_value(v) for k, v in raw.items()}
+    return coerce_params(pipeline_func, raw)
 
 
 def _check_params(pipeline_func: Any, params: Mapping[str, Any]) -> None:
     known = set(pipeline_func.component_spec.inputs or {})
     unknown = sorted(set(params) - known)
     if unknown:
-        raise SystemExit(f"unknown pipeline parameter(s) {unknown}; known: {sorted(known)}")
+        raise ParameterError(f"unknown pipeline parameter(s) {unknown}; known: {sorted(known)}")
 
 
-def _typed_for_kfp(pipeline_func: Any, params: Mapping[str, Any]) -> dict[str, Any]:
-    """An int given for a float parameter (``alpha=0``) as a float: kfp.local rejects the int."""
+def _coerce(name: str, kind: str, value: Any) -> Any:
+    """``value`` (a CLI string, or a Python value) as the KFP type ``kind``; one-line error otherwise."""
+    from kfp.cli.utils.parsing import parse_parameter_value
+
+    def bad(expected: str) -> ParameterError:
+        return ParameterError(f"pipeline parameter {name}={value!r}: expected {expected}")
+
+    if kind == "String":
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (bool, list, dict)) or value is None:
+            raise bad("a string")
+        return str(value)
+    parsed = parse_parameter_value(value) if isinstance(value, str) else value
+    if kind == "Float":
+        if isinstance(parsed, bool) or not isinstance(parsed, (int, float)) or not math.isfinite(parsed):
+            raise bad("a finite number (float)")
+        return float(parsed)
+    if kind == "Integer":
+        if isinstance(parsed, float) and parsed.is_integer():
+            parsed = int(parsed)
+        if isinstance(parsed, bool) or not isinstance(parsed, int):
+            raise bad("an integer")
+        return parsed
+    if kind == "Boolean":
+        if not isinstance(parsed, bool):
+            raise bad("true or false")
+        return parsed
+    if kind == "List":
+        if not isinstance(parsed, list):
+            raise bad('a JSON list, e.g. \'["a", "b"]\'')
+        return parsed
+    if kind in ("Dict", "Struct"):
+        if not isinstance(parsed, dict):
+            raise bad("a JSON object")
+        return parsed
+    return parsed
+
+
+def coerce_params(pipeline_func: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Each parameter as its declared type (``tolerance=0`` is the float 0.0, ``max_epochs=5.0`` the
+    int 5); an unknown name or a value that is not of its type is one line (:class:`ParameterError`)."""
+    _check_params(pipeline_func, params)
     inputs = pipeline_func.component_spec.inputs or {}
-    return {k: float(v) if inputs[k].type == "Float" and type(v) is int else v for k, v in params.items()}
+    return {k: _coerce(k, inputs[k].type, v) for k, v in params.items()}
+
+
+def preflight(pipeline_func: Any, params: Mapping[str, Any], *, check_inputs: bool) -> None:
+    """The configure step's checks, here, before anything is started: an invalid value (out of range,
+    an unknown dataset, domain or profile, ...) is one line instead of a failed run. ``check_inputs``:
+    also check that ``raw_uri`` and ``glove_uri`` exist (a local run; a cluster's paths are not here)."""
+    from cdanet import steps
+    from cdanet.config import ConfigError
+
+    inputs = pipeline_func.component_spec.inputs or {}
+    values = {k: spec.default for k, spec in inputs.items() if spec.default is not None}
+    values.update(params)
+    names = ("dataset", "target_domain", "profile", "extra_overrides", "min_auc", "tolerance", "baseline_margin",
+             "tuned_config_uri", "alpha", "beta", "num_experts", "latent_dim", "max_epochs", "batch_size",
+             "learning_rate", "seed", "model_name")
+    kwargs = {k: values[k] for k in names if k in values}
+    raw_uri, glove_uri = values.get("raw_uri", ""), values.get("glove_uri", "")
+    try:
+        steps.configure(raw_uri=raw_uri, glove_uri=glove_uri, check_inputs=check_inputs, **kwargs)
+    except ConfigError as e:
+        raise ParameterError(" ".join(str(e).split())) from None
 
 
 # ---- local ----------------------------------------------------------------------------------------
@@ -105,6 +180,11 @@ def run_local(
     """
     from kfp import local
 
+    params = coerce_params(pipeline_func, params)
+    # The values first (no data needed): a bad one is one line before anything is simulated or run.
+    # (No --raw: the simulator provides the raw files and a GloVe file below.)
+    preflight(pipeline_func, {"dataset": dataset, "profile": profile, "raw_uri": raw_dir or "-",
+                              "glove_uri": glove or ("" if raw_dir else "-"), **params}, check_inputs=False)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     if raw_dir is None:
@@ -130,16 +210,13 @@ def run_local(
         "mlflow_tracking_uri": tracking_uri,
         **params,
     }
-    _check_params(pipeline_func, arguments)
-    arguments = _typed_for_kfp(pipeline_func, arguments)
-    # The configure step resolves the profile and the hyperparameters (cdanet.params); here only the
-    # registered model's name needs the target. One per dataset and target: a movie model is never
-    # gated against an ad champion.
-    from cdanet.config import DATASETS
+    arguments = coerce_params(pipeline_func, arguments)
+    preflight(pipeline_func, arguments, check_inputs=True)
+    # The configure step resolves the profile, the hyperparameters (cdanet.params) and the registered
+    # model's name (empty: cdanet-<dataset>-<target>); the summary needs the same name.
+    from cdanet.steps import model_name_for
 
-    target = arguments.get("target_domain") or DATASETS.get(dataset, ("",))[0]
-    arguments.setdefault("model_name", f"cdanet-{dataset}-{target}")
-    model_name = arguments["model_name"]
+    model_name = arguments.get("model_name") or model_name_for(dataset, arguments.get("target_domain", ""))
     # Inherited by every task subprocess: no analytics calls (there is no network), Beam on all cores.
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -269,7 +346,8 @@ def _compiled(pipeline_func: Any) -> str:
 def submit(pipeline_func: Any, *, host: str, experiment: str, run_name: str | None,
            params: Mapping[str, Any], service_account: str | None = None) -> int:
     """Create one run (the same as ``kfp run submit -e EXPERIMENT -f cdanet_pipeline.yaml key=value``)."""
-    _check_params(pipeline_func, params)
+    params = coerce_params(pipeline_func, params)
+    preflight(pipeline_func, params, check_inputs=False)
     try:
         client = _client(host)
         run = client.create_run_from_pipeline_package(
@@ -298,7 +376,8 @@ def schedule(pipeline_func: Any, *, host: str, experiment: str, cron: str, job_n
              params: Mapping[str, Any], service_account: str | None = None) -> int:
     """Create a recurring run: at most one run at a time, no catch-up of missed schedules."""
     validate_cron(cron)
-    _check_params(pipeline_func, params)
+    params = coerce_params(pipeline_func, params)
+    preflight(pipeline_func, params, check_inputs=False)
     try:
         client = _client(host)
         exp = client.create_experiment(name=experiment)

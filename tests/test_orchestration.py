@@ -92,12 +92,15 @@ def test_run_local_leaves_the_profile_to_the_configure_step(tmp_path):
             raise Stop
 
     (tmp_path / "raw").mkdir()
-    code = orchestration.run_local(Pipeline(), raw_dir=str(tmp_path / "raw"), glove=None, dataset="amazon",
+    (tmp_path / "glove.txt").write_text("movie 0.1 0.2\n")
+    code = orchestration.run_local(Pipeline(), raw_dir=str(tmp_path / "raw"), glove=str(tmp_path / "glove.txt"),
+                                   dataset="amazon",
                                    scale="tiny", workdir=str(tmp_path / "w"), profile="tiny",
                                    params={"max_epochs": 3, "alpha": 0}, out=lambda _: None)
     assert code == 1  # Stop, raised instead of running
-    assert {k: seen[k] for k in ("profile", "max_epochs", "alpha", "model_name")} == {
-        "profile": "tiny", "max_epochs": 3, "alpha": 0.0, "model_name": "cdanet-amazon-movie"}
+    assert {k: seen[k] for k in ("profile", "max_epochs", "alpha")} == {
+        "profile": "tiny", "max_epochs": 3, "alpha": 0.0}
+    assert "model_name" not in seen  # the configure step names it cdanet-<dataset>-<target>, as on a cluster
     assert type(seen["alpha"]) is float  # kfp.local rejects an int for a float parameter
     assert not set(seen) & (set(HYPERPARAMETERS) - {"max_epochs", "alpha"})
 
@@ -153,10 +156,44 @@ def test_parse_params_and_unknown_parameters():
                                          'extra_overrides=["model.dropout=0.1"]'])
     assert params == {"max_epochs": 5, "alpha": 0.02, "model_name": "cdanet-prod",
                       "extra_overrides": ["model.dropout=0.1"]}
-    with pytest.raises(SystemExit, match="not of the form key=value"):
+    with pytest.raises(orchestration.ParameterError, match="not of the form key=value"):
         orchestration.parse_params(["max_epochs"])
-    with pytest.raises(SystemExit, match=r"unknown pipeline parameter\(s\) \['max_epoch'\]"):
+    with pytest.raises(orchestration.ParameterError, match=r"unknown pipeline parameter\(s\) \['max_epoch'\]"):
         orchestration._check_params(P.create_pipeline(), {"max_epoch": 3})
+
+
+def test_parameters_are_coerced_to_their_declared_types():
+    # Before: tolerance=0 and min_auc=1 reached kfp as ints and failed its float type check; a string
+    # parameter given a number (model_name=2026) became an int.
+    f = P.create_pipeline()
+    params = orchestration.parse_params(["tolerance=0", "min_auc=1", "alpha=-1", "max_epochs=5.0",
+                                         "model_name=2026", "target_domain=book", "data_until=2026-11-28",
+                                         'extra_overrides=["model.dropout=0.1"]'], f)
+    assert params == {"tolerance": 0.0, "min_auc": 1.0, "alpha": -1.0, "max_epochs": 5, "model_name": "2026",
+                      "target_domain": "book", "data_until": "2026-11-28", "extra_overrides": ["model.dropout=0.1"]}
+    assert [type(params[k]) for k in ("tolerance", "min_auc", "alpha", "max_epochs")] == [float, float, float, int]
+    for item, message in (("max_epochs=2.5", "max_epochs='2.5': expected an integer"),
+                          ("alpha=abc", "alpha='abc': expected a finite number"),
+                          ("alpha=nan", "alpha='nan': expected a finite number"),
+                          ("extra_overrides=model.dropout=0.1", "extra_overrides='model.dropout=0.1': expected a JSON list")):
+        with pytest.raises(orchestration.ParameterError) as e:
+            orchestration.parse_params([item], f)
+        assert message in e.value.message and "\n" not in e.value.message
+
+
+@pytest.mark.parametrize("item, message", [
+    ("target_domain=nonsense", "unknown target_domain 'nonsense' for dataset 'amazon'"),
+    ("min_auc=2", r"min_auc must be in [0, 1], got 2.0"),
+    ("tolerance=-1", "tolerance must be >= 0"),
+    ("alpha=-2", "model.alpha must be >= 0"),
+    ("profile=huge", "unknown profile 'huge'"),
+])
+def test_a_bad_parameter_is_one_line_before_anything_runs(tmp_path, capsys, item, message):
+    # Before: target_domain=nonsense ran kfp.local and printed a 20-line traceback of the configure task.
+    code = P.main(["run", "--workdir", str(tmp_path / "w"), item])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "w").exists()  # nothing simulated, nothing run
 
 
 def test_cron_must_have_six_fields():
@@ -167,7 +204,8 @@ def test_cron_must_have_six_fields():
 
 @pytest.mark.parametrize("verb", ["submit", "schedule"])
 def test_cluster_verbs_fail_clearly_without_a_cluster(verb, capsys):
-    code = P.main([verb, "--host", "http://127.0.0.1:1", "max_epochs=1"])
+    code = P.main([verb, "--host", "http://127.0.0.1:1", "max_epochs=1", "raw_uri=/data/raw/amazon",
+                   "glove_uri=/data/raw/glove.6B.300d.txt"])
     assert code == 2
     err = capsys.readouterr().err
     assert "cannot reach Kubeflow Pipelines at http://127.0.0.1:1" in err
