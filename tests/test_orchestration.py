@@ -209,3 +209,77 @@ def test_cluster_verbs_fail_clearly_without_a_cluster(verb, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "cannot reach Kubeflow Pipelines at http://127.0.0.1:1" in err
+
+
+def test_checkpoint_dir_is_keyed_by_run_and_task(tmp_path):
+    assert steps.checkpoint_dir("", "run-1", "pretrain") is None  # no root: no checkpoints
+    assert steps.checkpoint_dir("/data/work/checkpoints", "run-1", "finetune") == "/data/work/checkpoints/run-1/finetune"
+    for bad in ("", "{{$.pipeline_job_uuid}}", "../other", ".."):
+        with pytest.raises(steps.PipelineParameterError, match="run_id"):
+            steps.checkpoint_dir("/ckpt", bad, "pretrain")
+
+
+_KILLABLE_PRETRAIN = """
+import sys
+from components.train import pretrain
+
+class Path_:
+    def __init__(self, path):
+        self.path = path
+
+class Metrics_(Path_):
+    def log_metric(self, name, value):
+        pass
+
+config, processed, out, root = sys.argv[1:5]
+pretrain.python_func(config=Path_(config), processed=Path_(processed), pretrained=Path_(out),
+                     metrics=Metrics_(None), checkpoint_root=root, run_id="run-1")
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_training_task_resumes_at_its_next_epoch(tmp_path, processed_dir):
+    """KFP retries a failed training task in a new pod with the same run id: the pretrain component
+    (real subprocess, SIGKILLed after its first checkpoint) resumes from the last completed epoch."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    frozen = configure(tmp_path, max_epochs=5, extra_overrides=["train.patience=100"])
+    config = tmp_path / "config.json"
+    config.write_text(frozen.to_json())
+    root = tmp_path / "ckpt"
+    ckpt = root / "run-1" / "pretrain" / "pretrain.ckpt.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE_PRETRAIN, str(config), processed_dir,
+                             str(tmp_path / "killed"), str(root)], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the task finished before it could be killed"
+    done = int(torch.load(ckpt, weights_only=False)["epoch"])
+    assert 1 <= done < 5
+    assert not (tmp_path / "killed" / "model.pt").exists()
+
+    # The retry: same run id, same task, a fresh process (here: this one).
+    from components.train import pretrain
+
+    metrics: dict[str, float] = {}
+
+    class Out:
+        def __init__(self, path):
+            self.path = path
+
+        def log_metric(self, name, value):
+            metrics[name] = value
+
+    pretrain.python_func(config=Out(str(config)), processed=Out(processed_dir), pretrained=Out(str(tmp_path / "m")),
+                         metrics=Out(None), checkpoint_root=str(root), run_id="run-1")
+    assert metrics["stage1_resumed_from_epoch"] == done  # not epoch 0: the retry did not start over
+    assert metrics["stage1_epochs"] == 5
