@@ -7,7 +7,6 @@ The runners only bind paths, images and parameters (TFX style); the pipeline its
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
