@@ -133,15 +133,30 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STATUS = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
 
 
+def display_names(pipeline_func: Any) -> dict[str, str]:
+    """Task name -> the display name the pipeline gave it (``register-2`` -> ``record-rejection``),
+    from the pipeline spec, for every task in every DAG (conditions included)."""
+    spec = pipeline_func.pipeline_spec
+    names: dict[str, str] = {}
+    for dag in [spec.root.dag, *(c.dag for c in spec.components.values() if c.HasField("dag"))]:
+        for key, task in dag.tasks.items():
+            if task.task_info.name and task.task_info.name != key:
+                names[key] = task.task_info.name
+    return names
+
+
 class _TaskLog:
     """A stdout stand-in: everything goes to the log file, task status lines also to the console.
 
     kfp.local prints each task's full executor input/output; that belongs in a log, while the user
-    watching ``make run`` wants one line per finished task.
+    watching ``make run`` wants one line per finished task. kfp.local 2.17 reports a task's status
+    only in that line (the structured status stays inside its orchestrator), hence the pattern.
     """
 
-    def __init__(self, log_file, out: Callable[[str], None], started: float) -> None:
+    def __init__(self, log_file, out: Callable[[str], None], started: float,
+                 names: Mapping[str, str] | None = None) -> None:
         self._log, self._out, self._started, self._pending = log_file, out, started, ""
+        self._names = dict(names or {})
         self.failed: list[str] = []
 
     def write(self, text: str) -> int:
@@ -152,6 +167,7 @@ class _TaskLog:
             m = _STATUS.search(_ANSI.sub("", line))
             if m:
                 task, state = m.groups()
+                task = self._names.get(task, task)
                 if state != "SUCCESS":
                     self.failed.append(task)
                 self._out(f"[cdanet] {time.time() - self._started:6.0f}s  {task:<18} {state}")
@@ -159,6 +175,13 @@ class _TaskLog:
 
     def flush(self) -> None:
         self._log.flush()
+
+def _display_names_or_none(pipeline_func: Any) -> dict[str, str]:
+    try:
+        return display_names(pipeline_func)
+    except AttributeError:  # a stand-in pipeline (tests) has no spec
+        return {}
+
 
 def run_local(
     pipeline_func: Any,
@@ -227,7 +250,7 @@ def run_local(
     with open(log_path, "w") as log_file:
         real_stdout = sys.stdout  # captured before the redirect below
         console = _TaskLog(log_file, out if out is not print else (lambda m: print(m, file=real_stdout, flush=True)),
-                           started)
+                           started, _display_names_or_none(pipeline_func))
         try:
             import warnings
 
@@ -361,13 +384,19 @@ def submit(pipeline_func: Any, *, host: str, experiment: str, run_name: str | No
 
 
 def validate_cron(cron: str) -> str:
-    """KFP cron has six fields, seconds first (``0 0 2 * * *`` = daily at 02:00)."""
+    """KFP cron has six fields, seconds first (``0 0 2 * * *`` = daily at 02:00). The field count is
+    KFP's rule; croniter checks each field's values and ranges (``0 0 25 * * *`` has no hour 25)."""
+    from croniter import croniter
+
     fields = cron.split()
     if len(fields) != 6:
-        raise SystemExit(
+        raise ParameterError(
             f"--cron {cron!r} has {len(fields)} fields; KFP cron needs six, seconds first "
             "(e.g. '0 0 2 * * *' for daily at 02:00)"
         )
+    if not croniter.is_valid(cron, second_at_beginning=True):
+        raise ParameterError(f"--cron {cron!r} is not a valid cron expression (six fields: second minute hour "
+                             "day-of-month month day-of-week, e.g. '0 0 2 * * *')")
     return cron
 
 

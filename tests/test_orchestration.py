@@ -198,8 +198,24 @@ def test_a_bad_parameter_is_one_line_before_anything_runs(tmp_path, capsys, item
 
 def test_cron_must_have_six_fields():
     assert orchestration.validate_cron("0 0 2 * * *") == "0 0 2 * * *"
+    assert orchestration.validate_cron("0 0 9 ? * 2-6") == "0 0 9 ? * 2-6"  # KFP's docstring example
     with pytest.raises(SystemExit, match="six, seconds first"):
         orchestration.validate_cron("0 2 * * *")
+    # Before: only the fields were counted, so an hour 25 or a day-of-week 'funday' reached KFP.
+    for bad in ("0 0 25 * * *", "0 0 2 * * funday", "0 61 2 * * *"):
+        with pytest.raises(orchestration.ParameterError, match="not a valid cron expression"):
+            orchestration.validate_cron(bad)
+
+
+def test_console_names_the_rejection_task_by_its_display_name(tmp_path):
+    # Before: kfp.local's task name `register-2` reached the console for the record-rejection task.
+    names = orchestration.display_names(P.create_pipeline())
+    assert names["register"] == "promote" and names["register-2"] == "record-rejection"
+    seen = []
+    log = orchestration._TaskLog(open(tmp_path / "log", "w"), seen.append, 0.0, names)
+    log.write("Task \x1b[96m'register-2'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m\n")
+    log.write("Task 'gate' finished with status SUCCESS\n")
+    assert "record-rejection" in seen[0] and "register-2" not in seen[0] and "gate" in seen[1]
 
 
 @pytest.mark.parametrize("verb", ["submit", "schedule"])
