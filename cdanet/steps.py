@@ -6,6 +6,7 @@ step is testable without kfp, and the same code runs under ``kfp.local`` and in 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -255,7 +256,19 @@ def pretrain(config_path: str, processed_dir: str, model_dir: str,
     from cdanet.training import pretrain as run_pretrain
 
     cfg = PipelineConfig.load(config_path).experiment
-    return _train_metrics(run_pretrain(cfg, processed_dir, model_dir, checkpoint_dir=checkpoint_dir), "stage1")
+    metrics = _train_metrics(run_pretrain(cfg, processed_dir, model_dir, checkpoint_dir=checkpoint_dir), "stage1")
+    _drop_checkpoints(checkpoint_dir)
+    return metrics
+
+
+def _drop_checkpoints(checkpoint_dir: str | None) -> None:
+    """A finished task's checkpoints (its model is saved): removed, with the run's folder once empty,
+    so a PVC or a local workdir does not fill up run after run."""
+    if not checkpoint_dir:
+        return
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(checkpoint_dir))
 
 
 def finetune(config_path: str, processed_dir: str, pretrained_dir: str, model_dir: str,
@@ -266,6 +279,7 @@ def finetune(config_path: str, processed_dir: str, pretrained_dir: str, model_di
 
     cfg = PipelineConfig.load(config_path).experiment
     result = run_finetune(cfg, processed_dir, pretrained_dir, model_dir, checkpoint_dir=checkpoint_dir)
+    _drop_checkpoints(checkpoint_dir)
     stage1 = _read_history(pretrained_dir)
     write_curves_html({"stage 1 (translation)": stage1, "stage 2 (augmentation)": result.history},
                       cfg.target_domain, curves_path)

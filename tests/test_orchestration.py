@@ -299,3 +299,4 @@ def test_a_killed_training_task_resumes_at_its_next_epoch(tmp_path, processed_di
                          metrics=Out(None), checkpoint_root=str(root), run_id="run-1")
     assert metrics["stage1_resumed_from_epoch"] == done  # not epoch 0: the retry did not start over
     assert metrics["stage1_epochs"] == 5
+    assert not (root / "run-1").exists()  # a finished task drops its checkpoints
