@@ -222,7 +222,7 @@ def run_local(
         glove = glove or os.path.join(raw_root, SIM_GLOVE)
     raw_dir = os.path.abspath(raw_dir)
     if not os.path.isdir(raw_dir):
-        raise SystemExit(f"--raw {raw_dir} is not a folder of raw {dataset} files")
+        raise ParameterError(f"--raw {raw_dir} is not a folder of raw {dataset} files")
     tracking_uri = "sqlite:///" + os.path.join(workdir, "mlflow.db")
     arguments = {
         "raw_uri": raw_dir,
