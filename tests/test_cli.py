@@ -283,3 +283,17 @@ def test_readme_cluster_steps_run_as_written(tmp_path, monkeypatch, capsys):
     assert recurring["max_concurrency"] in ("1", 1) and recurring["no_catchup"] is True
     assert recurring["service_account"] == "cdanet-pipeline-runner"
     assert ["kfp", "--endpoint", fake.url] in ran
+
+
+def test_the_readme_names_tests_that_exist():
+    """The README's guarantee tables point at tests by ``path::name`` (``::name`` = same file as before)."""
+    text = (REPO / "README.md").read_text()
+    found = 0
+    for row in (line for line in text.splitlines() if line.startswith("|") and "`tests/" in line):
+        path = None
+        for ref in re.findall(r"`((?:tests/[\w/]+\.py)?::\w+)`", row):
+            file, _, name = ref.partition("::")
+            path = file or path
+            assert path and re.search(rf"^def {name}\(", (REPO / path).read_text(), re.M), ref
+            found += 1
+    assert found >= 10
