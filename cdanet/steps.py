@@ -146,8 +146,9 @@ def configure(
         raise PipelineParameterError(f"extra_overrides: {e}") from e
     try:
         cfg.validate()
-    except ConfigError as e:
-        problems.append(str(e))
+    except ConfigError as e:  # "invalid config:" and one "- problem" line each
+        lines = [ln.strip().removeprefix("- ") for ln in str(e).splitlines() if ln.strip()]
+        problems += lines[1:] if len(lines) > 1 and lines[0].endswith(":") else [" ".join(lines)]
     else:
         if cfg.model.name != "cdanet" or cfg.model.ablation != "none":
             problems.append("the training pipeline trains full CDAnet; run baselines and ablations with "

@@ -297,3 +297,14 @@ def test_the_readme_names_tests_that_exist():
             assert path and re.search(rf"^def {name}\(", (REPO / path).read_text(), re.M), ref
             found += 1
     assert found >= 10
+
+
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_every_config_error_is_one_line(tmp_path, capsys, command) -> None:
+    # Before: "invalid config:" then one indented line per problem.
+    argv = [command, "--processed", str(tmp_path), "--output", str(tmp_path / "o"),
+            "--set", "model.alpha=-1", "--set", "model.num_experts=0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"cdanet {command}: invalid config: model.alpha must be >= 0") and "; K (num_experts)" in err
