@@ -163,9 +163,7 @@ def test_candidate_that_does_not_beat_the_in_run_baseline_is_not_promoted(untrai
 
 def test_invalid_parameter_fails_at_the_first_step(tmp_path):
     import pipeline as P
-    from cdanet.orchestration import run_local
-
-    from cdanet.orchestration import ParameterError
+    from cdanet.orchestration import ParameterError, run_local
 
     out: list[str] = []
     # Checked before kfp.local starts (the configure step's own checks), in one line.
