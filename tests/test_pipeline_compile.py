@@ -222,3 +222,10 @@ def test_gpu_tasks_land_on_gpu_nodes(tmp_path):
     for e in gpu.values():
         assert e["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
         assert e["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_the_secret_example_lists_every_key_the_pipeline_forwards():
+    text = (P.__file__.rsplit("/", 1)[0] + "/cdanet/manifests/secrets/mlflow-tracking.example.env")
+    example = open(text).read()
+    for key in (*P.MLFLOW_SECRET_REQUIRED, *P.MLFLOW_SECRET_OPTIONAL):
+        assert key in example, key
