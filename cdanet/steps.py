@@ -6,6 +6,7 @@ step is testable without kfp, and the same code runs under ``kfp.local`` and in 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -43,6 +44,8 @@ class PipelineConfig:
     glove_uri: str
     #: Defaulted so a config artifact frozen before the baseline check still loads (as "at least as good").
     baseline_margin: float = 0.0
+    #: The registered model's name (:func:`model_name_for`); empty in artifacts frozen before it existed.
+    model_name: str = ""
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
@@ -63,6 +66,12 @@ class PipelineConfig:
                 "min_auc": self.min_auc, "tolerance": self.tolerance, "baseline_margin": self.baseline_margin}
 
 
+def model_name_for(dataset: str, target_domain: str) -> str:
+    """The default registered-model name, one per dataset and target (a movie model is never gated
+    against an ad champion): ``cdanet-<dataset>-<target>``, the target defaulting to the sparse domain."""
+    return f"cdanet-{dataset}-{target_domain or DATASETS[dataset][0]}"
+
+
 def _uri_exists(uri: str) -> bool:
     if "://" not in uri:
         return os.path.exists(uri)
@@ -73,7 +82,8 @@ def _uri_exists(uri: str) -> bool:
 
 def configure(
     *, dataset: str, target_domain: str, raw_uri: str, glove_uri: str, profile: str, extra_overrides: Sequence[str],
-    min_auc: float, tolerance: float, baseline_margin: float, tuned_config_uri: str = "",
+    min_auc: float, tolerance: float, baseline_margin: float, tuned_config_uri: str = "", model_name: str = "",
+    check_inputs: bool = True,
     alpha: float | None = None, beta: float | None = None, num_experts: int | None = None,
     latent_dim: int | None = None, max_epochs: int | None = None, batch_size: int | None = None,
     learning_rate: float | None = None, seed: int | None = None,
@@ -93,7 +103,9 @@ def configure(
     domain must be the run's.
 
     A value of the wrong type raises at once, in one line (:class:`PipelineParameterError`, a
-    :class:`ConfigError`); every other problem is listed in one error.
+    :class:`ConfigError`); every other problem is listed in one error, on one line.
+    ``check_inputs=False`` skips the checks that read ``raw_uri``, ``glove_uri`` and
+    ``tuned_config_uri`` (a submitting machine checks the values before a cluster run).
     """
     problems: list[str] = []
     if dataset not in DATASETS:
@@ -112,7 +124,7 @@ def configure(
         raise PipelineParameterError(str(e)) from e
     base = PROFILES[profile](dataset, target_domain or None, "cdanet")
     tuned: dict[str, Any] = {}
-    if tuned_config_uri:
+    if tuned_config_uri and check_inputs:
         from cdanet.tuning import load_tuned_config, tuned_overrides
 
         try:
@@ -134,8 +146,9 @@ def configure(
         raise PipelineParameterError(f"extra_overrides: {e}") from e
     try:
         cfg.validate()
-    except ConfigError as e:
-        problems.append(str(e))
+    except ConfigError as e:  # "invalid config:" and one "- problem" line each
+        lines = [ln.strip().removeprefix("- ") for ln in str(e).splitlines() if ln.strip()]
+        problems += lines[1:] if len(lines) > 1 and lines[0].endswith(":") else [" ".join(lines)]
     else:
         if cfg.model.name != "cdanet" or cfg.model.ablation != "none":
             problems.append("the training pipeline trains full CDAnet; run baselines and ablations with "
@@ -148,15 +161,16 @@ def configure(
         problems.append(f"baseline_margin must be in [-1, 1], got {baseline_margin}")
     if not raw_uri:
         problems.append("raw_uri is empty: give the folder of raw files")
-    elif not _uri_exists(raw_uri):
+    elif check_inputs and not _uri_exists(raw_uri):
         problems.append(f"raw_uri {raw_uri!r} does not exist or is not readable")
     if dataset == "amazon" and not glove_uri:
         problems.append("glove_uri is empty: the amazon dataset needs a GloVe file for title vectors")
-    elif glove_uri and not _uri_exists(glove_uri):
+    elif check_inputs and glove_uri and not _uri_exists(glove_uri):
         problems.append(f"glove_uri {glove_uri!r} does not exist or is not readable")
     if problems:
-        raise PipelineParameterError("invalid pipeline parameters:\n  - " + "\n  - ".join(problems))
-    return PipelineConfig(cfg, min_auc, tolerance, raw_uri, glove_uri, baseline_margin)
+        raise PipelineParameterError("invalid pipeline parameters: " + "; ".join(" ".join(p.split()) for p in problems))
+    return PipelineConfig(cfg, min_auc, tolerance, raw_uri, glove_uri, baseline_margin,
+                          model_name or model_name_for(dataset, target_domain))
 
 
 # ---- preprocess ---------------------------------------------------------------------------------------
@@ -214,16 +228,48 @@ def validate(config_path: str, processed_dir: str, report_path: str) -> None:
 
 
 # ---- training -----------------------------------------------------------------------------------------
+def checkpoint_dir(checkpoint_root: str, run_id: str, task: str) -> str | None:
+    """``<checkpoint_root>/<run_id>/<task>``: the same folder for every attempt of one task of one run
+    (a KFP retry keeps the run id), a fresh one for every run; None without a root (no checkpoints).
+
+    A run id that is an unresolved placeholder or holds a path separator is refused, so two runs can
+    never share (and resume from) one folder."""
+    if not checkpoint_root:
+        return None
+    run_id = (run_id or "").strip()
+    if not run_id or run_id.startswith("{{") or "/" in run_id or run_id in (".", ".."):
+        raise PipelineParameterError(
+            f"run_id {run_id!r}: expected the pipeline run's id to key the checkpoints under {checkpoint_root!r}"
+        )
+    return os.path.join(checkpoint_root, run_id, task)
+
+
 def _train_metrics(result: Any, prefix: str) -> dict[str, float]:
     return {f"{prefix}_best_epoch": float(result.best_epoch), f"{prefix}_best_val_auc": float(result.best_val_auc),
-            f"{prefix}_epochs": float(len(result.history))}
+            f"{prefix}_epochs": float(len(result.history)),
+            f"{prefix}_resumed_from_epoch": float(getattr(result, "resumed_from_epoch", 0))}
 
 
-def pretrain(config_path: str, processed_dir: str, model_dir: str) -> dict[str, float]:
+def pretrain(config_path: str, processed_dir: str, model_dir: str,
+             checkpoint_dir: str | None = None) -> dict[str, float]:
+    """Stage 1; with ``checkpoint_dir`` an epoch checkpoint is written there after every epoch and an
+    existing one of the same run is resumed (:func:`cdanet.training.trainer.train_model`)."""
     from cdanet.training import pretrain as run_pretrain
 
     cfg = PipelineConfig.load(config_path).experiment
-    return _train_metrics(run_pretrain(cfg, processed_dir, model_dir), "stage1")
+    metrics = _train_metrics(run_pretrain(cfg, processed_dir, model_dir, checkpoint_dir=checkpoint_dir), "stage1")
+    _drop_checkpoints(checkpoint_dir)
+    return metrics
+
+
+def _drop_checkpoints(checkpoint_dir: str | None) -> None:
+    """A finished task's checkpoints (its model is saved): removed, with the run's folder once empty,
+    so a PVC or a local workdir does not fill up run after run."""
+    if not checkpoint_dir:
+        return
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(checkpoint_dir))
 
 
 #: The training curves as a PNG, written into the fine-tuned model's folder (the HTML artifact embeds it).
@@ -231,12 +277,14 @@ CURVES_PNG = "training_curves.png"
 
 
 def finetune(config_path: str, processed_dir: str, pretrained_dir: str, model_dir: str,
-             curves_path: str) -> dict[str, float]:
+             curves_path: str, checkpoint_dir: str | None = None) -> dict[str, float]:
+    """Stage 2; ``checkpoint_dir`` as in :func:`pretrain`."""
     from cdanet.figures import write_curves_html
     from cdanet.training import finetune as run_finetune
 
     cfg = PipelineConfig.load(config_path).experiment
-    result = run_finetune(cfg, processed_dir, pretrained_dir, model_dir)
+    result = run_finetune(cfg, processed_dir, pretrained_dir, model_dir, checkpoint_dir=checkpoint_dir)
+    _drop_checkpoints(checkpoint_dir)
     stage1 = _read_history(pretrained_dir)
     write_curves_html({"stage 1 (translation)": stage1, "stage 2 (augmentation)": result.history},
                       cfg.target_domain, curves_path, os.path.join(model_dir, CURVES_PNG))

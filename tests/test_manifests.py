@@ -325,8 +325,9 @@ def test_pipeline_runner_role_is_least_privilege(rendered: dict[str, list[Obj]])
     binding = get(objects, "RoleBinding", "cdanet-pipeline-runner")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": "cdanet-pipeline-runner"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cdanet-pipeline-runner",
-                                    "namespace": NAMESPACE}]
+    # default-editor: the account of runs created without one (`kfp run submit` in a profile namespace).
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": n, "namespace": NAMESPACE}
+                                   for n in ("cdanet-pipeline-runner", "default-editor")]
     get(objects, "ServiceAccount", "cdanet-pipeline-runner")
 
 
@@ -626,3 +627,147 @@ def test_image_sources_exist_and_are_in_the_build_context(ignore_patterns: list[
                     for f in files:
                         if "__pycache__" not in f:
                             assert not dockerignored(f, ignore_patterns), f"{f} is excluded by .dockerignore"
+
+
+# ---- Pod Security, network isolation, secrets hygiene -------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_namespace_enforces_pod_security_restricted(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    # Before: `enforce: baseline`, with restricted only audited.
+    labels = get(rendered[overlay], "Namespace", NAMESPACE)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert labels["pod-security.kubernetes.io/warn"] == labels["pod-security.kubernetes.io/audit"] == "restricted"
+
+
+def _policies(objects: list[Obj]) -> list[dict[str, Any]]:
+    return [o["spec"] for o in objects if o["kind"] == "NetworkPolicy"]
+
+
+def _applies(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    return selects((policy.get("podSelector") or {}).get("matchLabels") or {}, labels)
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_every_pod_is_default_denied_and_allowed_only_dns_plus_its_own_egress(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    deny = get(objects, "NetworkPolicy", "default-deny")["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    task_pod = dict([KFP_POD_LABEL])
+    pods = [template_labels(o) for o, _ in workloads(objects)] + [task_pod]
+    if overlay == "gpu":  # the GPU Job is covered like every other pod
+        assert any(p.get("app.kubernetes.io/name") == "cdanet-gpu-check" for p in pods)
+    for labels in pods:
+        egress = [rule for p in _policies(objects) if _applies(p, labels) and "Egress" in p["policyTypes"]
+                  for rule in p.get("egress", [])]
+        ports = {(port["port"], port.get("protocol", "TCP")) for rule in egress for port in rule.get("ports", [])}
+        assert {(53, "UDP"), (53, "TCP")} <= ports, labels  # DNS for everyone
+        name = labels.get("app.kubernetes.io/name")
+        if labels == task_pod:  # the pipeline's tasks: MLflow, KFP API / metadata / object store, HTTPS
+            assert {(5000, "TCP"), (8887, "TCP"), (8888, "TCP"), (8080, "TCP"), (9000, "TCP"), (443, "TCP")} <= ports
+        elif name == "mlflow":  # its database and the artifact store
+            assert {(5432, "TCP"), (9000, "TCP")} <= ports
+        else:  # PostgreSQL and the GPU check need nothing but DNS
+            assert ports == {(53, "UDP"), (53, "TCP")}, labels
+
+
+def test_filled_in_secret_files_are_ignored_by_git() -> None:
+    import subprocess
+
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO).returncode == 0
+
+    # Before: no *.env rule, so a filled-in copy next to the examples could be committed.
+    assert ignored("cdanet/manifests/secrets/mlflow-db.env")
+    assert ignored("manifests/secrets/mlflow-tracking.env") or ignored("cdanet/manifests/secrets/mlflow-tracking.env")
+    assert ignored("mlflow-s3.env")
+    assert not ignored("cdanet/manifests/secrets/mlflow-db.example.env")
+    assert not ignored("cdanet/manifests/base/mlflow.env")  # non-secret server settings, tracked
+
+
+# ---- a policy tool from PyPI: checkov ----------------------------------------------------------------
+
+#: checkov pins packaging, networkx, cachetools, ... below this project's versions, so it lives in its
+#: own venv, created here on first use (pip's cache makes later creations quick). Set
+#: CDANET_CHECKOV_VENV to reuse one elsewhere.
+CHECKOV_REQUIREMENT = "checkov==3.3.30"
+#: Checks the pipeline's task pods cannot pass, and why. Anything else checkov reports fails the test.
+TASK_POD_EXCEPTIONS = {
+    "CKV_K8S_8": "liveness probe: a task runs to completion and serves nothing",
+    "CKV_K8S_9": "readiness probe: a task runs to completion and serves nothing",
+    "CKV_K8S_22": "readOnlyRootFilesystem: kfp-kubernetes 2.17's SecurityContext sets runAsUser/Group/NonRoot only",
+    "CKV_K8S_29": "pod-level securityContext: kfp-kubernetes sets the container's; the pod's is the backend's",
+    "CKV_K8S_38": "service account token: KFP's launcher in the task pod talks to the API with it",
+    "CKV_K8S_35": "secrets as env: MLflow's client reads MLFLOW_TRACKING_* credentials from the environment only",
+}
+
+
+@pytest.fixture(scope="session")
+def checkov() -> str:
+    import os
+    import subprocess
+    import sys
+
+    venv = Path(os.environ.get("CDANET_CHECKOV_VENV") or REPO / ".venv-checkov")
+    exe = venv / "bin" / "checkov"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", CHECKOV_REQUIREMENT], check=True, timeout=1200)
+    return str(exe)
+
+
+def _checkov(checkov: str, folder: Path) -> dict[str, Any]:
+    import json
+    import subprocess
+
+    proc = subprocess.run([checkov, "-d", str(folder), "--framework", "kubernetes", "--skip-download", "--quiet",
+                           "--compact", "-o", "json"], capture_output=True, text=True, timeout=600)
+    assert proc.stdout.strip(), proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    return report[0] if isinstance(report, list) else report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_checkov_passes_the_manifests_and_the_compiled_task_pods(
+    checkov: str, kubectl: str, rendered: dict[str, list[Obj]], tmp_path: Path, overlay: str
+) -> None:
+    import pipeline as P
+    from cdanet.deploy import image_overlay, overlay_dir
+    from cdanet.kfp_pods import task_pods
+
+    digest = "sha256:" + "0123456789abcdef" * 4
+    # Every image pinned by digest, as `deploy --image NAME=repo@sha256:...` does.
+    repos = {c["image"].split("@")[0].rsplit(":", 1)[0] for _, spec in workloads(rendered[overlay])
+             for c in containers(spec)}
+    pinned = image_overlay(overlay_dir(overlay), rendered[overlay], {r: f"{r}@{digest}" for r in repos},
+                           tmp_path / "overlay")
+    scan = tmp_path / "scan"
+    scan.mkdir()
+    (scan / "manifests.yaml").write_text(yaml.safe_dump_all(render(kubectl=kubectl, path=pinned)))
+    compiled = P.compile_pipeline(str(tmp_path / "p.yaml"), use_gpu=True, data_pvc="cdanet-raw-data",
+                                  work_pvc="cdanet-processed-data", mlflow_secret="mlflow-tracking",
+                                  image=f"ghcr.io/cdanet/cdanet@{digest}")
+    pods = task_pods(compiled)
+    (scan / "task-pods.yaml").write_text(yaml.safe_dump_all(pods))
+    report = _checkov(checkov, scan)
+    assert report["summary"]["resource_count"] >= len(pods) + len(rendered[overlay]) - 1
+    failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]
+              if not (c["resource"].startswith("Pod.") and c["check_id"] in TASK_POD_EXCEPTIONS)]
+    assert failed == []
+    # The manifests skip only what their checkov.io/skip annotations name, each with a reason.
+    for c in report["results"].get("skipped_checks", []):
+        assert c["check_id"] in ("CKV_K8S_15", "CKV_K8S_35", "CKV_K8S_40") and c["suppress_comment"], c
+
+
+@pytest.mark.slow
+def test_checkov_catches_a_pod_that_is_not_locked_down(checkov: str, tmp_path: Path) -> None:
+    # The check above can fail: a task pod without the kfp-kubernetes identity and limits is flagged.
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "loose", "namespace": NAMESPACE},
+           "spec": {"containers": [{"name": "main", "image": "ghcr.io/cdanet/cdanet:0.1.0"}]}}
+    (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
+    failed = {c["check_id"] for c in _checkov(checkov, tmp_path)["results"]["failed_checks"]}
+    assert {"CKV_K8S_23", "CKV_K8S_20", "CKV_K8S_11", "CKV_K8S_13", "CKV_K8S_43"} <= failed  # non-root, no
+    # privilege escalation, CPU and memory limits, digest

@@ -101,15 +101,100 @@ def test_scheduled_time_pins_the_data_window(tmp_path):
     assert params["data_until"]["componentInputParameter"] == "data_until"
 
 
+ALL_TASKS = ("configure", "preprocess", "validate", "baseline", "pretrain", "finetune", "evaluate", "gate")
+
+
+def platform_executors(platform: list[dict]) -> dict[str, dict]:
+    return platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
 def test_kubernetes_platform_settings(tmp_path):
-    _, platform = compiled(tmp_path, data_pvc="cdanet-raw-data", mlflow_secret="mlflow-tracking")
+    _, platform = compiled(tmp_path, data_pvc="cdanet-raw-data", mlflow_secret="mlflow-tracking",
+                           work_pvc="cdanet-processed-data")
     assert platform, "kfp-kubernetes settings are the second YAML document"
-    executors = platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert all(e["pvcMount"][0]["mountPath"] == "/data/raw" for e in executors.values())
-    secret_users = [n for n, e in executors.items() if "secretAsEnv" in e]
-    assert any("gate" in n for n in secret_users) and any("register" in n for n in secret_users)
+    executors = platform_executors(platform)
+    mounts = {n: sorted((m["pvcNameParameter"]["runtimeValue"]["constant"], m["mountPath"]) for m in e.get("pvcMount", []))
+              for n, e in executors.items()}
+    # Before: the raw-data volume was mounted (read-write) in all 8 tasks. Now only where it is read.
+    assert {n for n, m in mounts.items() if ("cdanet-raw-data", "/data/raw") in m} == {
+        "exec-configure", "exec-preprocess"}
+    assert {n for n, m in mounts.items() if ("cdanet-processed-data", "/data/work") in m} == {
+        "exec-pretrain", "exec-finetune"}
+    secret_users = sorted(n for n, e in executors.items() if "secretAsEnv" in e)
+    assert secret_users == ["exec-gate", "exec-register", "exec-register-2"]
+    for name in secret_users:
+        # Before: only MLFLOW_TRACKING_URI; username and password never reached the tasks.
+        envs = {kv["envVar"]: s.get("optional", False) for s in executors[name]["secretAsEnv"] for kv in s["keyToEnv"]}
+        assert envs == {"MLFLOW_TRACKING_URI": False, **{k: True for k in P.MLFLOW_SECRET_OPTIONAL}}
+        assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(envs)
     _, none = compiled(tmp_path)
-    assert none == []
+    assert "pvcMount" not in str(none) and "secretAsEnv" not in str(none)
+
+
+def test_every_task_runs_as_non_root_with_cpu_and_memory_limits(tmp_path):
+    spec, platform = compiled(tmp_path, use_gpu=True)
+    executors = platform_executors(platform)
+    assert set(executors) == set(spec["deploymentSpec"]["executors"])  # no task left out
+    for name, e in executors.items():
+        assert e["securityContext"] == {"runAsNonRoot": True, "runAsUser": "10001", "runAsGroup": "10001"}, name
+    for name, exe in spec["deploymentSpec"]["executors"].items():
+        res = exe["container"]["resources"]
+        for key in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"):
+            assert res.get(key), (name, key)
+
+
+def test_training_tasks_checkpoint_under_the_run_id(tmp_path):
+    spec, _ = compiled(tmp_path, work_pvc="cdanet-processed-data")
+    tasks = spec["root"]["dag"]["tasks"]
+    for name in ("pretrain", "finetune"):
+        params = tasks[name]["inputs"]["parameters"]
+        assert params["checkpoint_root"]["runtimeValue"]["constant"] == "/data/work/checkpoints"
+        assert params["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    plain, _ = compiled(tmp_path)
+    assert plain["root"]["dag"]["tasks"]["pretrain"]["inputs"]["parameters"]["checkpoint_root"][
+        "runtimeValue"]["constant"] == ""
+
+
+def test_model_name_defaults_to_dataset_and_target(tmp_path):
+    # Before: the compiled default was "cdanet" for every dataset and target.
+    spec, _ = compiled(tmp_path)
+    assert spec["root"]["inputDefinitions"]["parameters"]["model_name"]["defaultValue"] == ""
+    gate = spec["root"]["dag"]["tasks"]["gate"]["inputs"]["parameters"]["model_name"]
+    assert gate["taskOutputParameter"] == {"outputParameterKey": "Output", "producerTask": "configure"}
+    from cdanet import steps
+
+    assert steps.model_name_for("amazon", "") == "cdanet-amazon-movie"
+    assert steps.model_name_for("taobao", "rec") == "cdanet-taobao-rec"
+
+
+def test_image_can_be_pinned_by_digest(tmp_path):
+    ref = "registry.example/cdanet@sha256:" + "ab" * 32
+    out = tmp_path / "digest.yaml"
+    assert P.main(["compile", "--output", str(out), "--image", ref]) == 0
+    spec = next(yaml.safe_load_all(out.read_text()))
+    assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {ref}
+
+
+def test_compile_takes_the_cluster_options_in_one_command(tmp_path, capsys):
+    out = tmp_path / "c.yaml"
+    assert P.main(["compile", "--output", str(out), "--gpu", "--data-pvc", "cdanet-raw-data", "--work-pvc",
+                   "cdanet-processed-data", "--mlflow-secret", "mlflow-tracking"]) == 0
+    text = out.read_text()
+    for needle in ("cdanet-raw-data", "cdanet-processed-data", "mlflow-tracking", "MLFLOW_TRACKING_PASSWORD",
+                   "nvidia.com/gpu"):
+        assert needle in text
+    # The service account is a run setting (KFP's spec has no field for it): compile does not take it.
+    with pytest.raises(SystemExit) as e:
+        P.main(["compile", "--output", str(out), "--service-account", "cdanet-pipeline-runner"])
+    assert e.value.code == 2 and "unrecognized arguments: --service-account" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["deploy", "--dry-run"], ["deploy", "--overlay", "gpu", "--dry-run"]])
+def test_deploy_options_reach_the_deploy_parser(argv, capsys):
+    # Before: the top-level parser rejected them ("unrecognized arguments: --dry-run"), exit 2.
+    assert P.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# cdanet deploy plan: overlay")
 
 
 def test_kfp_cli_compiles_the_module(tmp_path):
@@ -137,3 +222,10 @@ def test_gpu_tasks_land_on_gpu_nodes(tmp_path):
     for e in gpu.values():
         assert e["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
         assert e["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_the_secret_example_lists_every_key_the_pipeline_forwards():
+    text = (P.__file__.rsplit("/", 1)[0] + "/cdanet/manifests/secrets/mlflow-tracking.example.env")
+    example = open(text).read()
+    for key in (*P.MLFLOW_SECRET_REQUIRED, *P.MLFLOW_SECRET_OPTIONAL):
+        assert key in example, key

@@ -261,7 +261,7 @@ def test_the_pipeline_parameter_reaches_the_configure_step(study, tmp_path):
     path = os.path.join(output, "best_config.json")
     params = orchestration.parse_params([f"tuned_config_uri={path}"])
     orchestration._check_params(P.create_pipeline(), params)
-    spec = yaml.safe_load(open(P.compile_pipeline(str(tmp_path / "p.yaml"))))
+    spec = next(yaml.safe_load_all(open(P.compile_pipeline(str(tmp_path / "p.yaml")))))
     root = spec["root"]["inputDefinitions"]["parameters"]["tuned_config_uri"]
     assert root["defaultValue"] == "" and root["isOptional"] is True
     task = spec["root"]["dag"]["tasks"]["configure"]["inputs"]["parameters"]["tuned_config_uri"]
