@@ -91,8 +91,10 @@ def _run_train(args: argparse.Namespace) -> int:
             print("cdanet train: --distributed needs torchrun (WORLD_SIZE > 1), e.g. "
                   "torchrun --nproc_per_node=2 -m cdanet.cli train ... --distributed", file=sys.stderr)
             return EXIT_USAGE
+        distributed.init_from_env(cfg.train.device)
         try:
-            result = distributed.run_experiment(cfg, args.processed, args.output, checkpoint_dir=args.checkpoint_dir)
+            with distributed.rank_output(args.output) as output:  # rank 0 writes --output
+                result = run_experiment(cfg, args.processed, output, checkpoint_dir=args.checkpoint_dir)
         finally:
             distributed.shutdown()
         if int(os.environ["RANK"]) != 0:

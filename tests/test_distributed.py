@@ -101,3 +101,21 @@ def test_torchrun_two_processes_reproduce_one(processed_dir: str, tmp_path: Path
         assert multi["stages"][stage]["best_val_auc"] == pytest.approx(single["stages"][stage]["best_val_auc"], abs=2e-4)
     assert multi["metrics"]["movie"]["auc"] == pytest.approx(single["metrics"]["movie"]["auc"], abs=2e-4)
     assert single["stages"]["pretrain"]["best_val_auc"] > 0.6  # it learned: not two initialisations compared
+
+
+@pytest.mark.slow
+def test_trainjob_node_entry_point_under_torchrun(processed_dir: str, tmp_path: Path) -> None:
+    """What each TrainJob node runs (cdanet.trainjob.main): 2 ranks, rank 0 writes the model directory."""
+    from cdanet.config import tiny_config
+
+    cfg = tiny_config("amazon", "movie").with_overrides(["train.max_epochs=1"])
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"experiment": cfg.to_dict()}))  # the configure step's artifact's entry
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cdanet.trainjob",
+         "pretrain", "--config", str(config), "--processed", processed_dir, "--model-dir", str(tmp_path / "stage1")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "stage1" / "weights.pt").is_file()
+    assert not list(tmp_path.glob("cdanet-rank*"))  # rank 1's scratch copy is gone

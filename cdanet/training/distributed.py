@@ -24,18 +24,18 @@ AUC of 2 gloo processes against one process.
 All ranks start from rank 0's parameters (broadcast), and since they apply identical updates they
 stay identical: each validates on the whole validation split and reaches the same early-stopping
 decision without further communication. Only rank 0 writes checkpoints and outputs
-(:func:`run_experiment`). Dropout masks (``model.dropout``, 0 by default) differ per rank.
+(:func:`rank_output`). Dropout masks (``model.dropout``, 0 by default) differ per rank.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -200,20 +200,20 @@ def init_from_env(device: str = "auto") -> DistContext | None:
     return current()
 
 
-def run_experiment(cfg: Any, processed_root: str, output_dir: str, checkpoint_dir: str | None = None) -> Any:
-    """:func:`cdanet.training.run_experiment` on every rank; only rank 0 writes ``output_dir``.
+@contextlib.contextmanager
+def rank_output(path: str) -> Iterator[str]:
+    """``path`` on rank 0 (or a single process); elsewhere a scratch folder removed afterwards.
 
-    The other ranks train in step with rank 0 (they must: every step all-reduces) and write their
-    copy of the outputs to a scratch folder that is removed. Returns the result on every rank.
+    Every rank must run the same training code (each step all-reduces), and that code writes its
+    outputs: the other ranks write theirs where nobody reads them.
     """
-    from cdanet.training import run_experiment as run_one
-
-    ctx = init_from_env(cfg.train.device)
+    ctx = current()
     if ctx is None or ctx.is_main:
-        return run_one(cfg, processed_root, output_dir, checkpoint_dir=checkpoint_dir)
+        yield path
+        return
     scratch = tempfile.mkdtemp(prefix=f"cdanet-rank{ctx.rank}-")
     try:
-        return run_one(cfg, processed_root, scratch, checkpoint_dir=checkpoint_dir)
+        yield os.path.join(scratch, os.path.basename(os.path.normpath(path)) or "out")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
