@@ -136,7 +136,7 @@ def test_harness_catches_arrival_order_and_single_worker_state(tmp_path: Path) -
 @pytest.mark.slow
 def test_harness_catches_side_effects_under_bundle_repeat(tmp_path: Path) -> None:
     def side_lines(name: str, args: list[str]) -> dict[str, Any]:
-        outputs = _toy(tmp_path / name, args, _write_side_file(str(tmp_path / f"{name}.side.jsonl")))
+        _toy(tmp_path / name, args, _write_side_file(str(tmp_path / f"{name}.side.jsonl")))
         os.replace(tmp_path / f"{name}.side.jsonl", tmp_path / name / "side.jsonl")
         return job_outputs(tmp_path / name)
 
