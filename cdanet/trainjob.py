@@ -6,7 +6,8 @@ to the Trainer's ``torch-distributed`` ClusterTrainingRuntime, which starts ``nu
 sets torchrun's ``PET_*`` variables; each pod runs ``torchrun ... -m cdanet.trainjob`` (:func:`main`), so the nodes train data-parallel with gloo (CPU) or NCCL
 (GPU) and rank 0 writes the model directory to the shared volume.
 
-:func:`train_job` returns the SDK model, :func:`to_dict` / :func:`to_yaml` the manifest;
+:func:`train_job` returns the SDK model, :func:`to_dict` / :func:`to_yaml` the manifest,
+:func:`run_train_job` creates it and waits for it to finish;
 ``pipeline.py compile --distributed N`` is meant to call :func:`train_job` for the pretrain and
 finetune steps (docs/performance.md, "Distributed training").
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,6 +154,44 @@ def train_job(settings: TrainJobSettings, step: str, *, config: str, processed: 
             activeDeadlineSeconds=s.active_deadline_seconds,
         ),
     )
+
+
+def run_train_job(job: Any, api: Any = None, *, poll_s: float = 10.0, timeout_s: float | None = None,
+                  sleep: Any = time.sleep) -> dict[str, Any]:
+    """Create ``job`` on the cluster and wait for its ``Complete`` or ``Failed`` condition (what a
+    pipeline step that launches training as a TrainJob does).
+
+    ``api``: a ``kubernetes.client.CustomObjectsApi`` (default: the in-cluster config, else kubeconfig).
+    Returns the finished object; raises ``RuntimeError`` (the condition's reason and message) when it
+    failed, ``TimeoutError`` after ``timeout_s``.
+    """
+    from kubeflow.trainer.constants import constants as c
+
+    if api is None:
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        api = client.CustomObjectsApi()
+    body = to_dict(job)
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    api.create_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.TRAINJOB_PLURAL, body)
+    waited = 0.0
+    while True:
+        obj = api.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.TRAINJOB_PLURAL, name)
+        for cond in (obj.get("status") or {}).get("conditions") or []:
+            if cond.get("status") != "True":
+                continue
+            if cond.get("type") == c.TRAINJOB_COMPLETE:
+                return obj
+            if cond.get("type") == c.TRAINJOB_FAILED:
+                raise RuntimeError(f"TrainJob {namespace}/{name} failed: {cond.get('reason', '')}: {cond.get('message', '')}")
+        if timeout_s is not None and waited >= timeout_s:
+            raise TimeoutError(f"TrainJob {namespace}/{name} did not finish within {timeout_s:g} s")
+        sleep(poll_s)
+        waited += poll_s
 
 
 def _cpu_count(cpu: str) -> int:

@@ -117,3 +117,47 @@ def test_node_entry_point_rejects_a_missing_config(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         main(["pretrain", "--config", str(tmp_path / "missing.json"), "--processed", str(tmp_path),
               "--model-dir", str(tmp_path / "m")])
+
+
+class _Cluster:
+    """A stand-in for ``kubernetes.client.CustomObjectsApi``: stores the created object and reports the
+    given sequence of condition lists on successive reads (no cluster can run here)."""
+
+    def __init__(self, conditions: list[list[dict]]) -> None:
+        self.created: list[tuple] = []
+        self.conditions = conditions
+        self.reads = 0
+
+    def create_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str, body: dict) -> dict:
+        self.created.append((group, version, namespace, plural, body))
+        return body
+
+    def get_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str, name: str) -> dict:
+        conds = self.conditions[min(self.reads, len(self.conditions) - 1)]
+        self.reads += 1
+        return {**self.created[0][4], "status": {"conditions": conds}}
+
+
+def test_run_train_job_creates_then_waits_for_complete() -> None:
+    from cdanet.trainjob import run_train_job
+
+    api = _Cluster([[], [{"type": "Created", "status": "True"}],
+                    [{"type": "Created", "status": "True"}, {"type": "Complete", "status": "True"}]])
+    job = train_job(TrainJobSettings("cdanet-pretrain"), "pretrain", **PATHS)
+    sleeps: list[float] = []
+    obj = run_train_job(job, api, poll_s=5, sleep=sleeps.append)
+    ((group, version, namespace, plural, body),) = api.created
+    assert (group, version, namespace, plural) == ("trainer.kubeflow.org", "v1alpha1", "cdanet", "trainjobs")
+    assert body == to_dict(job) and obj["metadata"]["name"] == "cdanet-pretrain"
+    assert sleeps == [5, 5]
+
+
+def test_run_train_job_reports_failure_and_timeout() -> None:
+    from cdanet.trainjob import run_train_job
+
+    job = train_job(TrainJobSettings("cdanet-pretrain"), "pretrain", **PATHS)
+    failed = _Cluster([[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "node-0 OOM"}]])
+    with pytest.raises(RuntimeError, match="TrainJob cdanet/cdanet-pretrain failed: BackoffLimitExceeded: node-0 OOM"):
+        run_train_job(job, failed, sleep=lambda s: None)
+    with pytest.raises(TimeoutError, match="did not finish within 30 s"):
+        run_train_job(job, _Cluster([[]]), poll_s=10, timeout_s=30, sleep=lambda s: None)
