@@ -24,7 +24,8 @@ AUC of 2 gloo processes against one process.
 All ranks start from rank 0's parameters (broadcast), and since they apply identical updates they
 stay identical: each validates on the whole validation split and reaches the same early-stopping
 decision without further communication. Only rank 0 writes checkpoints and outputs
-(:func:`rank_output`). Dropout masks (``model.dropout``, 0 by default) differ per rank.
+(:func:`rank_output`). Dropout masks (``model.dropout``, 0 by default) differ per rank, and the
+training history's losses, samples and samples/s are rank 0's own shard's.
 """
 
 from __future__ import annotations
