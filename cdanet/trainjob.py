@@ -8,8 +8,8 @@ sets torchrun's ``PET_*`` variables; each pod runs ``torchrun ... -m cdanet.trai
 
 :func:`train_job` returns the SDK model, :func:`to_dict` / :func:`to_yaml` the manifest,
 :func:`run_train_job` creates it and waits for it to finish;
-``pipeline.py compile --distributed N`` is meant to call :func:`train_job` for the pretrain and
-finetune steps (docs/performance.md, "Distributed training").
+``pipeline.py compile --distributed N`` is meant to call :func:`training_jobs` (both steps of a
+run, consistent paths) (docs/performance.md, "Distributed training").
 """
 
 from __future__ import annotations
@@ -154,6 +154,25 @@ def train_job(settings: TrainJobSettings, step: str, *, config: str, processed: 
             activeDeadlineSeconds=s.active_deadline_seconds,
         ),
     )
+
+
+def training_jobs(settings: TrainJobSettings, run_dir: str, processed: str) -> dict[str, Any]:
+    """Both training steps of one pipeline run as TrainJobs: what ``compile --distributed N`` needs.
+
+    ``run_dir`` (on the shared volume) holds the configure step's ``config.json``; ``pretrain``
+    writes ``run_dir/stage1``, ``finetune`` reads it and writes ``run_dir/stage2``. The jobs are
+    named ``<settings.name>-pretrain`` / ``-finetune``.
+    """
+    import dataclasses
+
+    run_dir = run_dir.rstrip("/")
+    config, stage1, stage2 = f"{run_dir}/config.json", f"{run_dir}/stage1", f"{run_dir}/stage2"
+    return {
+        "pretrain": train_job(dataclasses.replace(settings, name=f"{settings.name}-pretrain"), "pretrain",
+                              config=config, processed=processed, model_dir=stage1),
+        "finetune": train_job(dataclasses.replace(settings, name=f"{settings.name}-finetune"), "finetune",
+                              config=config, processed=processed, model_dir=stage2, pretrained=stage1),
+    }
 
 
 def run_train_job(job: Any, api: Any = None, *, poll_s: float = 10.0, timeout_s: float | None = None,

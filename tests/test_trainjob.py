@@ -161,3 +161,16 @@ def test_run_train_job_reports_failure_and_timeout() -> None:
         run_train_job(job, failed, sleep=lambda s: None)
     with pytest.raises(TimeoutError, match="did not finish within 30 s"):
         run_train_job(job, _Cluster([[]]), poll_s=10, timeout_s=30, sleep=lambda s: None)
+
+
+def test_training_jobs_chain_the_two_steps_on_the_shared_volume() -> None:
+    from cdanet.trainjob import training_jobs
+
+    jobs = {k: to_dict(v) for k, v in training_jobs(TrainJobSettings("cdanet-run7", num_nodes=4), "/data/runs/7/",
+                                                    "/data/processed").items()}
+    assert [j["metadata"]["name"] for j in jobs.values()] == ["cdanet-run7-pretrain", "cdanet-run7-finetune"]
+    pre, fine = (j["spec"]["trainer"]["command"] for j in jobs.values())
+    assert pre[pre.index("--model-dir") + 1] == fine[fine.index("--pretrained") + 1] == "/data/runs/7/stage1"
+    assert fine[fine.index("--model-dir") + 1] == "/data/runs/7/stage2"
+    assert {c[c.index("--config") + 1] for c in (pre, fine)} == {"/data/runs/7/config.json"}
+    assert all(j["spec"]["trainer"]["numNodes"] == 4 for j in jobs.values())
