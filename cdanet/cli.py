@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     _add_config_arguments(p)
     p.add_argument("--output", required=True, metavar="DIR", help="output directory (model/, predictions, metrics)")
     p.add_argument("--checkpoint-dir", metavar="DIR", default=None, help="resume from / write epoch checkpoints here")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training; launch with torchrun (automatic when WORLD_SIZE > 1); rank 0 writes --output")
 
 
 def build_config(args: argparse.Namespace) -> ExperimentConfig:
@@ -89,9 +92,23 @@ def _run_train(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"cdanet train: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
-    from cdanet.training import run_experiment
+    from cdanet.training import distributed, run_experiment
 
-    result = run_experiment(cfg, args.processed, args.output, checkpoint_dir=args.checkpoint_dir)
+    if args.distributed or distributed.launched_by_torchrun():
+        if not distributed.launched_by_torchrun():
+            print("cdanet train: --distributed needs torchrun (WORLD_SIZE > 1), e.g. "
+                  "torchrun --nproc_per_node=2 -m cdanet.cli train ... --distributed", file=sys.stderr)
+            return EXIT_USAGE
+        distributed.init_from_env(cfg.train.device)
+        try:
+            with distributed.rank_output(args.output) as output:  # rank 0 writes --output
+                result = run_experiment(cfg, args.processed, output, checkpoint_dir=args.checkpoint_dir)
+        finally:
+            distributed.shutdown()
+        if int(os.environ["RANK"]) != 0:
+            return EXIT_OK
+    else:
+        result = run_experiment(cfg, args.processed, args.output, checkpoint_dir=args.checkpoint_dir)
     print(f"model {cfg.model.name} (ablation {cfg.model.ablation}), target {cfg.target_domain}; test metrics:")
     _print_metrics(result.test)
     print(f"model directory: {result.model_dir}\npredictions: {result.predictions_path}\nmetrics: {result.metrics_path}")

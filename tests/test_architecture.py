@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("models", {"models"}),
     ("objectives and the model directory", {"losses", "artifacts"}),
     ("evaluation, reference predictors, figures", {"evaluation", "references", "figures"}),
-    ("training and hyperparameter search", {"training", "tuning", "katib"}),
+    ("training and hyperparameter search", {"training", "tuning", "katib", "trainjob"}),
     ("gate, serving, registry", {"gate", "serving", "registry", "champion"}),
     ("entry points: pipeline steps, runs, studies, deploy, CLI", {"steps", "orchestration", "studies", "deploy", "cli"}),
 ]

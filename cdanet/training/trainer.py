@@ -27,6 +27,7 @@ from cdanet.config import ConfigError, ExperimentConfig
 from cdanet.data import DomainData, TwoDomainSampler, stable_seed
 from cdanet.evaluation import evaluate
 from cdanet.layers import set_fast_paths
+from cdanet.training import distributed
 from cdanet.training.checkpoint import (
     checkpoint_path,
     fingerprint,
@@ -171,11 +172,14 @@ def _train_one_epoch(
     evals_per_epoch: int = 1,
     min_eval_steps: int = 1,
     on_segment: Callable[[int, dict[str, float]], bool] | None = None,
+    grad_sync: Callable[[], None] | None = None,
 ) -> None:
     """One pass of ``sampler`` (epoch is 1-based), split into ``evals_per_epoch`` segments.
 
     After each segment ``on_segment(steps_done, stats)`` is called with the segment's mean loss
     (+ parts), steps, samples and throughput; when it returns True (early stop) the epoch ends there.
+    ``grad_sync`` (data-parallel training, :mod:`cdanet.training.distributed`) runs between the
+    backward pass and the optimiser step.
     """
     device = next(model.parameters()).device
     steps = len(sampler)
@@ -195,6 +199,8 @@ def _train_one_epoch(
                 out = compute_loss(model, batches)
             optimizer.zero_grad(set_to_none=True)
             out.total.backward()
+            if grad_sync is not None:
+                grad_sync()
             optimizer.step()
             total = out.total.detach()
             watch.observe(step, total, out.parts)
@@ -295,6 +301,17 @@ def train_model(
     sampler = TwoDomainSampler(
         train_dev, t.batch_size, epoch_basis=t.epoch_basis, target_domain=target, seed=stable_seed(t.seed, stage)
     )
+    # --- data-parallel hook (cdanet.training.distributed): rank 0's weights, this rank's shard of each step
+    dist_ctx = distributed.current()
+    grad_sync: Callable[[], None] | None = None
+    if dist_ctx is not None:
+        dist_ctx.broadcast_model(model)
+        sampler = dist_ctx.shard(sampler)
+        shard = sampler
+
+        def grad_sync() -> None:
+            dist_ctx.sync_gradients(model, shard.last_rows, shard.last_global_rows)
+    # --- end of the data-parallel hook
     schemas = {d: data.schema for d, data in {**train, **val}.items() if d in train_domains + eval_domains}
     identity = run_identity(cfg, stage, model, schemas, {d: len(train[d]) for d in train_domains})
 
@@ -327,7 +344,7 @@ def train_model(
     steps_per_epoch = len(sampler)
 
     def checkpoint(epoch: int) -> None:
-        if ckpt is None:
+        if ckpt is None or (dist_ctx is not None and not dist_ctx.is_main):  # rank 0 writes
             return
         save_checkpoint(ckpt, {
             "fingerprint": fingerprint(identity),
@@ -384,7 +401,7 @@ def train_model(
         _train_one_epoch(
             model, sampler, optimizer, compute_loss, autocast, stage=stage, epoch=epoch, max_epochs=max_epochs,
             show_progress=show_progress, evals_per_epoch=t.evals_per_epoch, min_eval_steps=t.min_eval_steps,
-            on_segment=on_segment,
+            on_segment=on_segment, grad_sync=grad_sync,
         )
 
     if best_state is not None:

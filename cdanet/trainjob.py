@@ -1,0 +1,268 @@
+"""The training step on N nodes as a Kubeflow Trainer v2 ``TrainJob`` (``trainer.kubeflow.org/v1alpha1``).
+
+Built with the ``kubeflow`` SDK's own models (``kubeflow_trainer_api``, pydantic: a wrong type is
+rejected when the object is built) and offline: no cluster is asked for the runtime. The job refers
+to the Trainer's ``torch-distributed`` ClusterTrainingRuntime, which starts ``num_nodes`` pods and
+sets torchrun's ``PET_*`` variables; each pod runs ``torchrun ... -m cdanet.trainjob`` (:func:`main`), so the nodes train data-parallel with gloo (CPU) or NCCL
+(GPU) and rank 0 writes the model directory to the shared volume.
+
+:func:`train_job` returns the SDK model, :func:`to_dict` / :func:`to_yaml` the manifest,
+:func:`run_train_job` creates it and waits for it to finish;
+``pipeline.py compile --distributed N`` is meant to call :func:`training_jobs` (both steps of a
+run, consistent paths) (docs/performance.md, "Distributed training").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from cdanet import __version__
+
+DEFAULT_IMAGE = f"ghcr.io/cdanet/cdanet:{__version__}"  # the same as components.DEFAULT_IMAGE
+RUNTIME = "torch-distributed"  # the Trainer's default ClusterTrainingRuntime for PyTorch
+#: The replicated job and container of the torch runtime that the patches address.
+NODE = "node"
+PATCH_MANAGER = "cdanet.trainjob"
+STEPS: tuple[str, ...] = ("pretrain", "finetune")
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_SELECTOR = {"nvidia.com/gpu.present": "true"}  # the GPU overlay's scheduling (docs/deploy.md, "GPU")
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class TrainJobSettings:
+    """Where and on what the TrainJob runs.
+
+    ``num_nodes`` pods, each running ``procs_per_node`` torchrun workers (with ``gpus_per_node`` GPUs:
+    one worker per GPU, NCCL; without: gloo on CPU). ``data_pvc`` is mounted at ``data_mount`` on every
+    node: the processed data, the config artifact and the model directories live there.
+    """
+
+    name: str
+    namespace: str = "cdanet"
+    image: str = DEFAULT_IMAGE
+    num_nodes: int = 2
+    procs_per_node: int = 1
+    gpus_per_node: int = 0
+    cpu: str = "4"
+    memory: str = "16Gi"
+    runtime: str = RUNTIME
+    data_pvc: str = "cdanet-processed-data"
+    data_mount: str = "/data"
+    active_deadline_seconds: int = 6 * 3600
+    labels: dict[str, str] = field(default_factory=lambda: {"app.kubernetes.io/part-of": "cdanet"})
+
+    def validate(self) -> TrainJobSettings:
+        errors = []
+        if not _DNS1123.match(self.name):
+            errors.append(f"name {self.name!r} is not a DNS-1123 label (lower-case letters, digits, '-', <= 63)")
+        if not _DNS1123.match(self.namespace):
+            errors.append(f"namespace {self.namespace!r} is not a DNS-1123 label")
+        if self.num_nodes < 1:
+            errors.append(f"num_nodes must be >= 1, got {self.num_nodes}")
+        if self.procs_per_node < 1:
+            errors.append(f"procs_per_node must be >= 1, got {self.procs_per_node}")
+        if self.gpus_per_node < 0:
+            errors.append(f"gpus_per_node must be >= 0, got {self.gpus_per_node}")
+        if self.gpus_per_node and self.procs_per_node != self.gpus_per_node:
+            errors.append(f"with GPUs, procs_per_node ({self.procs_per_node}) must equal gpus_per_node "
+                          f"({self.gpus_per_node}): one torchrun worker per GPU")
+        if not self.image:
+            errors.append("image must be set")
+        if not self.data_mount.startswith("/"):
+            errors.append(f"data_mount must be an absolute path, got {self.data_mount!r}")
+        if errors:
+            raise ValueError("TrainJobSettings: " + "; ".join(errors))
+        return self
+
+
+def step_command(step: str, config: str, processed: str, model_dir: str, pretrained: str | None = None) -> list[str]:
+    """The command every node runs: torchrun (configured by the runtime's ``PET_*`` variables) on
+    :func:`main` (data-parallel: :mod:`cdanet.training.distributed`)."""
+    if step not in STEPS:
+        raise ValueError(f"unknown training step {step!r}; expected one of {STEPS}")
+    if (step == "finetune") != (pretrained is not None):
+        raise ValueError("finetune needs pretrained= (the stage-1 model directory); pretrain takes none")
+    cmd = ["torchrun", "-m", "cdanet.trainjob", step, "--config", config, "--processed", processed,
+           "--model-dir", model_dir]
+    return cmd + (["--pretrained", pretrained] if pretrained is not None else [])
+
+
+def train_job(settings: TrainJobSettings, step: str, *, config: str, processed: str, model_dir: str,
+              pretrained: str | None = None) -> Any:
+    """The TrainJob of one training step (``pretrain`` / ``finetune``) as the SDK's ``TrainerV1alpha1TrainJob``.
+
+    ``config``, ``processed``, ``model_dir``, ``pretrained``: paths inside the pods (under
+    ``settings.data_mount``, the shared volume).
+    """
+    from kubeflow.trainer.backends.kubernetes.utils import get_resources_per_node
+    from kubeflow.trainer.constants import constants as c
+    from kubeflow_trainer_api import models as m
+
+    s = settings.validate()
+    for name, path in (("config", config), ("processed", processed), ("model_dir", model_dir),
+                       ("pretrained", pretrained)):
+        if path is not None and not path.startswith(s.data_mount.rstrip("/") + "/"):
+            raise ValueError(f"{name} {path!r} must lie under the shared volume's mount {s.data_mount!r}")
+    resources: dict[str, Any] = {"cpu": s.cpu, "memory": s.memory}
+    if s.gpus_per_node:
+        resources["gpu"] = str(s.gpus_per_node)  # a quantity string: an int would come out as 2.0
+    env = [m.IoK8sApiCoreV1EnvVar(name="OMP_NUM_THREADS", value=str(max(1, _cpu_count(s.cpu) // s.procs_per_node))),
+           m.IoK8sApiCoreV1EnvVar(name="HOME", value="/tmp")]
+    trainer = m.TrainerV1alpha1Trainer(
+        image=s.image,
+        command=step_command(step, config, processed, model_dir, pretrained),
+        numNodes=s.num_nodes,
+        numProcPerNode=s.procs_per_node,
+        resourcesPerNode=get_resources_per_node(resources),
+        env=env,
+    )
+    pod = m.TrainerV1alpha1PodSpecPatch(
+        volumes=[m.IoK8sApiCoreV1Volume(
+            name="data", persistentVolumeClaim=m.IoK8sApiCoreV1PersistentVolumeClaimVolumeSource(claimName=s.data_pvc))],
+        containers=[m.TrainerV1alpha1ContainerPatch(
+            name=NODE, volumeMounts=[m.IoK8sApiCoreV1VolumeMount(name="data", mountPath=s.data_mount)])],
+    )
+    if s.gpus_per_node:
+        pod.node_selector = dict(GPU_SELECTOR)
+        pod.tolerations = [m.IoK8sApiCoreV1Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")]
+    patch = m.TrainerV1alpha1RuntimePatch(
+        manager=PATCH_MANAGER,
+        trainingRuntimeSpec=m.TrainerV1alpha1TrainingRuntimeSpecPatch(
+            template=m.TrainerV1alpha1JobSetTemplatePatch(spec=m.TrainerV1alpha1JobSetSpecPatch(replicatedJobs=[
+                m.TrainerV1alpha1ReplicatedJobPatch(name=NODE, template=m.TrainerV1alpha1JobTemplatePatch(
+                    spec=m.TrainerV1alpha1JobSpecPatch(template=m.TrainerV1alpha1PodTemplatePatch(spec=pod)))),
+            ]))),
+    )
+    return m.TrainerV1alpha1TrainJob(
+        apiVersion=c.API_VERSION,
+        kind=c.TRAINJOB_KIND,
+        metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(
+            name=s.name, namespace=s.namespace, labels={**s.labels, "cdanet/step": step}),
+        spec=m.TrainerV1alpha1TrainJobSpec(
+            runtimeRef=m.TrainerV1alpha1RuntimeRef(name=s.runtime, kind="ClusterTrainingRuntime",
+                                                   apiGroup=c.GROUP),
+            trainer=trainer,
+            runtimePatches=[patch],
+            activeDeadlineSeconds=s.active_deadline_seconds,
+        ),
+    )
+
+
+def training_jobs(settings: TrainJobSettings, run_dir: str, processed: str) -> dict[str, Any]:
+    """Both training steps of one pipeline run as TrainJobs: what ``compile --distributed N`` needs.
+
+    ``run_dir`` (on the shared volume) holds the configure step's ``config.json``; ``pretrain``
+    writes ``run_dir/stage1``, ``finetune`` reads it and writes ``run_dir/stage2``. The jobs are
+    named ``<settings.name>-pretrain`` / ``-finetune``.
+    """
+    import dataclasses
+
+    run_dir = run_dir.rstrip("/")
+    config, stage1, stage2 = f"{run_dir}/config.json", f"{run_dir}/stage1", f"{run_dir}/stage2"
+    return {
+        "pretrain": train_job(dataclasses.replace(settings, name=f"{settings.name}-pretrain"), "pretrain",
+                              config=config, processed=processed, model_dir=stage1),
+        "finetune": train_job(dataclasses.replace(settings, name=f"{settings.name}-finetune"), "finetune",
+                              config=config, processed=processed, model_dir=stage2, pretrained=stage1),
+    }
+
+
+def run_train_job(job: Any, api: Any = None, *, poll_s: float = 10.0, timeout_s: float | None = None,
+                  sleep: Any = time.sleep) -> dict[str, Any]:
+    """Create ``job`` on the cluster and wait for its ``Complete`` or ``Failed`` condition (what a
+    pipeline step that launches training as a TrainJob does).
+
+    ``api``: a ``kubernetes.client.CustomObjectsApi`` (default: the in-cluster config, else kubeconfig).
+    Returns the finished object; raises ``RuntimeError`` (the condition's reason and message) when it
+    failed, ``TimeoutError`` after ``timeout_s``.
+    """
+    from kubeflow.trainer.constants import constants as c
+
+    if api is None:
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        api = client.CustomObjectsApi()
+    body = to_dict(job)
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    api.create_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.TRAINJOB_PLURAL, body)
+    waited = 0.0
+    while True:
+        obj = api.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.TRAINJOB_PLURAL, name)
+        for cond in (obj.get("status") or {}).get("conditions") or []:
+            if cond.get("status") != "True":
+                continue
+            if cond.get("type") == c.TRAINJOB_COMPLETE:
+                return obj
+            if cond.get("type") == c.TRAINJOB_FAILED:
+                raise RuntimeError(f"TrainJob {namespace}/{name} failed: {cond.get('reason', '')}: {cond.get('message', '')}")
+        if timeout_s is not None and waited >= timeout_s:
+            raise TimeoutError(f"TrainJob {namespace}/{name} did not finish within {timeout_s:g} s")
+        sleep(poll_s)
+        waited += poll_s
+
+
+def _cpu_count(cpu: str) -> int:
+    """Whole cores of a Kubernetes CPU quantity (``"4"``, ``"500m"`` -> 0)."""
+    return int(cpu[:-1]) // 1000 if cpu.endswith("m") else int(float(cpu))
+
+
+def to_dict(job: Any) -> dict[str, Any]:
+    """The manifest (camelCase keys, no nulls), as ``kubectl apply`` takes it."""
+    return job.to_dict()
+
+
+def to_yaml(job: Any) -> str:
+    return yaml.safe_dump(to_dict(job), sort_keys=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """What every node of the TrainJob runs: a pipeline training step under torchrun.
+
+    ``torchrun ... -m cdanet.trainjob pretrain --config C --processed P --model-dir M``
+    ``torchrun ... -m cdanet.trainjob finetune --config C --processed P --pretrained D --model-dir M``
+
+    ``C`` is the configure step's frozen config artifact; rank 0 writes the model directory.
+    """
+    import argparse
+
+    from cdanet.config import ExperimentConfig
+    from cdanet.training import distributed, experiment
+
+    parser = argparse.ArgumentParser(prog="python -m cdanet.trainjob", description=main.__doc__)
+    parser.add_argument("step", choices=("pretrain", "finetune"))
+    parser.add_argument("--config", required=True, metavar="FILE", help="the configure step's config artifact")
+    parser.add_argument("--processed", required=True, metavar="DIR")
+    parser.add_argument("--pretrained", metavar="DIR", default=None, help="finetune: the stage-1 model directory")
+    parser.add_argument("--model-dir", required=True, metavar="DIR", help="where rank 0 writes the model directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The configure step's artifact (cdanet.steps.PipelineConfig, a layer above this one): its "experiment".
+    with open(args.config) as fh:
+        cfg = ExperimentConfig.from_dict(json.load(fh)["experiment"]).validate()
+    distributed.init_from_env(cfg.train.device)
+    try:
+        with distributed.rank_output(args.model_dir) as out:
+            if args.step == "pretrain":
+                result = experiment.pretrain(cfg, args.processed, out)
+            else:
+                result = experiment.finetune(cfg, args.processed, args.pretrained, out)
+    finally:
+        distributed.shutdown()
+    logging.getLogger(__name__).info("%s: best validation AUC %.4f at epoch %g", args.step, result.best_val_auc, result.best_epoch)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
