@@ -26,7 +26,7 @@ from cdanet.contract import (
     structural_differences,
 )
 from cdanet.evaluation import compute_metrics
-from cdanet.registry import CHAMPION_ALIAS, ChampionInfo, get_champion, get_version, load_version
+from cdanet.registry import CHAMPION_ALIAS, ChampionInfo, get_champion, load_version
 from cdanet.serving import CDAnetPyfunc, features_frame, read_rows
 
 logger = logging.getLogger(__name__)

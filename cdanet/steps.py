@@ -516,14 +516,12 @@ def register(config_path: str, processed_dir: str, model_dir: str, metrics: Mapp
         regate=regate,
     )
     final = version.decision or decision
+    state = "promoted to @champion" if version.blessed else "recorded as rejected (champion unchanged)"
     if version.reused:
-        state = "registered by an earlier attempt of this run" + (" (@champion)" if version.blessed else "")
-    elif final.blessed:
-        state = "promoted to @champion"
+        note = "An earlier attempt of this pipeline run registered this version; this attempt reused it.\n\n"
+    elif version.decision is not decision:
+        note = "The champion changed after the gate: the candidate was re-gated against the new one.\n\n"
     else:
-        state = "recorded as rejected (champion unchanged)"
-    regated = version.decision is not None and version.decision is not decision
-    return (f"# {model_name} version {version.version}: {state}\n\n"
-            + ("The champion changed after the gate: the candidate was re-gated against the new one.\n\n"
-               if regated else "")
-            + final.to_markdown() + f"\n\nmodel URI: `{version.model_uri}`\n")
+        note = ""
+    return (f"# {model_name} version {version.version}: {state}\n\n{note}" + final.to_markdown()
+            + f"\n\nmodel URI: `{version.model_uri}`\n")

@@ -173,7 +173,7 @@ def test_two_overlapping_runs_where_the_worse_finishes_last_leave_the_better_cha
 
     procs = {role: _start(RUN, cfg_path, processed_dir, json.dumps(models[role]), uri, f"day-1-{role}", str(sync),
                           role) for role in ("better", "worse")}
-    outs = dict(zip(procs, (json.loads(o) for o in _finish(list(procs.values())))))
+    outs = dict(zip(procs, (json.loads(o) for o in _finish(list(procs.values()))), strict=True))
 
     # Both were blessed against the old champion (version 1) ...
     assert all(o["gate_blessed"] and o["gate_champion"] == "1" for o in outs.values()), outs
