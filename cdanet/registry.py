@@ -12,6 +12,12 @@ Registration (:func:`register_candidate`) is idempotent per pipeline run and all
 * on any error, what this call created (the run with its artifacts, the version, the moved
   ``champion`` alias, a new registered model) is removed or restored before the error propagates.
 
+Promotion is a compare-and-set (:func:`promotion_lock`, the locks section below): the alias moves
+only if the champion is still the version the gate compared with; otherwise the candidate is
+re-gated against the new champion. Registration runs under the same lock, so concurrent attempts of
+one pipeline run create one version, and a fresh sqlite store is opened (migrated) by one process
+at a time.
+
 Both blessed and rejected candidates become versions (the registry is the record of every
 candidate); only a blessed one gets the ``champion`` alias. A rejected version carries the gate's
 reasons in the tag ``cdanet.gate.reasons``.
