@@ -70,23 +70,26 @@ def models(processed_dir: str, tmp_path_factory: pytest.TempPathFactory) -> dict
         ["train.max_epochs=1", "train.num_threads=1", "train.batch_size=256"]
     ).validate()
     trained = run_experiment(cfg, processed_dir, str(root / "experiment")).model_dir
-    out = {}
-    for name, noise in (("better", 0.0), ("worse", 1.0), ("worst", 2.0)):
-        model_dir = str(root / name)
-        shutil.copytree(trained, model_dir)
-        if noise:
-            weights = torch.load(os.path.join(model_dir, "weights.pt"), weights_only=True)
-            g = torch.Generator().manual_seed(0)
-            for key, value in weights.items():
-                if "emb" in key.lower() and value.is_floating_point():
-                    weights[key] = value + noise * value.std() * torch.randn(value.shape, generator=g)
-            torch.save(weights, os.path.join(model_dir, "weights.pt"))
-        metrics = steps.evaluate(model_dir, processed_dir, str(root / f"predictions-{name}")).metrics
-        out[name] = {"model_dir": model_dir, "auc": metrics[f"{TARGET}_test_auc"],
-                     "logloss": metrics[f"{TARGET}_test_logloss"],
-                     "base_rate_logloss": metrics[f"{TARGET}_test_base_rate_logloss"]}
+    out = {name: _noisy(trained, processed_dir, str(root / name), noise)
+           for name, noise in (("better", 0.0), ("worse", 1.0), ("worst", 2.0))}
+    out["trained"] = trained
     assert out["better"]["auc"] > out["worse"]["auc"] + 0.01 > out["worst"]["auc"] + 0.02, out
     return out
+
+
+def _noisy(trained: str, processed_dir: str, model_dir: str, noise: float) -> dict:
+    """A copy of ``trained`` with noise on its embedding tables, and its figures from the evaluate step."""
+    shutil.copytree(trained, model_dir)
+    if noise:
+        weights = torch.load(os.path.join(model_dir, "weights.pt"), weights_only=True)
+        g = torch.Generator().manual_seed(0)
+        for key, value in weights.items():
+            if "emb" in key.lower() and value.is_floating_point():
+                weights[key] = value + noise * value.std() * torch.randn(value.shape, generator=g)
+        torch.save(weights, os.path.join(model_dir, "weights.pt"))
+    metrics = steps.evaluate(model_dir, processed_dir, f"{model_dir}-predictions").metrics
+    return {"model_dir": model_dir, "auc": metrics[f"{TARGET}_test_auc"], "logloss": metrics[f"{TARGET}_test_logloss"],
+            "base_rate_logloss": metrics[f"{TARGET}_test_base_rate_logloss"]}
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +193,51 @@ def test_two_overlapping_runs_where_the_worse_finishes_last_leave_the_better_cha
     assert "recorded as rejected" in outs["worse"]["markdown"]
     # The better one improved on version 1: it is its own drift anchor.
     assert champion.tags[TAG_ANCHOR] == champion.version
+
+
+# ---- a chain of daily runs cannot drift down without bound ------------------------------------------
+@pytest.mark.slow
+def test_a_chain_of_daily_runs_each_within_tolerance_cannot_drift_down(
+    models: dict, processed_dir: str, uri: str, tmp_path
+) -> None:
+    """Each day's model is a little worse than the day before, always within ``tolerance`` of it, but
+    the last is beyond ``tolerance`` of the first. Gate and register steps, real scoring, one store.
+
+    Before (the champion alone): every day was promoted, and the champion ended more than
+    ``tolerance`` below the first. After: the champion stays within ``tolerance`` of its anchor.
+    """
+    days = [_noisy(models["trained"], processed_dir, str(tmp_path / f"day{i}"), noise)
+            for i, noise in enumerate((0.0, 0.5, 0.7, 0.85, 1.0))]
+    aucs = [d["auc"] for d in days]
+    drops = [a - b for a, b in zip(aucs, aucs[1:], strict=False)]
+    assert all(d > 0 for d in drops), aucs
+    tolerance = max(drops) + 1e-4  # every day within tolerance of the day before ...
+    assert aucs[0] - aucs[-1] > tolerance + 0.005, aucs  # ... but the chain drifts well past it
+
+    cfg_path = str(tmp_path / "config.json")
+    pc = steps.PipelineConfig(tiny_config("amazon", target_domain=TARGET), min_auc=0.5, tolerance=tolerance,
+                              raw_uri="unused", glove_uri="", baseline_margin=-1.0)
+    with open(cfg_path, "w") as fh:
+        fh.write(pc.to_json())
+    baseline = str(tmp_path / "baseline.json")
+    steps.baseline(cfg_path, processed_dir, baseline)
+    champions = []
+    for i, day in enumerate(days):
+        gated = steps.gate(cfg_path, processed_dir, day["auc"], uri, NAME, candidate_logloss=day["logloss"],
+                           base_rate_logloss=day["base_rate_logloss"], baseline_path=baseline)
+        decision = str(tmp_path / f"decision{i}.json")
+        with open(decision, "w") as fh:
+            fh.write(gated.decision.to_json())
+        steps.register(cfg_path, processed_dir, day["model_dir"], {"test_auc": day["auc"]}, decision, uri, NAME,
+                       f"day-{i}")
+        champions.append(get_champion(uri, NAME).metrics["test_auc"])
+
+    assert min(champions) >= aucs[0] - tolerance, (champions, aucs, tolerance)
+    assert champions[1] == pytest.approx(aucs[1])  # the first drop within tolerance was promoted
+    client = MlflowClient(uri, registry_uri=uri)
+    assert client.get_model_version(NAME, "2").tags[TAG_ANCHOR] == "1"
+    rejected = [v for v in client.search_model_versions(f"name = '{NAME}'") if v.tags["cdanet.gate.blessed"] == "false"]
+    assert rejected and all("drift anchor" in v.tags["cdanet.gate.reasons"] for v in rejected)
 
 
 # ---- one pipeline run registered by six processes at once -----------------------------------------
