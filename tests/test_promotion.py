@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 import torch
@@ -290,6 +292,44 @@ def test_registry_lock_admits_one_process_at_a_time(uri: str, tmp_path) -> None:
     log = tmp_path / "log"
     _finish([_start(HOLD, uri, str(log)) for _ in range(4)])
     assert log.read_text().split() == ["enter", "exit"] * 4
+
+
+@pytest.fixture
+def mlflow_server(tmp_path) -> str:
+    """A real MLflow tracking server (uvicorn, one worker) on a free local port; its URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mlflow_cli = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    server = subprocess.Popen(
+        [mlflow_cli, "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination",
+         str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=_env(), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the MLflow server did not start in 300 s"
+                time.sleep(1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_registry_lock_on_a_real_mlflow_server(mlflow_server: str, tmp_path) -> None:
+    """The lock a ``http://`` store gets (``auto``): one holder at a time, released after use."""
+    log = tmp_path / "log"
+    _finish([_start(HOLD.replace('kind="registry"', 'kind="auto"'), mlflow_server, str(log)) for _ in range(3)])
+    assert log.read_text().split() == ["enter", "exit"] * 3
+    assert MlflowClient(mlflow_server, registry_uri=mlflow_server).search_registered_models() == []
 
 
 def test_registry_lock_left_by_a_killed_holder_expires(uri: str) -> None:
