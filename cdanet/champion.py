@@ -31,7 +31,14 @@ from cdanet.serving import CDAnetPyfunc, features_frame, read_rows
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ENCODING_AS_IS", "ENCODING_REENCODED", "ChampionIncompatibleError", "ChampionScore", "score_champion"]
+__all__ = [
+    "ENCODING_AS_IS",
+    "ENCODING_REENCODED",
+    "ChampionIncompatibleError",
+    "ChampionScore",
+    "score_champion",
+    "score_version",
+]
 
 #: How the champion read the rows (:attr:`ChampionScore.encoding`).
 ENCODING_AS_IS = "as is"  # same schema and vocabularies, or no vocabularies to compare (indices kept)
@@ -83,6 +90,17 @@ def score_champion(
     champion = get_champion(tracking_uri, model_name)
     if champion is None:
         return None
+    return score_version(processed_root, tracking_uri, champion, domain, split)
+
+
+def score_version(
+    processed_root: str, tracking_uri: str, champion: ChampionInfo, domain: str, split: str = "test"
+) -> ChampionScore:
+    """:func:`score_champion` for any registered version (``champion``: e.g. :func:`get_version`).
+
+    The gate scores the champion's drift anchor with it (:mod:`cdanet.gate`).
+    """
+    model_name = champion.name
     pyfunc = load_version(tracking_uri, model_name, champion.version)
     scorer = pyfunc.unwrap_python_model()
     if not isinstance(scorer, CDAnetPyfunc):

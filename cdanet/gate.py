@@ -13,6 +13,17 @@ cannot pass. All checks are on the target domain's test split:
    click rate for every row. Scores that lose to a constant are no usable click probabilities,
    whatever their AUC.
 
+Check 2 is bounded over a chain of promotions by a drift anchor. ``tolerance`` lets each promotion
+land a little below its champion, so n promotions could otherwise drift n x tolerance down. The
+anchor is the last champion that was no worse than every model it was compared with (the first
+model is its own anchor); each blessed version records its anchor in the registry. When the
+champion is not its own anchor, the anchor is re-scored on the same split as well and the candidate
+must also satisfy ``candidate_auc >= anchor_auc - tolerance``; a candidate that is no worse than the
+champion and the anchor becomes the next anchor. So every champion lies within ``tolerance`` of the
+best model of its chain *on the same rows*, however many promotions used the tolerance. If the
+anchor can no longer score the split (deleted, or trained on other features), no tolerance is
+granted: the candidate must not regress against the champion at all, and then anchors itself.
+
 The first model (no champion yet) skips check 2 only. Checks 3 and 4 are skipped (and say so) when
 their inputs are not given, for callers outside the pipeline; the pipeline always gives them. The
 decision travels between pipeline steps as a JSON artifact (:meth:`GateDecision.to_json` /
@@ -25,14 +36,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-__all__ = ["GateConfig", "GateDecision", "decide"]
+__all__ = ["GateConfig", "GateDecision", "decide", "decide_again", "superseded"]
 
-DECISION_FORMAT_VERSION = 2
-#: Versions :meth:`GateDecision.from_json` reads: 1 predates the baseline and calibration checks.
-READABLE_FORMAT_VERSIONS = (1, 2)
+DECISION_FORMAT_VERSION = 3
+#: Versions :meth:`GateDecision.from_json` reads: 1 predates the baseline and calibration checks,
+#: 2 the drift anchor.
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 
 
 def _check_auc(value: float, what: str) -> float:
@@ -71,6 +83,12 @@ class GateConfig:
     domain: str = field(kw_only=True)
 
     def __post_init__(self) -> None:
+        # Declared floats: an int (``tolerance=0`` from a command line or a KFP integer) is the same
+        # number, so it is stored as a float; every other type is rejected below, in one line.
+        for name in ("min_auc", "tolerance", "baseline_margin"):
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
         problems = []
         if isinstance(self.min_auc, bool) or not isinstance(self.min_auc, (int, float)) or not (
             math.isfinite(self.min_auc) and 0.0 <= self.min_auc <= 1.0
@@ -118,6 +136,35 @@ class GateDecision:
     candidate_logloss: float | None = None
     base_rate_logloss: float | None = None
     calibration_passed: bool | None = None
+    anchor_version: str | None = None
+    anchor_auc: float | None = None
+    anchor_passed: bool | None = None
+    anchor_note: str | None = None
+
+    # ---- compare-and-set ----------------------------------------------------------------------
+    def compared_with(self, champion_version: str | None) -> bool:
+        """Whether this decision still holds when ``champion_version`` is the champion (None: none).
+
+        A rejection moves no alias, so it always holds. A blessing holds only against the champion
+        the gate compared with; a decision that recorded a champion AUC but not its version (written
+        before the gate recorded it) holds against nothing.
+        """
+        if not self.blessed:
+            return True
+        if self.champion_auc is None:
+            return champion_version is None
+        return self.champion_version is not None and self.champion_version == champion_version
+
+    @property
+    def sets_anchor(self) -> bool:
+        """A blessed candidate no worse than the champion and the anchor it was compared with."""
+        return self.blessed and all(ref is None or self.candidate_auc >= ref
+                                    for ref in (self.champion_auc, self.anchor_auc))
+
+    @property
+    def anchor_for_successor(self) -> str | None:
+        """The anchor a promoted candidate inherits when it does not anchor itself."""
+        return self.anchor_version if self.anchor_version is not None else self.champion_version
 
     # ---- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -187,6 +234,10 @@ class GateDecision:
             f"| {mark(self.baseline_passed, 'no baseline')} |",
             f"| logloss below the base rate | {fmt(self.candidate_logloss)} | < {fmt(self.base_rate_logloss)} "
             f"(training click rate for every row) | {mark(self.calibration_passed, 'no logloss')} |",
+            f"| within tolerance of the drift anchor"
+            f"{'' if self.anchor_version is None else f' (version {self.anchor_version})'} | {fmt(self.candidate_auc)} "
+            f"| >= {fmt(None if self.anchor_auc is None else self.anchor_auc - self.tolerance)} "
+            f"| {mark(self.anchor_passed, self.anchor_note or 'the champion is its own anchor')} |",
             "",
             "Reasons:",
             "",
@@ -208,6 +259,9 @@ def decide(
     baseline_logloss: float | None = None,
     candidate_logloss: float | None = None,
     base_rate_logloss: float | None = None,
+    anchor_version: str | None = None,
+    anchor_auc: float | None = None,
+    anchor_unavailable: str | None = None,
 ) -> GateDecision:
     """Bless or reject a candidate by its test AUC (and logloss) on ``cfg.domain``.
 
@@ -223,6 +277,10 @@ def decide(
         baseline_logloss: the baseline's logloss, recorded for comparison, not checked.
         candidate_logloss, base_rate_logloss: the candidate's logloss and that of predicting the
             training click rate for every row; both or neither (``None`` skips the calibration check).
+        anchor_version, anchor_auc: the champion's drift anchor and its AUC on the same rows, when
+            the champion is not its own anchor (see the module docstring).
+        anchor_unavailable: why the champion's anchor could not be scored; then no tolerance is
+            granted against the champion.
 
     Raises:
         ValueError: an AUC is not a finite number in [0, 1], or a logloss not a finite number >= 0,
@@ -236,6 +294,9 @@ def decide(
     if (candidate_logloss is None) != (base_rate_logloss is None):
         raise ValueError("give both candidate_logloss and base_rate_logloss, or neither: the calibration check "
                          f"needs both (got {candidate_logloss!r} and {base_rate_logloss!r})")
+    anchor = None if anchor_auc is None else _check_auc(anchor_auc, "anchor_auc")
+    if anchor is not None and (champ is None or anchor_version is None or anchor_unavailable):
+        raise ValueError("anchor_auc needs a champion, an anchor_version and no anchor_unavailable")
     cand_ll = None if candidate_logloss is None else _check_logloss(candidate_logloss, "candidate_logloss")
     rate_ll = None if base_rate_logloss is None else _check_logloss(base_rate_logloss, "base_rate_logloss")
     where = f"{cfg.domain}/{split}"
@@ -249,13 +310,26 @@ def decide(
         regression_ok: bool | None = None
         reasons.append("no champion in the registry: the first model skips the non-regression check")
     else:
-        threshold = champ - cfg.tolerance
+        allowed = 0.0 if anchor_unavailable else cfg.tolerance
+        threshold = champ - allowed
         regression_ok = cand >= threshold
         version = "" if champion_version is None else f" (version {champion_version})"
         reasons.append(
             f"candidate AUC {cand:.4f} {'does not regress' if regression_ok else 'regresses'} against the "
             f"champion{version}: {cand - champ:+.4f} vs its AUC {champ:.4f} on the same split "
-            f"(allowed drop: tolerance={cfg.tolerance:.4f}, threshold {threshold:.4f})"
+            f"(allowed drop: tolerance={allowed:.4f}, threshold {threshold:.4f})"
+        )
+        if anchor_unavailable:
+            reasons.append(f"the champion's drift anchor could not score this split ({anchor_unavailable}): "
+                           "no tolerance is granted against the champion")
+    anchor_ok: bool | None = None
+    if anchor is not None:
+        anchor_ok = cand >= anchor - cfg.tolerance
+        reasons.append(
+            f"candidate AUC {cand:.4f} {'is' if anchor_ok else 'is not'} within tolerance of the drift anchor "
+            f"(version {anchor_version}, the best model of the champion's chain): {cand - anchor:+.4f} vs its AUC "
+            f"{anchor:.4f} on the same split (allowed drop: tolerance={cfg.tolerance:.4f}, "
+            f"threshold {anchor - cfg.tolerance:.4f})"
         )
     if base is None:
         baseline_ok: bool | None = None
@@ -283,7 +357,8 @@ def decide(
             f"base-rate logloss {rate_ll:.4f} (predicting the training click rate for every row): "
             f"{cand_ll - rate_ll:+.4f}"
         )
-    blessed = floor_ok and regression_ok is not False and baseline_ok is not False and calibration_ok is not False
+    blessed = (floor_ok and regression_ok is not False and anchor_ok is not False and baseline_ok is not False
+               and calibration_ok is not False)
     return GateDecision(
         blessed=blessed,
         reasons=reasons,
@@ -304,4 +379,42 @@ def decide(
         candidate_logloss=cand_ll,
         base_rate_logloss=rate_ll,
         calibration_passed=calibration_ok,
+        anchor_version=None if anchor is None else anchor_version,
+        anchor_auc=anchor,
+        anchor_passed=anchor_ok,
+        anchor_note=anchor_unavailable,
     )
+
+
+def decide_again(
+    previous: GateDecision,
+    champion_auc: float | None,
+    *,
+    champion_version: str | None,
+    anchor_version: str | None = None,
+    anchor_auc: float | None = None,
+    anchor_unavailable: str | None = None,
+) -> GateDecision:
+    """``previous``'s candidate judged again, with the same thresholds and figures, against another champion.
+
+    Used when the champion changed between the gate and the promotion (another run promoted first).
+    """
+    cfg = GateConfig(min_auc=previous.min_auc, tolerance=previous.tolerance,
+                     baseline_margin=previous.baseline_margin or 0.0, domain=previous.domain)
+    again = decide(
+        previous.candidate_auc, champion_auc, cfg, split=previous.split, champion_version=champion_version,
+        baseline_auc=previous.baseline_auc, baseline_model=previous.baseline_model or "baseline",
+        baseline_logloss=previous.baseline_logloss, candidate_logloss=previous.candidate_logloss,
+        base_rate_logloss=previous.base_rate_logloss, anchor_version=anchor_version, anchor_auc=anchor_auc,
+        anchor_unavailable=anchor_unavailable,
+    )
+    note = (f"re-gated at promotion: the gate had compared with champion {previous.champion_version or 'none'}, "
+            f"but another run made version {champion_version or 'none'} the champion meanwhile")
+    return replace(again, reasons=[*again.reasons, note])
+
+
+def superseded(decision: GateDecision, champion_version: str | None) -> GateDecision:
+    """``decision`` turned into a rejection: the champion it was blessed against is no longer the champion."""
+    note = (f"not promoted: the gate compared with champion {decision.champion_version or 'none'}, but the champion "
+            f"is now {champion_version or 'none'} and the candidate was not re-gated against it")
+    return replace(decision, blessed=False, reasons=[*decision.reasons, note])

@@ -12,6 +12,12 @@ Registration (:func:`register_candidate`) is idempotent per pipeline run and all
 * on any error, what this call created (the run with its artifacts, the version, the moved
   ``champion`` alias, a new registered model) is removed or restored before the error propagates.
 
+Promotion is a compare-and-set (:func:`promotion_lock`, the locks section below): the alias moves
+only if the champion is still the version the gate compared with; otherwise the candidate is
+re-gated against the new champion. Registration runs under the same lock, so concurrent attempts of
+one pipeline run create one version, and a fresh sqlite store is opened (migrated) by one process
+at a time.
+
 Both blessed and rejected candidates become versions (the registry is the record of every
 candidate); only a blessed one gets the ``champion`` alias. A rejected version carries the gate's
 reasons in the tag ``cdanet.gate.reasons``.
@@ -31,14 +37,19 @@ import logging
 import os
 import pathlib
 import re
+import socket
 import tempfile
+import time
+import uuid
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import mlflow
 import numpy as np
+from filelock import FileLock
+from filelock import Timeout as FileLockTimeout
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -52,7 +63,7 @@ from mlflow.tracking import MlflowClient
 
 import cdanet
 from cdanet.artifacts import load_model_dir
-from cdanet.gate import GateDecision
+from cdanet.gate import GateDecision, superseded
 
 # Versions registered before cdanet.serving existed pickled their python_model as
 # ``cdanet.registry.CDAnetPyfunc``; this name keeps them loadable (the gate scores such a champion).
@@ -62,10 +73,14 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CHAMPION_ALIAS",
+    "LOCK_KINDS",
     "ChampionInfo",
     "RegisteredVersion",
+    "RegistryLockTimeout",
     "get_champion",
+    "get_version",
     "load_version",
+    "promotion_lock",
     "register_candidate",
 ]
 
@@ -78,6 +93,10 @@ TAG_BLESSED = "cdanet.gate.blessed"
 TAG_SUMMARY = "cdanet.gate.summary"
 TAG_REASONS = "cdanet.gate.reasons"
 TAG_TARGET = "cdanet.target_domain"
+#: The version of the last champion that was no worse than every model the gate compared it with
+#: (the drift anchor, :mod:`cdanet.gate`); a version that is its own anchor carries its own number.
+TAG_ANCHOR = "cdanet.gate.anchor_version"
+TAG_CHAMPION_SEEN = "cdanet.gate.champion_version"
 LINEAGE_PREFIX = "cdanet.lineage."
 STATE_PENDING, STATE_COMPLETE = "pending", "complete"
 
@@ -101,6 +120,9 @@ class RegisteredVersion:
     model_uri: str  # models:/<name>/<version>
     blessed: bool
     reused: bool = False  # True when a previous attempt of the same pipeline run had created it
+    #: The decision this call registered: the gate's, or the re-gated one if the champion had moved
+    #: meanwhile (:func:`register_candidate`); None when the version was reused.
+    decision: GateDecision | None = None
 
 
 @dataclass(frozen=True)
@@ -130,11 +152,140 @@ def _client(tracking_uri: str) -> MlflowClient:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not tracking_uri:
         raise ValueError("tracking_uri is empty; pass e.g. sqlite:///<dir>/mlflow.db or http://mlflow:5000")
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    db = _sqlite_path(tracking_uri)
+    if db is None:
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    # The client opens the store at once, and a fresh store runs MLflow's schema migrations there:
+    # two processes migrating one new file collide (`_alembic_tmp_experiments already exists`,
+    # "expected to match one row ... in 'alembic_version'"). One process at a time opens it.
+    with _file_lock(f"{db}.init.lock", INIT_LOCK_TIMEOUT_S, f"the initialisation of the MLflow store {db}"):
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def _is(e: MlflowException, code: int) -> bool:
     return e.error_code == ErrorCode.Name(code)
+
+
+# ---- locks ---------------------------------------------------------------------------------------
+#
+# The champion alias moves by compare-and-set: under a lock, register_candidate reads the alias,
+# checks it is the version the gate compared with (else re-gates), and only then moves it. MLflow
+# has no conditional alias update, so the lock is ours:
+#
+# * a ``sqlite:///`` store (the default): an OS file lock (``filelock``: fcntl/LockFileEx) on
+#   ``<db>.registry.lock`` next to the database. Processes that share the store share its folder;
+#   the OS drops the lock when its holder dies, so a killed run never blocks the next one.
+# * any other store (the MLflow server, PostgreSQL behind it): a registry-side mutex. Creating a
+#   registered model is the one create-if-absent MLflow offers (the name is the table's primary
+#   key, so exactly one of several concurrent creates succeeds), so holding the lock = having
+#   created the registered model ``<model>.cdanet-lock``, tagged with its holder and an expiry.
+#   Releasing deletes it. A holder killed before releasing leaves it behind: after its expiry
+#   (``lock_ttl``, longer than any registration) the next run deletes it and takes the lock.
+
+LOCK_KINDS = ("auto", "file", "registry")
+INIT_LOCK_TIMEOUT_S = 300.0
+LOCK_TIMEOUT_S = 1800.0
+LOCK_TTL_S = 3600.0
+LOCK_MODEL_SUFFIX = ".cdanet-lock"
+TAG_LOCK_HOLDER, TAG_LOCK_EXPIRES = "cdanet.lock.holder", "cdanet.lock.expires_unix"
+_LOCK_POLL_S = 0.2
+
+
+class RegistryLockTimeout(TimeoutError):
+    """The registry lock stayed held by another process for longer than the caller would wait."""
+
+
+def _sqlite_path(tracking_uri: str) -> str | None:
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return os.path.abspath(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+@contextlib.contextmanager
+def _file_lock(path: str, timeout: float, what: str) -> Iterator[None]:
+    lock = FileLock(path, timeout=timeout)
+    try:
+        lock.acquire()
+    except FileLockTimeout as e:
+        raise RegistryLockTimeout(
+            f"waited {timeout:.0f} s for the lock file {path} ({what}); another process holds it"
+        ) from e
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def _registry_mutex(client: MlflowClient, model_name: str, timeout: float, ttl: float) -> Iterator[None]:
+    lock_name = f"{model_name}{LOCK_MODEL_SUFFIX}"
+    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.create_registered_model(
+                lock_name, tags={TAG_LOCK_HOLDER: holder, TAG_LOCK_EXPIRES: f"{time.time() + ttl:.0f}"},
+                description=f"cdanet promotion lock of {model_name!r}: held while a run registers a version",
+            )
+            break
+        except MlflowException as e:
+            if not _is(e, RESOURCE_ALREADY_EXISTS):
+                raise
+        _expire_mutex(client, lock_name)
+        if time.monotonic() >= deadline:
+            raise RegistryLockTimeout(
+                f"waited {timeout:.0f} s for the registry lock {lock_name!r} (registered model) of {model_name!r}; "
+                f"another run holds it. If no run is registering, delete that registered model"
+            )
+        time.sleep(_LOCK_POLL_S)
+    try:
+        yield
+    finally:
+        try:
+            current = client.get_registered_model(lock_name)
+            if (current.tags or {}).get(TAG_LOCK_HOLDER) == holder:
+                client.delete_registered_model(lock_name)
+            else:  # it expired and another run took it: that run's lock now
+                logger.warning("registry: the lock %r expired while this run held it (ttl %.0f s)", lock_name, ttl)
+        except MlflowException:
+            logger.exception("registry: could not release the lock %r; it expires on its own", lock_name)
+
+
+def _expire_mutex(client: MlflowClient, lock_name: str) -> None:
+    """Delete the mutex if its holder let it expire (killed while holding it)."""
+    try:
+        tags = client.get_registered_model(lock_name).tags or {}
+        expires = float(tags.get(TAG_LOCK_EXPIRES, "inf"))
+    except (MlflowException, ValueError):
+        return  # released meanwhile, or not ours to judge
+    if time.time() > expires:
+        logger.warning("registry: removing the lock %r left by %s (expired)", lock_name, tags.get(TAG_LOCK_HOLDER))
+        with contextlib.suppress(MlflowException):
+            client.delete_registered_model(lock_name)
+
+
+@contextlib.contextmanager
+def promotion_lock(
+    tracking_uri: str, model_name: str, *, kind: str = "auto", timeout: float = LOCK_TIMEOUT_S, ttl: float = LOCK_TTL_S,
+) -> Iterator[MlflowClient]:
+    """Hold the lock under which versions of ``model_name`` are registered and the champion alias moves.
+
+    ``kind``: ``auto`` (a file lock for ``sqlite:///`` stores, else the registry-side mutex),
+    ``file`` or ``registry``. Yields a client of the store. Raises :class:`RegistryLockTimeout`
+    after ``timeout`` seconds.
+    """
+    if kind not in LOCK_KINDS:
+        raise ValueError(f"lock kind {kind!r} is not one of {LOCK_KINDS}")
+    client = _client(tracking_uri)
+    db = _sqlite_path(tracking_uri)
+    if kind == "file" and db is None:
+        raise ValueError(f"a file lock needs a sqlite:/// store, not {tracking_uri!r}; use kind='registry'")
+    if kind == "file" or (kind == "auto" and db is not None):
+        with _file_lock(f"{db}.registry.lock", timeout, f"registrations of {model_name!r}"):
+            yield client
+    else:
+        with _registry_mutex(client, model_name, timeout, ttl):
+            yield client
 
 
 def _flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -183,6 +334,7 @@ def _version_tags(
         "cdanet.gate.champion_auc": "none" if decision.champion_auc is None else repr(decision.champion_auc),
         "cdanet.gate.baseline_auc": "none" if decision.baseline_auc is None else repr(decision.baseline_auc),
         "cdanet.code_version": cdanet.__version__,
+        TAG_CHAMPION_SEEN: decision.champion_version or "none",
     }
     for key, value in lineage.items():
         if value is not None and not isinstance(value, (bool, int, float, str)):
@@ -331,12 +483,23 @@ def register_candidate(
     processed_root: str | None = None,
     experiment_name: str | None = None,
     artifact_location: str | None = None,
+    regate: Callable[[str | None], GateDecision] | None = None,
+    lock: str = "auto",
+    lock_timeout: float = LOCK_TIMEOUT_S,
 ) -> RegisteredVersion:
     """Log ``model_dir`` as a pyfunc in a new MLflow run and register it as a version of ``model_name``.
 
     The run holds ``params`` (nested dicts flattened to dotted keys), ``metrics``, the gate decision
     (tags plus ``gate/decision.json``) and ``lineage`` (tags ``cdanet.lineage.<key>``). The version
-    gets the same tags; the ``champion`` alias moves to it only when ``decision.blessed``.
+    gets the same tags; the ``champion`` alias moves to it only when the decision blesses it.
+
+    Promotion is a compare-and-set: everything below runs under :func:`promotion_lock`, and a
+    blessed ``decision`` moves the alias only if the champion is still ``decision.champion_version``
+    (the version the gate compared with). If another run moved it meanwhile, ``regate(current)``
+    (the current champion's version, or None) must return a new decision against that champion,
+    which is then registered instead; without ``regate`` the candidate is recorded as rejected.
+    A blessed version is tagged with its drift anchor (``cdanet.gate.anchor_version``, see
+    :mod:`cdanet.gate`).
 
     Args:
         model_dir: a model directory written by :func:`cdanet.artifacts.save_model_dir`.
@@ -348,6 +511,8 @@ def register_candidate(
             the server decides, except for a ``sqlite:///`` store, whose artifacts then go to
             ``mlartifacts/`` next to the database file (MLflow's default, ``./mlruns``, would
             scatter them into whatever the working directory is).
+        regate: re-decides against the champion that replaced the one the gate saw.
+        lock, lock_timeout: :func:`promotion_lock`'s ``kind`` and ``timeout``.
 
     Returns the new version, or the one an earlier attempt with the same ``pipeline_run_id``
     completed (``reused=True``). Raises ``ValueError`` for unloggable params/metrics/lineage before
@@ -360,29 +525,52 @@ def register_candidate(
             raise ValueError(f"{what} {value!r} must not contain quotes, backticks or backslashes")
     flat_params = _flatten_params(params)
     metric_values = _check_metrics(metrics)
-    client = _client(tracking_uri)
 
-    existing = _find_version(client, model_name, pipeline_run_id)
-    if existing is not None:
-        if (existing.tags or {}).get(TAG_STATE) == STATE_COMPLETE:
-            logger.info("registry: pipeline run %s already registered %s version %s", pipeline_run_id,
-                        model_name, existing.version)
-            return _registered(existing, reused=True)
-        _discard_stale(client, existing)
+    # Under the lock, "find this run's version, else create it" is atomic too: concurrent attempts
+    # of one pipeline run (a retry racing a slow first attempt) register one version.
+    with promotion_lock(tracking_uri, model_name, kind=lock, timeout=lock_timeout) as client:
+        existing = _find_version(client, model_name, pipeline_run_id)
+        if existing is not None:
+            if (existing.tags or {}).get(TAG_STATE) == STATE_COMPLETE:
+                logger.info("registry: pipeline run %s already registered %s version %s", pipeline_run_id,
+                            model_name, existing.version)
+                return _registered(existing, reused=True)
+            _discard_stale(client, existing)
 
-    created = _Created()
-    champion = _champion_version(client, model_name)
-    previous_champion = None if champion is None else str(champion.version)
-    try:
-        version = _register(
-            client, created, model_dir, model_name, flat_params, metric_values, decision, lineage,
-            pipeline_run_id, processed_root, experiment_name or model_name, artifact_location,
-        )
-    except BaseException:
-        _rollback(client, model_name, created, previous_champion)
-        raise
+        champion = _champion_version(client, model_name)
+        previous_champion = None if champion is None else str(champion.version)
+        decision = _decision_for(decision, previous_champion, regate, model_name)
+        created = _Created()
+        try:
+            version = _register(
+                client, created, model_dir, model_name, flat_params, metric_values, decision, lineage,
+                pipeline_run_id, processed_root, experiment_name or model_name, artifact_location,
+            )
+        except BaseException:
+            _rollback(client, model_name, created, previous_champion)
+            raise
     logger.info("registry: %s version %s (%s)", model_name, version.version, decision.summary)
     return version
+
+
+def _decision_for(
+    decision: GateDecision, current: str | None, regate: Callable[[str | None], GateDecision] | None, model_name: str
+) -> GateDecision:
+    """The decision to register now that ``current`` is the champion: the gate's own if it still holds."""
+    if decision.compared_with(current):
+        return decision
+    logger.warning(
+        "registry: the gate compared with champion %s of %r, but the champion is now %s; re-gating",
+        decision.champion_version, model_name, current,
+    )
+    if regate is None:
+        return superseded(decision, current)
+    again = regate(current)
+    if again.champion_version != current:
+        raise RuntimeError(
+            f"re-gating compared with champion {again.champion_version} of {model_name!r}, not the current {current}"
+        )
+    return again
 
 
 def _register(
@@ -447,10 +635,12 @@ def _register(
     )
     created.version = str(version.version)
     if decision.blessed:
+        anchor = created.version if decision.sets_anchor else decision.anchor_for_successor
+        client.set_model_version_tag(model_name, created.version, TAG_ANCHOR, anchor)
         client.set_registered_model_alias(model_name, CHAMPION_ALIAS, created.version)
         created.alias_moved = True
     client.set_model_version_tag(model_name, created.version, TAG_STATE, STATE_COMPLETE)
-    return _registered(client.get_model_version(model_name, created.version), reused=False)
+    return replace(_registered(client.get_model_version(model_name, created.version), reused=False), decision=decision)
 
 
 def _log_run_data(
@@ -496,6 +686,22 @@ def get_champion(tracking_uri: str, model_name: str) -> ChampionInfo | None:
     version = _champion_version(client, model_name)
     if version is None:
         return None
+    return _info(client, model_name, version)
+
+
+def get_version(tracking_uri: str, model_name: str, version: str) -> ChampionInfo | None:
+    """One version of ``model_name`` with its run's metrics, or None if it does not exist (deleted)."""
+    client = _client(tracking_uri)
+    try:
+        found = client.get_model_version(model_name, version)
+    except MlflowException as e:
+        if _is(e, RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
+    return _info(client, model_name, found)
+
+
+def _info(client: MlflowClient, model_name: str, version: ModelVersion) -> ChampionInfo:
     metrics: dict[str, float] = {}
     if version.run_id:
         with contextlib.suppress(MlflowException):  # the run may live in a store we cannot read

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -467,18 +467,56 @@ class GateOutput:
     #: None when the registry has no champion (the first model).
     champion: ChampionScore | None
     decision: GateDecision
+    #: The champion's drift anchor scored on the same rows, when the champion is not its own anchor.
+    anchor: ChampionScore | None = None
 
     def to_markdown(self) -> str:
-        """The decision, then what the champion was scored on."""
+        """The decision, then what the champion (and its drift anchor) was scored on."""
         scored = "no champion in the registry" if self.champion is None else self.champion.to_markdown()
+        if self.anchor is not None:
+            scored += f"\n\ndrift anchor: {self.anchor.to_markdown()}"
+        elif self.decision.anchor_note:
+            scored += f"\n\ndrift anchor not scored: {self.decision.anchor_note}"
         return f"{self.decision.to_markdown()}\n\n## Champion scoring\n\n{scored}\n"
+
+
+def _against_registry(processed_dir: str, tracking_uri: str, model_name: str, domain: str, split: str,
+                      judge: Callable[..., GateDecision]) -> GateOutput:
+    """Score the champion, and its drift anchor when that is another version, on ``split``; then
+    ``judge(champion_auc, champion_version=, anchor_version=, anchor_auc=, anchor_unavailable=)``."""
+    from cdanet.champion import ChampionIncompatibleError, score_version
+    from cdanet.registry import TAG_ANCHOR, get_champion, get_version
+
+    info = get_champion(tracking_uri, model_name)
+    if info is None:
+        return GateOutput(None, judge(None, champion_version=None))
+    champion = score_version(processed_dir, tracking_uri, info, domain, split)
+    anchor, note = None, None
+    # A champion without the tag (registered before the anchor existed) is its own anchor.
+    anchor_version = info.tags.get(TAG_ANCHOR, info.version)
+    if anchor_version != info.version:
+        anchor_info = get_version(tracking_uri, model_name, anchor_version)
+        if anchor_info is None:
+            note = f"version {anchor_version} of {model_name!r} no longer exists"
+        else:
+            try:
+                anchor = score_version(processed_dir, tracking_uri, anchor_info, domain, split)
+            except ChampionIncompatibleError as e:
+                note = f"version {anchor_version} cannot score {domain}/{split}: {str(e).split('. ')[0]}"
+    decision = judge(champion.auc, champion_version=champion.version,
+                     anchor_version=None if anchor is None else anchor.version,
+                     anchor_auc=None if anchor is None else anchor.auc, anchor_unavailable=note)
+    return GateOutput(champion, decision, anchor)
 
 
 def gate(config_path: str, processed_dir: str, candidate_auc: float, tracking_uri: str, model_name: str, *,
          candidate_logloss: float, base_rate_logloss: float, baseline_path: str) -> GateOutput:
-    """Score the champion on this run's test split of the target domain, then decide: floor,
-    non-regression against that score, the in-run baseline and the base-rate logloss."""
-    from cdanet.champion import score_champion
+    """Score the champion (and its drift anchor) on this run's test split of the target domain, then
+    decide: floor, non-regression against that score, the in-run baseline and the base-rate logloss.
+
+    The decision records the champion version it compared with: :func:`register` promotes only if
+    that version is still the champion, and re-gates otherwise.
+    """
     from cdanet.gate import GateConfig, decide
 
     pc = PipelineConfig.load(config_path)
@@ -487,12 +525,14 @@ def gate(config_path: str, processed_dir: str, candidate_auc: float, tracking_ur
     if (base.domain, base.split) != (domain, "test"):
         raise ValueError(f"the baseline report {baseline_path} scores {base.domain}/{base.split}, "
                          f"not the candidate's {domain}/test")
-    champion = score_champion(processed_dir, _tracking_uri(tracking_uri), model_name, domain, split="test")
     cfg = GateConfig(min_auc=pc.min_auc, tolerance=pc.tolerance, baseline_margin=pc.baseline_margin, domain=domain)
-    decision = decide(candidate_auc, None if champion is None else champion.auc, cfg, baseline_auc=base.auc,
-                      baseline_model=base.model, baseline_logloss=base.logloss,
-                      candidate_logloss=candidate_logloss, base_rate_logloss=base_rate_logloss)
-    return GateOutput(champion, decision)
+
+    def judge(champion_auc: float | None, **references: Any) -> GateDecision:
+        return decide(candidate_auc, champion_auc, cfg, baseline_auc=base.auc, baseline_model=base.model,
+                      baseline_logloss=base.logloss, candidate_logloss=candidate_logloss,
+                      base_rate_logloss=base_rate_logloss, **references)
+
+    return _against_registry(processed_dir, _tracking_uri(tracking_uri), model_name, domain, "test", judge)
 
 
 def data_fingerprint(processed_dir: str, domains: Sequence[str]) -> str:
@@ -509,7 +549,7 @@ def data_fingerprint(processed_dir: str, domains: Sequence[str]) -> str:
 def register(config_path: str, processed_dir: str, model_dir: str, metrics: Mapping[str, Any],
              decision_path: str, tracking_uri: str, model_name: str, pipeline_run_id: str) -> str:
     """Register the candidate (alias only when blessed); return a Markdown summary."""
-    from cdanet.gate import GateDecision
+    from cdanet.gate import GateDecision, decide_again
     from cdanet.registry import register_candidate
 
     pc = PipelineConfig.load(config_path)
@@ -519,11 +559,26 @@ def register(config_path: str, processed_dir: str, model_dir: str, metrics: Mapp
                "pipeline_run_id": pipeline_run_id, "code_version": __version__}
     params = {**pc.summary(), "d": pc.experiment.model.d, "max_epochs": pc.experiment.train.max_epochs,
               "batch_size": pc.experiment.train.batch_size, "learning_rate": pc.experiment.train.learning_rate}
+    uri = _tracking_uri(tracking_uri)
+
+    def regate(current: str | None) -> GateDecision:
+        # Under the registry's lock: the champion that replaced the one the gate saw scores the same split.
+        return _against_registry(processed_dir, uri, model_name, decision.domain, decision.split,
+                                 lambda auc, **refs: decide_again(decision, auc, **refs)).decision
+
     version = register_candidate(
-        model_dir, tracking_uri=_tracking_uri(tracking_uri), model_name=model_name,
+        model_dir, tracking_uri=uri, model_name=model_name,
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, params=params,
         decision=decision, lineage=lineage, pipeline_run_id=pipeline_run_id, processed_root=processed_dir,
+        regate=regate,
     )
-    state = "promoted to @champion" if decision.blessed else "recorded as rejected (champion unchanged)"
-    return (f"# {model_name} version {version.version}: {state}\n\n" + decision.to_markdown() +
-            f"\n\nmodel URI: `{version.model_uri}`\n")
+    final = version.decision or decision
+    state = "promoted to @champion" if version.blessed else "recorded as rejected (champion unchanged)"
+    if version.reused:
+        note = "An earlier attempt of this pipeline run registered this version; this attempt reused it.\n\n"
+    elif version.decision is not decision:
+        note = "The champion changed after the gate: the candidate was re-gated against the new one.\n\n"
+    else:
+        note = ""
+    return (f"# {model_name} version {version.version}: {state}\n\n{note}" + final.to_markdown()
+            + f"\n\nmodel URI: `{version.model_uri}`\n")

@@ -22,8 +22,9 @@ def gate(
     decision: Output[Artifact],
     report: Output[Markdown],
 ) -> NamedTuple("GateOutputs", [("blessed", bool)]):
-    """Score the champion on the same rows, then decide; the decision (with reasons) travels on as an
-    artifact and as the ``blessed`` output, the champion's score as the decision's ``champion`` metadata."""
+    """Score the champion on the same rows, then decide; the decision (with reasons and the champion
+    version it compared with, which register re-checks before promoting) travels on as an artifact and
+    as the ``blessed`` output, the champion's score as the decision's ``champion`` metadata."""
     from collections import namedtuple
 
     from cdanet import steps
@@ -37,4 +38,6 @@ def gate(
         fh.write(result.to_markdown())
     decision.metadata["blessed"] = result.decision.blessed
     decision.metadata["champion"] = None if result.champion is None else result.champion.to_dict()
+    decision.metadata["champion_version"] = result.decision.champion_version
+    decision.metadata["anchor"] = None if result.anchor is None else result.anchor.to_dict()
     return namedtuple("GateOutputs", ["blessed"])(result.decision.blessed)

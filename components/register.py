@@ -23,7 +23,9 @@ def register(
     pipeline_run_id: str,
     registered: Output[Markdown],
 ):
-    """Idempotent per pipeline run: a retried task returns the version it already created."""
+    """Idempotent per pipeline run: a retried task returns the version it already created. Promotion
+    is a compare-and-set: the alias moves only if the champion is still the one the decision compared
+    with; otherwise the candidate is re-gated against the new champion (``cdanet.registry``)."""
     from cdanet import steps
 
     info = steps.register(config.path, processed.path, model.path, dict(metrics.metadata), decision.path,

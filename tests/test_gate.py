@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from cdanet.gate import GateConfig, GateDecision, decide
+from cdanet.gate import GateConfig, GateDecision, decide, decide_again, superseded
 
 CFG = GateConfig(min_auc=0.6, tolerance=0.01, domain="movie")
 
@@ -88,7 +88,7 @@ def test_json_round_trip(champion: float | None) -> None:
     d = decide(0.71, champion, CFG, champion_version=None if champion is None else "2")
     back = GateDecision.from_json(d.to_json())
     assert back == d
-    assert json.loads(d.to_json())["format_version"] == 2
+    assert json.loads(d.to_json())["format_version"] == 3
 
 
 @pytest.mark.parametrize(
@@ -231,4 +231,107 @@ def test_format_1_decisions_still_load() -> None:
     assert d.blessed and d.baseline_auc is None and d.baseline_passed is None and d.calibration_passed is None
     assert d.summary == "BLESSED: candidate AUC 0.7000 on movie/test (no champion)"
     assert "skipped (no baseline)" in d.to_markdown()
-    assert json.loads(d.to_json())["format_version"] == 2  # re-written in the current format
+    assert json.loads(d.to_json())["format_version"] == 3  # re-written in the current format
+
+
+# ---- parameters: declared floats ----------------------------------------------------------------
+def test_integer_thresholds_are_taken_as_floats() -> None:
+    """``tolerance=0`` / ``min_auc=1`` from a command line or a KFP integer are valid floats."""
+    cfg = GateConfig(min_auc=1, tolerance=0, baseline_margin=0, domain="movie")
+    assert (cfg.min_auc, cfg.tolerance, cfg.baseline_margin) == (1.0, 0.0, 0.0)
+    assert all(type(v) is float for v in (cfg.min_auc, cfg.tolerance, cfg.baseline_margin))
+    d = decide(1, 1, cfg, champion_version="1")
+    assert d.blessed and type(d.tolerance) is float and type(d.min_auc) is float
+    assert GateDecision.from_json(d.to_json()) == d
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"min_auc": 2}, r"min_auc must be in \[0, 1\], got 2"), ({"tolerance": -1}, "tolerance must be"),
+     ({"baseline_margin": -2}, "baseline_margin must be"), ({"tolerance": "0"}, "tolerance must be")],
+)
+def test_out_of_range_or_mistyped_thresholds_fail_in_one_line(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match) as e:
+        GateConfig(**{"domain": "movie", **kwargs})
+    assert "\n" not in str(e.value) and "GateConfig" in str(e.value)
+
+
+# ---- compare-and-set: which champion a decision holds against -----------------------------------
+def test_a_blessing_holds_only_against_the_champion_it_was_compared_with() -> None:
+    first = decide(0.65, None, CFG)
+    assert first.compared_with(None) and not first.compared_with("1")
+    against_2 = decide(0.72, 0.70, CFG, champion_version="2")
+    assert against_2.compared_with("2") and not against_2.compared_with("3") and not against_2.compared_with(None)
+    # A decision that recorded the champion's AUC but not its version (the gate before this fix) holds nowhere.
+    unknown = decide(0.72, 0.70, CFG)
+    assert not unknown.compared_with("2") and not unknown.compared_with(None)
+    # A rejection moves no alias: it always holds.
+    assert decide(0.5, 0.70, CFG, champion_version="2").compared_with("7")
+
+
+def test_superseded_decision_is_a_rejection_that_says_why() -> None:
+    d = superseded(decide(0.65, None, CFG), "4")
+    assert not d.blessed and "champion is now 4" in d.reasons[-1] and "not re-gated" in d.reasons[-1]
+
+
+def test_decide_again_keeps_the_figures_and_thresholds_and_judges_the_new_champion() -> None:
+    cfg = GateConfig(min_auc=0.6, tolerance=0.005, baseline_margin=0.01, domain="movie")
+    first = decide(0.70, None, cfg, baseline_auc=0.66, baseline_model="lr", baseline_logloss=0.6,
+                   candidate_logloss=0.5, base_rate_logloss=0.55)
+    assert first.blessed
+    again = decide_again(first, 0.72, champion_version="5")
+    assert not again.blessed and again.non_regression_passed is False and again.champion_version == "5"
+    assert (again.baseline_auc, again.baseline_margin, again.candidate_logloss, again.tolerance) == (0.66, 0.01, 0.5, 0.005)
+    assert "re-gated at promotion" in again.reasons[-1] and "version 5" in again.reasons[-1]
+    assert decide_again(first, 0.703, champion_version="5").blessed  # within tolerance
+
+
+# ---- drift anchor ---------------------------------------------------------------------------------
+class TestDriftAnchor:
+    def test_candidate_within_tolerance_of_the_champion_but_not_of_the_anchor_is_rejected(self) -> None:
+        d = decide(0.692, 0.696, CFG, champion_version="3", anchor_version="1", anchor_auc=0.705)
+        assert d.non_regression_passed and d.anchor_passed is False and not d.blessed
+        assert any("drift anchor" in r and "version 1" in r and "is not within" in r for r in d.reasons)
+        assert "| within tolerance of the drift anchor (version 1) | 0.6920 | >= 0.6950 | **FAIL** |" in d.to_markdown()
+
+    def test_who_anchors_whom(self) -> None:
+        tol = decide(0.695, 0.70, CFG, champion_version="3")  # used the tolerance: inherits the champion as anchor
+        assert tol.blessed and not tol.sets_anchor and tol.anchor_for_successor == "3"
+        inherit = decide(0.699, 0.695, CFG, champion_version="4", anchor_version="3", anchor_auc=0.70)
+        assert inherit.blessed and not inherit.sets_anchor and inherit.anchor_for_successor == "3"
+        better = decide(0.71, 0.695, CFG, champion_version="4", anchor_version="3", anchor_auc=0.70)
+        assert better.blessed and better.sets_anchor
+        assert decide(0.65, None, CFG).sets_anchor  # the first model anchors itself
+        assert not decide(0.5, None, CFG).sets_anchor  # a rejection anchors nothing
+
+    def test_an_anchor_that_cannot_score_grants_no_tolerance(self) -> None:
+        d = decide(0.699, 0.70, CFG, champion_version="4", anchor_unavailable="version 1 was deleted")
+        assert not d.blessed and any("no tolerance is granted" in r and "deleted" in r for r in d.reasons)
+        ok = decide(0.70, 0.70, CFG, champion_version="4", anchor_unavailable="version 1 was deleted")
+        assert ok.blessed and ok.sets_anchor
+
+    def test_a_chain_of_daily_runs_cannot_drift_down_without_bound(self) -> None:
+        """Thirty days, each candidate just inside the tolerance of the day's champion.
+
+        The models' AUCs are fixed numbers (the same rows every day, so each re-scores to its own
+        AUC): without the anchor each promotion would drop 0.009, 0.27 over the month.
+        """
+        tol = CFG.tolerance
+        aucs = {"1": 0.75}
+        champion, anchor = "1", "1"
+        history = [0.75]
+        for day in range(2, 32):
+            version = str(day)
+            aucs[version] = aucs[champion] - 0.9 * tol  # the worst candidate the champion alone would bless
+            cmp = {} if anchor == champion else {"anchor_version": anchor, "anchor_auc": aucs[anchor]}
+            d = decide(aucs[version], aucs[champion], CFG, champion_version=champion, **cmp)
+            if d.blessed:
+                anchor = version if d.sets_anchor else d.anchor_for_successor
+                champion = version
+            history.append(aucs[champion])
+        assert min(history) >= 0.75 - tol, history
+        unbounded = 0.75 - 30 * 0.9 * tol
+        assert min(history) > unbounded + 0.2
+        # A strictly better model moves the anchor up, and the bound with it.
+        d = decide(0.80, aucs[champion], CFG, champion_version=champion, anchor_version=anchor, anchor_auc=aucs[anchor])
+        assert d.blessed and d.sets_anchor

@@ -21,13 +21,21 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from cdanet import steps
 from cdanet.artifacts import load_model_dir
 from cdanet.champion import ENCODING_AS_IS, ChampionIncompatibleError, score_champion
 from cdanet.config import tiny_config
 from cdanet.contract import split_files
 from cdanet.data import table_to_batch
-from cdanet.gate import GateConfig, GateDecision, decide
-from cdanet.registry import CHAMPION_ALIAS, TAG_REASONS, TAG_STATE, get_champion, register_candidate
+from cdanet.gate import GateConfig, GateDecision, decide, decide_again
+from cdanet.registry import (
+    CHAMPION_ALIAS,
+    TAG_ANCHOR,
+    TAG_REASONS,
+    TAG_STATE,
+    get_champion,
+    register_candidate,
+)
 from cdanet.serving import features_frame
 from cdanet.training import run_experiment
 
@@ -210,7 +218,7 @@ def test_missing_weights_fail_before_anything_is_created(trained: tuple[str, flo
     os.remove(broken / "weights.pt")
 
     with pytest.raises(ValueError, match="weights.pt"):
-        _register(str(broken), uri, decide(0.8, 0.7, GATE), "run-2")
+        _register(str(broken), uri, decide(0.8, 0.7, GATE, champion_version="1"), "run-2")
 
     assert _versions(uri) == ["1"] and get_champion(uri, NAME).version == "1" and _active_runs(uri) == 1
 
@@ -228,14 +236,14 @@ def test_fault_while_promoting_restores_the_previous_champion(
 
     monkeypatch.setattr(MlflowClient, failing_call, fail)
     with pytest.raises(MlflowException, match="injected"):
-        _register(model_dir, uri, decide(0.8, 0.7, GATE), "run-2")
+        _register(model_dir, uri, decide(0.8, 0.7, GATE, champion_version="1"), "run-2")
     monkeypatch.undo()
 
     assert _versions(uri) == ["1"]
     assert get_champion(uri, NAME).version == "1"
     assert _active_runs(uri) == 1
     # The failed pipeline run can be retried and then registers normally.
-    assert _register(model_dir, uri, decide(0.8, 0.7, GATE), "run-2").aliases == [CHAMPION_ALIAS]
+    assert _register(model_dir, uri, decide(0.8, 0.7, GATE, champion_version="1"), "run-2").aliases == [CHAMPION_ALIAS]
 
 
 @pytest.mark.parametrize(
@@ -291,3 +299,64 @@ def test_versions_logged_before_the_serving_module_still_unpickle() -> None:
     from cdanet.serving import CDAnetPyfunc
 
     assert pickle.loads(b"ccdanet.registry\nCDAnetPyfunc\n.") is CDAnetPyfunc
+
+
+def test_blessing_against_a_champion_that_moved_is_not_promoted_without_a_regate(
+    trained: tuple[str, float], uri: str
+) -> None:
+    """The compare-and-set in one process: the gate saw no champion, another run promoted first."""
+    model_dir, auc = trained
+    first = decide(auc, None, GATE)
+    _register(model_dir, uri, first, "run-1")
+    late = _register(model_dir, uri, decide(auc, None, GATE), "run-2")  # blessed against "no champion"
+    assert (late.blessed, late.aliases) == (False, [])
+    assert get_champion(uri, NAME).version == "1"
+    assert "champion is now 1" in MlflowClient(uri).get_model_version(NAME, late.version).tags[TAG_REASONS]
+
+
+def test_regate_judges_the_current_champion_and_its_decision_is_registered(
+    trained: tuple[str, float], uri: str
+) -> None:
+    model_dir, auc = trained
+    _register(model_dir, uri, decide(auc, None, GATE), "run-1")
+    seen = []
+
+    def regate(current: str | None) -> GateDecision:
+        seen.append(current)
+        return decide_again(stale, auc, champion_version=current)
+
+    stale = decide(auc, None, GATE)
+    v = _register(model_dir, uri, stale, "run-2", regate=regate)
+    assert seen == ["1"] and v.blessed and v.aliases == [CHAMPION_ALIAS] and v.decision.champion_version == "1"
+    assert "re-gated at promotion" in v.decision.reasons[-1]
+    # A regate that judges another champion than the current one is a bug, not a promotion.
+    with pytest.raises(RuntimeError, match="not the current 2"):
+        _register(model_dir, uri, decide(auc, None, GATE), "run-3",
+                  regate=lambda current: decide_again(stale, auc, champion_version="1"))
+    assert get_champion(uri, NAME).version == "2" and _versions(uri) == ["1", "2"]
+
+
+def test_drift_anchor_travels_through_the_registry(trained: tuple[str, float], processed_dir: str, uri: str) -> None:
+    model_dir, auc = trained
+    cfg = GateConfig(min_auc=0.5, tolerance=0.01, domain=TARGET)
+    client = MlflowClient(uri)
+    _register(model_dir, uri, decide(auc, None, cfg), "run-1")
+    assert client.get_model_version(NAME, "1").tags[TAG_ANCHOR] == "1"  # the first model anchors itself
+    used_tolerance = decide(auc - 0.005, auc, cfg, champion_version="1")
+    assert used_tolerance.blessed and not used_tolerance.sets_anchor
+    _register(model_dir, uri, used_tolerance, "run-2")
+    assert client.get_model_version(NAME, "2").tags[TAG_ANCHOR] == "1"
+
+    # The next gate re-scores the champion and its anchor on the same rows.
+    def judge(champion_auc: float | None, **refs: object) -> GateDecision:
+        return decide(auc - 0.009, champion_auc, cfg, **refs)
+
+    out = steps._against_registry(processed_dir, uri, NAME, TARGET, "test", judge)
+    assert (out.champion.version, out.anchor.version) == ("2", "1")
+    assert out.anchor.auc == pytest.approx(auc, abs=1e-6) and out.decision.anchor_auc == out.anchor.auc
+    assert out.decision.blessed and out.decision.anchor_passed and "drift anchor" in out.to_markdown()
+    # An anchor that is gone grants no tolerance against the champion.
+    client.delete_model_version(NAME, "1")
+    gone = steps._against_registry(processed_dir, uri, NAME, TARGET, "test", judge)
+    assert gone.anchor is None and "no longer exists" in gone.decision.anchor_note
+    assert not gone.decision.blessed and gone.decision.non_regression_passed is False
