@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cdanet"
 #: Lowest first. A unit is a top-level module or subpackage of ``cdanet`` (``layers`` covers
 #: ``cdanet/layers/*``); a module may import from its own layer and the layers below it only.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("utilities: no cdanet imports", {"__init__", "atomic", "native", "pages"}),
+    ("utilities: no cdanet imports", {"__init__", "atomic", "native", "pages", "kfp_pods"}),
     ("the data contract", {"contract"}),
     ("typed config and the model's input unit", {"config", "params", "batch"}),
     ("raw data -> the contract", {"simulate", "preprocessing", "synthetic"}),
