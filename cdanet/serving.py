@@ -79,6 +79,7 @@ __all__ = [
     "MODEL_CODE",
     "MODEL_DIR_ARTIFACT",
     "CDAnetPyfunc",
+    "champion_storage_uri",
     "copy_serving_code",
     "example_frame",
     "features_frame",
@@ -487,3 +488,68 @@ def save_served_model(
             # process keeps importing its installed cdanet, not a copy in a folder about to go.
             sys.path[:] = saved_path
     return path
+
+
+# ---- the champion's artifact folder, for the KServe InferenceService ----------------------------
+
+
+def champion_storage_uri(
+    tracking_uri: str, model_name: str, artifacts_destination: str | None = None, alias: str = "champion"
+) -> tuple[str, str]:
+    """(version, storage URI) of the version behind ``models:/<model_name>@<alias>``.
+
+    The URI is the version's artifact folder as KServe's storage initializer reads it: a proxied
+    ``mlflow-artifacts:/<path>`` (the server's ``--serve-artifacts``) becomes
+    ``<artifacts_destination>/<path>`` (the server's ``MLFLOW_ARTIFACTS_DESTINATION``); any other
+    URI (``s3://``, ``gs://``, ``file://``) is returned as it is.
+    """
+    from urllib.parse import urlparse
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as e:
+        raise ValueError(f"registered model {model_name!r} at {tracking_uri} has no version with alias {alias!r}: "
+                         f"{str(e).splitlines()[0]}") from e
+    source = str(version.source)
+    if source.startswith("mlflow-artifacts:"):
+        if not artifacts_destination:
+            raise ValueError(
+                f"version {version.version} of {model_name!r} lives in the server's proxied store ({source}); "
+                "pass --artifacts-destination (the server's MLFLOW_ARTIFACTS_DESTINATION, e.g. "
+                "s3://mlpipeline/mlflow-artifacts)"
+            )
+        source = f"{artifacts_destination.rstrip('/')}/{urlparse(source).path.lstrip('/')}"
+    return str(version.version), source
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m cdanet.serving storage-uri ...``: the champion's ``champion.env`` for manifests/serving."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m cdanet.serving", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("storage-uri", help="print MODEL_NAME, MODEL_VERSION and STORAGE_URI of the champion")
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", ""),
+                   help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI)")
+    p.add_argument("--model-name", required=True, help="registered model, e.g. cdanet-amazon-movie")
+    p.add_argument("--alias", default="champion")
+    p.add_argument("--artifacts-destination", default=None,
+                   help="the MLflow server's MLFLOW_ARTIFACTS_DESTINATION, for proxied artifacts")
+    args = parser.parse_args(argv)
+    if not args.tracking_uri:
+        parser.error("--tracking-uri is empty and MLFLOW_TRACKING_URI is not set")
+    try:
+        version, uri = champion_storage_uri(args.tracking_uri, args.model_name, args.artifacts_destination, args.alias)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"MODEL_NAME={args.model_name}\nMODEL_VERSION={version}\nSTORAGE_URI={uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
