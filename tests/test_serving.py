@@ -28,14 +28,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from mlflow.models import infer_signature
 
+from benchmarks.bench_serving import add_vocabularies
 from cdanet.config import tiny_config
-from cdanet.contract import SPLITS, SchemaError, load_schemas, split_files, write_vocabularies
-from cdanet.contract.vocab import processed_vocab_dir
+from cdanet.contract import SchemaError, load_schemas
 from cdanet.data import table_to_batch
 from cdanet.gate import GateConfig, decide
 from cdanet.registry import CHAMPION_ALIAS, register_candidate
@@ -54,25 +53,6 @@ from cdanet.training import run_experiment
 TARGET = "book"
 NAME = "cdanet-book"
 RUNTIME = {"mlflow", "torch", "numpy", "pandas", "pyarrow"}
-
-
-def add_vocabularies(root: str) -> None:
-    """Write the vocabularies preprocessing would have written: ids from the raw id columns, other
-    categorical values named ``<field>-<index>``."""
-    for domain, schema in load_schemas(root, ("movie", "book")).items():
-        rows = pa.concat_tables(
-            [pq.read_table(f) for s in SPLITS for f in split_files(os.path.join(root, domain), s)]
-        )
-        vocabs = {}
-        for spec in schema.fields:
-            if not spec.is_categorical:
-                continue
-            values = ["<OOV>"] + [f"{spec.name}-{i}" for i in range(1, spec.vocab_size)]
-            if spec.name in ("user_id", "item_id"):
-                for index, raw in zip(rows.column(spec.name).to_numpy(), rows.column(f"{spec.name}_raw").to_pylist(), strict=True):
-                    values[index] = raw
-            vocabs[spec.name] = values
-        write_vocabularies(processed_vocab_dir(root, schema), vocabs)
 
 
 @pytest.fixture(scope="module")
