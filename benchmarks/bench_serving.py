@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.requests < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
         p.error("need --requests >= 1, --warmup >= 0 and batch sizes >= 1")
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     print(f"# command: {shlex.join([sys.executable, '-m', 'benchmarks.bench_serving', *(argv or sys.argv[1:])])}")
     with tempfile.TemporaryDirectory(prefix="cdanet-bench-serving-") as workdir:
         model = args.model

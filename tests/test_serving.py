@@ -14,6 +14,7 @@ import ast
 import json
 import os
 import pickle
+import shlex
 import shutil
 import signal
 import socket
@@ -23,6 +24,7 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -50,6 +52,7 @@ from cdanet.serving import (
 )
 from cdanet.training import run_experiment
 
+REPO = Path(__file__).resolve().parents[1]
 TARGET = "book"
 NAME = "cdanet-book"
 RUNTIME = {"mlflow", "torch", "numpy", "pandas", "pyarrow"}
@@ -333,9 +336,14 @@ def test_mlflow_models_serve_answers_raw_ids_over_http(
     python, env = isolated_env(str(tmp_path / "venv"))
     env["MLFLOW_TRACKING_URI"] = registered
     port = _free_port()
-    # The README's command, run by the fresh environment's python.
-    cmd = [python, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@{CHAMPION_ALIAS}",
-           "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port)]
+    # The README's command as written, for this store's model and a free port, by the environment's python.
+    readme = (REPO / "README.md").read_text()
+    documented = next(line for line in readme[readme.index("## Serving"):].splitlines()
+                      if line.startswith("mlflow models serve"))
+    args = shlex.split(documented)[1:]
+    assert args[:4] == ["models", "serve", "-m", "models:/cdanet-amazon-movie@champion"] and args[-2] == "-p", args
+    args[3], args[-1] = f"models:/{NAME}@{CHAMPION_ALIAS}", str(port)
+    cmd = [python, "-m", "mlflow", *args, "--host", "127.0.0.1"]
     log = open(tmp_path / "serve.log", "w")
     server = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -351,12 +359,13 @@ def test_mlflow_models_serve_answers_raw_ids_over_http(
             assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
             time.sleep(0.5)
         records, expected = _raw_records(processed, model_dir, 3)
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", data=json.dumps({"dataframe_records": records}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as r:
-            answer = json.loads(r.read())
+        (tmp_path / "request.json").write_text(json.dumps({"dataframe_records": records}))
+        # The README's request as written, to this server's port.
+        curl = next(line for line in readme[readme.index("## Serving"):].splitlines() if line.startswith("curl "))
+        curl_args = [a.replace("localhost:5000", f"127.0.0.1:{port}") for a in shlex.split(curl)]
+        out = subprocess.run(curl_args, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        answer = json.loads(out.stdout)
         np.testing.assert_allclose(answer["predictions"], expected, rtol=0, atol=1e-6)
         assert all(0.0 <= p <= 1.0 for p in answer["predictions"])
     finally:

@@ -11,6 +11,8 @@ against a real SQLite registry, exactly as the README writes it.
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -33,6 +35,23 @@ K8S_VERSION = "1.32.0"
 PREDICTOR_EXTENSION = {"model", "minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "containerConcurrency",
                        "timeout", "canaryTrafficPercent", "logger", "batcher", "labels", "annotations"}
 MODEL_EXTENSION = {"modelFormat", "runtime", "storageUri", "protocolVersion", "runtimeVersion", "storage"}
+
+
+def documented_commands(path: Path, heading: str) -> list[str]:
+    """The commands of the bash blocks under ``heading`` in ``path`` (continuations joined, comments cut)."""
+    text = path.read_text()
+    section = text[text.index(heading):]
+    section = section[: section.find("\n## ", len(heading))]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if line:
+                commands.append(line)
+    return commands
+
+
+DOCS = [(REPO / "README.md", "## Serving"), (REPO / "docs" / "deploy.md", "## Serving the champion (KServe)")]
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +134,21 @@ def _storage_uri_command(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_readme_flow_renders_the_champion_of_a_proxied_store(kubectl: str, tmp_path: Path) -> None:
-    """README: `python -m cdanet.serving storage-uri ... > manifests/serving/champion.env`, then render."""
+@pytest.mark.parametrize(("doc", "heading"), DOCS, ids=["README", "deploy.md"])
+def test_documented_flow_renders_the_champion_of_a_proxied_store(
+    kubectl: str, tmp_path: Path, doc: Path, heading: str
+) -> None:
+    """The documented `python -m cdanet.serving storage-uri ... > manifests/serving/champion.env`, then
+    `kubectl kustomize manifests/serving`, run as written except for the tracking URI and the folder."""
+    commands = [c for c in documented_commands(doc, heading) if "cdanet.serving storage-uri" in c or "kustomize" in c]
+    assert len(commands) == 2, commands
+    storage, render_cmd = (shlex.split(c) for c in commands)
+    assert storage[:4] == ["python", "-m", "cdanet.serving", "storage-uri"] and storage[-2] == ">"
+    assert storage[-1] == "manifests/serving/champion.env" and render_cmd == ["kubectl", "kustomize", "manifests/serving"]
     uri = _store_with_champion(tmp_path, "mlflow-artifacts:/1/r1/artifacts/model")
-    out = _storage_uri_command("--tracking-uri", uri, "--model-name", "cdanet-amazon-movie",
-                               "--artifacts-destination", "s3://mlpipeline/mlflow-artifacts")
+    args = storage[4:-2]
+    args[args.index("--tracking-uri") + 1] = uri  # the documented server is a SQLite store here
+    out = _storage_uri_command(*args)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["MODEL_NAME=cdanet-amazon-movie", "MODEL_VERSION=2",
                                        "STORAGE_URI=s3://mlpipeline/mlflow-artifacts/1/r2/artifacts/model"]
