@@ -70,7 +70,16 @@ import yaml
 
 import cdanet
 from cdanet.artifacts import load_model_dir
-from cdanet.contract import DomainSchema, FieldKind, SchemaError, Vocabulary, encode_values, read_split
+from cdanet.contract import (
+    ITEM_FIELD,
+    USER_FIELD,
+    DomainSchema,
+    FieldKind,
+    SchemaError,
+    Vocabulary,
+    encode_values,
+    read_split,
+)
 from cdanet.data import table_to_batch
 
 __all__ = [
@@ -134,17 +143,23 @@ def raw_frame(table: pa.Table, schema: DomainSchema, vocabularies: Mapping[str, 
 
     Categorical fields become their raw strings, multi-hot lists lists of raw strings (OOV and
     padding indices dropped), dense vectors lists of floats: what a caller holding raw rows sends.
+    User and item ids come from the rows' raw id columns when the table has them (so an id the
+    vocabulary lacks keeps its raw value); another OOV index becomes the vocabulary's OOV marker
+    (line 0), which encodes back to OOV.
     """
     frame = features_frame(table, schema)
+    raw_ids = {USER_FIELD: schema.user_id_column, ITEM_FIELD: schema.item_id_column}
     for spec in schema.fields:
         if not spec.is_categorical:
             continue
         vocab = np.asarray(vocabularies[spec.name], dtype=object)
         if spec.kind is FieldKind.MULTI_HOT:
             frame[spec.name] = [[str(vocab[i]) for i in cell if 0 < i < len(vocab)] for cell in frame[spec.name]]
+        elif raw_ids.get(spec.name) in table.column_names:
+            frame[spec.name] = [str(v) for v in table.column(raw_ids[spec.name]).to_pylist()]
         else:
             idx = np.asarray(frame[spec.name], dtype=np.int64)
-            frame[spec.name] = [str(vocab[i]) if 0 < i < len(vocab) else None for i in idx]
+            frame[spec.name] = [str(vocab[i]) if 0 <= i < len(vocab) else str(vocab[0]) for i in idx]
     return frame
 
 
