@@ -392,3 +392,18 @@ def test_indices_model_keeps_the_processed_signature(processed_dir: str, tmp_pat
     pyfunc = mlflow.pyfunc.load_model(path)
     np.testing.assert_allclose(pyfunc.predict(pd.DataFrame(example_frame(scorer.schema, table))),
                                scorer.predict_indices(table.to_pandas()), rtol=0, atol=1e-6)
+
+
+def test_a_version_logged_before_models_from_code_is_read_as_data(model_dir: str, tmp_path, processed: str) -> None:
+    """Champions registered earlier are cloudpickled pyfuncs: the gate still scores them, unpickling nothing."""
+    old = str(tmp_path / "old")
+    mlflow.pyfunc.save_model(old, python_model=CDAnetPyfunc(), artifacts={"model_dir": model_dir})
+    assert os.path.exists(os.path.join(old, "python_model.pkl"))
+    marker = str(tmp_path / "pwned")
+    with open(os.path.join(old, "python_model.pkl"), "wb") as fh:
+        pickle.dump(_Plant(marker), fh)
+    scorer = load_logged_model(old)
+    assert not os.path.exists(marker)
+    table = _test_table(processed)
+    np.testing.assert_allclose(scorer.predict_indices(table.to_pandas()), _torch_scores(model_dir, table),
+                               rtol=0, atol=1e-6)
