@@ -210,6 +210,10 @@ def _dense(values: pd.Series) -> pa.Array:
     return pa.array([None if _is_missing(v) else np.asarray(v, np.float32) for v in values], pa.list_(pa.float32()))
 
 
+_RAW_CELL = {FieldKind.CATEGORICAL_ID: "a string", FieldKind.CATEGORICAL: "a string",
+             FieldKind.MULTI_HOT: "a list of strings", FieldKind.DENSE_VECTOR: "a list of floats"}
+
+
 def _raw_to_table(frame: pd.DataFrame, schema: DomainSchema, vocabularies: Mapping[str, Vocabulary]) -> pa.Table:
     """A DataFrame of raw values -> indices under ``vocabularies`` (unknown or missing -> OOV 0)."""
     _missing_columns(frame, schema)
@@ -220,6 +224,8 @@ def _raw_to_table(frame: pd.DataFrame, schema: DomainSchema, vocabularies: Mappi
             if spec.kind is FieldKind.DENSE_VECTOR:
                 arrays[spec.name] = _dense(values)
             elif spec.kind is FieldKind.MULTI_HOT:
+                if any(isinstance(v, (str, bytes)) for v in values):
+                    raise TypeError("got a string where a list of values belongs")
                 cells = [[] if _is_missing(v) else [_raw_text(x) for x in v] for v in values]
                 flat = encode_values(vocabularies[spec.name], [x for cell in cells for x in cell])
                 offsets = np.concatenate([[0], np.cumsum([len(c) for c in cells])]).astype(np.int32)
@@ -229,7 +235,7 @@ def _raw_to_table(frame: pd.DataFrame, schema: DomainSchema, vocabularies: Mappi
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
             raise SchemaError(
                 f"input column {spec.name!r} cannot be read as raw {spec.kind.value} values "
-                f"({'a list of strings' if spec.kind is FieldKind.MULTI_HOT else 'a list of floats' if spec.kind is FieldKind.DENSE_VECTOR else 'a string'} per row): {e}"
+                f"({_RAW_CELL[spec.kind]} per row): {e}"
             ) from e
     return pa.table(arrays)
 

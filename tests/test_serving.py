@@ -173,6 +173,11 @@ def test_missing_column_is_one_line_naming_it(saved: str, processed: str) -> Non
     with pytest.raises(SchemaError, match=r"input lacks feature column\(s\) \['writer'\] of domain 'book'") as e:
         scorer.predict(None, raw.drop(columns=["writer"]))
     assert "\n" not in str(e.value)
+    raw["category"] = ["category-1", "category-2"]  # a plain string where a list belongs
+    with pytest.raises(SchemaError, match=r"input column 'category' cannot be read as raw multi_hot values "
+                                          r"\(a list of strings per row\)") as e:
+        scorer.predict(None, raw)
+    assert "\n" not in str(e.value)
 
 
 class _Plant:
