@@ -118,7 +118,16 @@ def test_predictor_meets_pod_security_restricted(kubectl: str) -> None:
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
 
 
-def _store_with_champion(tmp_path: Path, source: str) -> str:
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An initialised, empty SQLite store: MLflow's schema migrations take seconds, so run them once."""
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def _store_with_champion(template: Path, tmp_path: Path, source: str) -> str:
+    shutil.copyfile(template, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri, registry_uri=uri)
     client.create_registered_model("cdanet-amazon-movie")
@@ -136,7 +145,7 @@ def _storage_uri_command(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(("doc", "heading"), DOCS, ids=["README", "deploy.md"])
 def test_documented_flow_renders_the_champion_of_a_proxied_store(
-    kubectl: str, tmp_path: Path, doc: Path, heading: str
+    kubectl: str, empty_store: Path, tmp_path: Path, doc: Path, heading: str
 ) -> None:
     """The documented `python -m cdanet.serving storage-uri ... > manifests/serving/champion.env`, then
     `kubectl kustomize manifests/serving`, run as written except for the tracking URI and the folder."""
@@ -145,7 +154,7 @@ def test_documented_flow_renders_the_champion_of_a_proxied_store(
     storage, render_cmd = (shlex.split(c) for c in commands)
     assert storage[:4] == ["python", "-m", "cdanet.serving", "storage-uri"] and storage[-2] == ">"
     assert storage[-1] == "manifests/serving/champion.env" and render_cmd == ["kubectl", "kustomize", "manifests/serving"]
-    uri = _store_with_champion(tmp_path, "mlflow-artifacts:/1/r1/artifacts/model")
+    uri = _store_with_champion(empty_store, tmp_path, "mlflow-artifacts:/1/r1/artifacts/model")
     args = storage[4:-2]
     args[args.index("--tracking-uri") + 1] = uri  # the documented server is a SQLite store here
     out = _storage_uri_command(*args)
@@ -161,15 +170,19 @@ def test_documented_flow_renders_the_champion_of_a_proxied_store(
     assert one(objects, "ConfigMap")["data"]["MODEL_VERSION"] == "2"
 
 
-def test_storage_uri_errors_are_one_line(tmp_path: Path) -> None:
-    uri = _store_with_champion(tmp_path, "mlflow-artifacts:/1/r1/artifacts/model")
-    out = _storage_uri_command("--tracking-uri", uri, "--model-name", "cdanet-amazon-movie")
-    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "pass --artifacts-destination" in out.stderr
-    out = _storage_uri_command("--tracking-uri", uri, "--model-name", "cdanet-amazon-book")
-    assert out.returncode == 2 and out.stderr.count("\n") == 1
-    assert "'cdanet-amazon-book'" in out.stderr and "no version with alias 'champion'" in out.stderr
+def test_storage_uri_errors_are_one_line(empty_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The command's errors (in-process: the documented flow above runs it as a subprocess)."""
+    from cdanet.serving import main
+
+    uri = _store_with_champion(empty_store, tmp_path, "mlflow-artifacts:/1/r1/artifacts/model")
+    assert main(["storage-uri", "--tracking-uri", uri, "--model-name", "cdanet-amazon-movie"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pass --artifacts-destination" in err
+    assert main(["storage-uri", "--tracking-uri", uri, "--model-name", "cdanet-amazon-book"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'cdanet-amazon-book'" in err and "no version with alias 'champion'" in err
     # a store with a plain object-store source needs no destination
     (tmp_path / "s3").mkdir()
-    direct = _store_with_champion(tmp_path / "s3", "s3://bucket/1/r1/artifacts/model")
-    out = _storage_uri_command("--tracking-uri", direct, "--model-name", "cdanet-amazon-movie")
-    assert out.returncode == 0 and out.stdout.endswith("STORAGE_URI=s3://bucket/1/r2/artifacts/model\n")
+    direct = _store_with_champion(empty_store, tmp_path / "s3", "s3://bucket/1/r1/artifacts/model")
+    assert main(["storage-uri", "--tracking-uri", direct, "--model-name", "cdanet-amazon-movie"]) == 0
+    assert capsys.readouterr().out.endswith("STORAGE_URI=s3://bucket/1/r2/artifacts/model\n")
