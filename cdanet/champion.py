@@ -75,8 +75,9 @@ def score_champion(
 ) -> ChampionScore | None:
     """The champion's AUC on ``split`` of ``domain`` under ``processed_root``; None without a champion.
 
-    Loads the version behind ``models:/<model_name>@champion`` as a pyfunc and scores every row of
-    the split (with the pyfunc, i.e. exactly as serving would), so the gate compares candidate and
+    Loads the version behind ``models:/<model_name>@champion`` as data (no code or pickle from the
+    artifact store runs: :func:`cdanet.registry.load_version`) and scores every row of the split
+    with the served pyfunc's scoring code, so the gate compares candidate and
     champion on exactly the same rows, each model in its own encoding:
 
     * same schema fingerprint and same vocabularies: the rows are scored as they are;
@@ -101,8 +102,7 @@ def score_version(
     The gate scores the champion's drift anchor with it (:mod:`cdanet.gate`).
     """
     model_name = champion.name
-    pyfunc = load_version(tracking_uri, model_name, champion.version)
-    scorer = pyfunc.unwrap_python_model()
+    scorer = load_version(tracking_uri, model_name, champion.version)  # data only: no code from the store runs
     if not isinstance(scorer, CDAnetPyfunc):
         raise ChampionIncompatibleError(
             f"champion {champion.model_uri} is a {type(scorer).__name__}, not a CDAnet pyfunc model"
@@ -114,7 +114,7 @@ def score_version(
     schema = load_schemas(processed_root, [domain])[domain]
     table = read_rows(processed_root, schema, split)
     rows, rows_schema, encoding = _in_champion_encoding(table, schema, processed_root, scorer, champion, split)
-    scores = pyfunc.predict(features_frame(rows, rows_schema))
+    scores = scorer.predict_indices(features_frame(rows, rows_schema))
     labels = table.column(schema.label_column).to_numpy()
     auc = compute_metrics(domain, labels, np.asarray(scores)).auc
     logger.info("champion: %s version %s has AUC %.4f on %s/%s (%s)", model_name, champion.version, auc, domain, split,

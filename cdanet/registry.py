@@ -22,16 +22,17 @@ Both blessed and rejected candidates become versions (the registry is the record
 candidate); only a blessed one gets the ``champion`` alias. A rejected version carries the gate's
 reasons in the tag ``cdanet.gate.reasons``.
 
-Environment: the logged model pins ``cdanet`` and its runtime (mlflow, torch, numpy, pandas,
-pyarrow) in ``pip_requirements`` and logs no ``code_paths``: it loads wherever this package is
-installed (the pipeline image). Copying the package in with ``code_paths`` would put a second,
-possibly older ``cdanet`` on ``sys.path`` of any process that loads the model.
+The logged model is self-contained and pickle-free (:mod:`cdanet.serving`): MLflow
+models-from-code with the ``cdanet`` modules it needs shipped as ``code_paths`` and requirements an
+index can satisfy (mlflow, torch, numpy, pandas, pyarrow; no ``cdanet``), so ``mlflow models serve``
+runs it where the project is not installed. This library never runs that shipped code: the gate
+reads a version back with :func:`load_version`, which loads the logged model directory's data
+(JSON, vocabulary text, tensor-only weights) with the installed code.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -65,9 +66,17 @@ import cdanet
 from cdanet.artifacts import load_model_dir
 from cdanet.gate import GateDecision, superseded
 
-# Versions registered before cdanet.serving existed pickled their python_model as
-# ``cdanet.registry.CDAnetPyfunc``; this name keeps them loadable (the gate scores such a champion).
-from cdanet.serving import MODEL_DIR_ARTIFACT, CDAnetPyfunc, example_frame, read_rows
+# CDAnetPyfunc: versions registered before cdanet.serving existed pickled their python_model as
+# ``cdanet.registry.CDAnetPyfunc``; this name keeps such pickles resolvable for MLflow's own loader
+# (the gate reads every version as data, load_version).
+from cdanet.serving import (
+    CDAnetPyfunc,
+    example_frame,
+    load_logged_model,
+    read_rows,
+    requirement_pins,
+    save_served_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -347,12 +356,8 @@ def _version_tags(
 
 
 def _pins() -> list[str]:
-    """Requirements of the logged model: this library and the runtime it was logged with."""
-    pins = [f"cdanet=={cdanet.__version__}"]
-    for dist in ("mlflow", "torch", "numpy", "pandas", "pyarrow"):
-        # PEP 440: "torch==2.13.0" also matches local builds such as 2.13.0+cpu / +cu128.
-        pins.append(f"{dist}=={importlib.metadata.version(dist).split('+')[0]}")
-    return pins
+    """Requirements of the logged model: the runtime it was logged with (its cdanet code ships inside it)."""
+    return requirement_pins()
 
 
 def _find_version(client: MlflowClient, name: str, pipeline_run_id: str) -> ModelVersion | None:
@@ -607,7 +612,8 @@ def _register(
     _log_run_data(client, created.run_id, params, metrics, decision)
 
     rows = None if processed_root is None else read_rows(processed_root, schema, "test", limit=_EXAMPLE_ROWS)
-    example = example_frame(schema, rows)
+    vocabularies = loaded.vocabularies.get(target)  # None: the model takes indices (cdanet.serving)
+    example = example_frame(schema, rows, vocabularies)
     with warnings.catch_warnings():
         # MLflow hints that integer columns cannot hold missing values: by contract ours never do
         # (validated upstream; table_to_batch rejects nulls).
@@ -617,16 +623,9 @@ def _register(
     # process-global tracking URI and active run, which a library must not change under its caller.
     with tempfile.TemporaryDirectory(prefix="cdanet-pyfunc-") as tmp:
         local = os.path.join(tmp, MODEL_ARTIFACT_PATH)
-        mlflow.pyfunc.save_model(
-            local,
-            python_model=CDAnetPyfunc(),
-            artifacts={MODEL_DIR_ARTIFACT: os.path.abspath(model_dir)},
-            signature=signature,
-            input_example=example,
-            pip_requirements=_pins(),
-            metadata={"target_domain": target, "cdanet_version": cdanet.__version__,
-                      "model_kind": str(loaded.meta.get("kind", ""))},
-        )
+        save_served_model(local, model_dir, signature=signature, input_example=example, pip_requirements=_pins(),
+                          metadata={"target_domain": target, "cdanet_version": cdanet.__version__,
+                                    "model_kind": str(loaded.meta.get("kind", ""))})
         client.log_artifacts(created.run_id, local, MODEL_ARTIFACT_PATH)
     source = f"{client.get_run(created.run_id).info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_PATH}"
     version = client.create_model_version(
@@ -666,8 +665,11 @@ def _log_run_data(
 # ---- reading versions back ---------------------------------------------------------------------
 
 
-def load_version(tracking_uri: str, model_name: str, version: str) -> mlflow.pyfunc.PyFuncModel:
-    """Load one registered version as a pyfunc without touching MLflow's process-global URIs.
+def load_version(tracking_uri: str, model_name: str, version: str) -> CDAnetPyfunc:
+    """Load one registered version's model, as data only, without touching MLflow's process-global URIs.
+
+    No code or pickle from the artifact store runs here (:func:`cdanet.serving.load_logged_model`):
+    whoever can write to the artifact store cannot run code in the gate.
 
     ``mlflow.pyfunc.load_model("models:/...")`` resolves registry URIs through the global registry
     URI even when ``download_artifacts`` is given explicit ones (MLflow 3.17), so the version's
@@ -677,7 +679,7 @@ def load_version(tracking_uri: str, model_name: str, version: str) -> mlflow.pyf
     source = client.get_model_version_download_uri(model_name, version)
     with tempfile.TemporaryDirectory(prefix="cdanet-model-") as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)
-        return mlflow.pyfunc.load_model(local)  # load_context reads everything before tmp goes
+        return load_logged_model(local)  # reads everything before tmp goes
 
 
 def get_champion(tracking_uri: str, model_name: str) -> ChampionInfo | None:

@@ -58,7 +58,7 @@ def test_first_run_promotes_a_champion_that_scores_rows(two_runs):
     import pyarrow.parquet as pq
 
     from cdanet.contract import DomainSchema
-    from cdanet.serving import features_frame
+    from cdanet.serving import raw_frame
 
     workdir, (code, out), _ = two_runs
     assert code == 0, "\n".join(out)
@@ -82,7 +82,9 @@ def test_first_run_promotes_a_champion_that_scores_rows(two_runs):
     processed = os.path.join(run_dir, "preprocess", "processed")
     schema = DomainSchema.load(os.path.join(processed, "movie"))
     test = pq.read_table(sorted(glob.glob(os.path.join(processed, "movie", "test*.parquet")))[0])
-    scores = champion.predict(features_frame(test.slice(0, 50), schema))
+    # the champion takes raw values, encoded with the vocabularies it carries (cdanet.serving)
+    vocabularies = champion.unwrap_python_model().vocabularies["movie"]
+    scores = champion.predict(raw_frame(test.slice(0, 50), schema, vocabularies))
     assert len(scores) == 50 and all(0.0 <= float(s) <= 1.0 for s in scores)
     # reports and predictions are files; Metrics / ClassificationMetrics live in the task's metadata
     for rel in ("validate/report", "finetune/curves", "baseline/test_metrics", "gate/decision", "register/registered"):
