@@ -315,13 +315,18 @@ def test_pipeline_runner_role_is_least_privilege(rendered: dict[str, list[Obj]])
     for rule in role["rules"]:
         for key in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[key], f"wildcard in {key}: {rule}"
-        assert not {"list", "watch", "delete", "deletecollection", "escalate", "bind", "impersonate"} & set(
+        # TrainJobs (compile --distributed N): the launcher waits on and replaces its own; nothing else.
+        allowed = {"watch", "delete"} if rule["resources"] == ["trainjobs"] else set()
+        assert not ({"list", "watch", "delete", "deletecollection", "escalate", "bind", "impersonate"} - allowed) & set(
             rule["verbs"]
         ), rule
         if {"secrets", "configmaps"} & set(rule["resources"]):
             assert rule["verbs"] == ["get"] and rule.get("resourceNames"), f"named reads only: {rule}"
     secret_names = {n for r in role["rules"] if "secrets" in r["resources"] for n in r["resourceNames"]}
     assert "mlflow-tracking" in secret_names
+    trainjobs = [r for r in role["rules"] if "trainjobs" in r["resources"]]
+    assert trainjobs == [{"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"],
+                          "verbs": ["create", "get", "watch", "delete"]}]
     binding = get(objects, "RoleBinding", "cdanet-pipeline-runner")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": "cdanet-pipeline-runner"}
