@@ -26,9 +26,9 @@ from collections.abc import Sequence
 from kfp import dsl
 
 import components as C
-from components import train_distributed as CD
 from cdanet.params import UNSET_FLOAT, UNSET_INT
 from components import DEFAULT_IMAGE
+from components import train_distributed as CD
 
 PIPELINE_NAME = "cdanet-training"
 GPU_TASKS = ("pretrain", "finetune")
