@@ -36,6 +36,9 @@ PATCH_MANAGER = "cdanet.trainjob"
 STEPS: tuple[str, ...] = ("pretrain", "finetune")
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_SELECTOR = {"nvidia.com/gpu.present": "true"}  # the GPU overlay's scheduling (docs/deploy.md, "GPU")
+#: The image's non-root user (docker/Dockerfile ``USER 10001:10001``): the cdanet namespace enforces
+#: Pod Security "restricted", which refuses a node pod without this identity and lock-down.
+RUN_AS_USER = 10001
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -130,8 +133,13 @@ def train_job(settings: TrainJobSettings, step: str, *, config: str, processed: 
     pod = m.TrainerV1alpha1PodSpecPatch(
         volumes=[m.IoK8sApiCoreV1Volume(
             name="data", persistentVolumeClaim=m.IoK8sApiCoreV1PersistentVolumeClaimVolumeSource(claimName=s.data_pvc))],
+        securityContext=m.IoK8sApiCoreV1PodSecurityContext(
+            runAsNonRoot=True, runAsUser=RUN_AS_USER, runAsGroup=RUN_AS_USER,
+            seccompProfile=m.IoK8sApiCoreV1SeccompProfile(type="RuntimeDefault")),
         containers=[m.TrainerV1alpha1ContainerPatch(
-            name=NODE, volumeMounts=[m.IoK8sApiCoreV1VolumeMount(name="data", mountPath=s.data_mount)])],
+            name=NODE, volumeMounts=[m.IoK8sApiCoreV1VolumeMount(name="data", mountPath=s.data_mount)],
+            securityContext=m.IoK8sApiCoreV1SecurityContext(
+                allowPrivilegeEscalation=False, capabilities=m.IoK8sApiCoreV1Capabilities(drop=["ALL"])))],
     )
     if s.gpus_per_node:
         pod.node_selector = dict(GPU_SELECTOR)

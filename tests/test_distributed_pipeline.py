@@ -140,6 +140,9 @@ def test_launcher_stages_runs_the_trainjob_and_copies_rank0_back(tmp_path: Path,
     assert set(pre) == {"stage1_best_epoch", "stage1_best_val_auc", "stage1_epochs", "stage1_resumed_from_epoch"}
     assert set(fine) == {k.replace("stage1", "stage2") for k in pre}
     assert 0.0 < pre["stage1_best_val_auc"] <= 1.0 and fine["stage2_epochs"] == 1.0
+    # the copied-back metrics are the one-process task's, for the same config and data
+    single = steps.pretrain(str(cfg_path), processed_dir, str(tmp_path / "single"))
+    assert pre == pytest.approx(single, abs=1e-9)
     assert "<html" in (outputs / "curves.html").read_text().lower()
     assert (outputs / "model" / steps.CURVES_PNG).is_file()
     # the staging folders are gone once copied back; nothing half-written is left beside the artifacts
