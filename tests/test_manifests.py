@@ -472,12 +472,13 @@ def test_project_kfp_and_pipeline_are_installed_at_build_time(
     _, _, stages = dockerfile
     final = stages[-1]
     builders = [s for s in stages if s.name and any("pip install" in r for r in s.args_of("RUN"))]
-    installs = [r for s in builders for r in s.args_of("RUN") if re.search(r"pip install [^&]*\s\.(\s|$)", r)]
+    installs = [r for s in builders for r in s.args_of("RUN") if re.search(r"pip install [^&]*\s\"?\.(\[distributed\]\")?(\s|$)", r)]
     assert installs, "the project itself (`pip install ... .`) must be installed in a build stage"
     assert any(a.startswith("--from=builder /opt/venv") for a in final.args_of("COPY"))
     assert any(a.split()[0] == "pipeline.py" for a in final.args_of("COPY"))
     check = " ".join(final.args_of("RUN"))
-    for module in ("cdanet", "components", "beam_jobs", "kfp", "kfp.kubernetes", "torch"):
+    # kubeflow.trainer: the training tasks of `compile --distributed N` build and run TrainJobs.
+    for module in ("cdanet", "components", "beam_jobs", "kfp", "kfp.kubernetes", "kubeflow.trainer", "torch"):
         assert re.search(rf"import [^\"']*\b{re.escape(module)}\b", check), f"build-time import check of {module}"
 
 
