@@ -28,6 +28,7 @@ from kfp import dsl
 import components as C
 from cdanet.params import UNSET_FLOAT, UNSET_INT
 from components import DEFAULT_IMAGE
+from components import train_distributed as CD
 
 PIPELINE_NAME = "cdanet-training"
 GPU_TASKS = ("pretrain", "finetune")
@@ -60,6 +61,9 @@ RESOURCES: dict[str, tuple[str, str, str]] = {
     "gate": ("2", "2", "8Gi"),
     "register": ("1", "1", "2Gi"),
 }
+#: With ``--distributed N`` the training tasks only launch a TrainJob and copy files: their own pod is
+#: small; each of the N nodes gets the training task's resources (:data:`RESOURCES`).
+LAUNCHER_RESOURCES = ("500m", "1", "2Gi")
 
 
 def create_pipeline(
@@ -73,6 +77,7 @@ def create_pipeline(
     scheduled: bool = False,
     work_pvc: str | None = None,
     checkpoint_root: str = "",
+    distributed: int = 1,
 ):
     """Build the pipeline.
 
@@ -95,12 +100,26 @@ def create_pipeline(
             task (a new pod) resumes at its next epoch.
         checkpoint_root: the checkpoint root without a PVC (a local run passes a folder of its
             workdir); empty and no ``work_pvc``: no checkpoints, a retry starts from epoch 1.
+        distributed: N >= 2: the pretrain and finetune tasks become launchers of a Kubeflow Trainer
+            TrainJob on N nodes (components/train_distributed.py, :func:`cdanet.trainjob.launch_step`):
+            they stage their inputs on ``work_pvc`` under ``<WORK_MOUNT_PATH>/trainjobs/<run id>/<task>``,
+            run the TrainJob (one node per pod, each with the task's :data:`RESOURCES` and, with
+            ``use_gpu``, one GPU) and copy rank 0's model back into the same output artifacts. Needs
+            ``work_pvc``. 1: one process in the task's pod (the default pipeline, unchanged).
     """
+    from cdanet.orchestration import ParameterError
+
+    if distributed < 1:
+        raise ParameterError(f"--distributed {distributed}: expected a number of nodes >= 1 (1 = one process)")
+    if distributed > 1 and not work_pvc:
+        raise ParameterError(f"--distributed {distributed} needs --work-pvc: the TrainJob's nodes read their "
+                             "inputs from and write the model to that shared volume")
     if work_pvc:
         checkpoint_root = f"{WORK_MOUNT_PATH}/checkpoints"
 
     def _common(task: dsl.PipelineTask, step: str, cache: bool = True) -> dsl.PipelineTask:
-        cpu, cpu_limit, memory = RESOURCES[step]
+        cpu, cpu_limit, memory = (LAUNCHER_RESOURCES if distributed > 1 and step in GPU_TASKS
+                                  else RESOURCES[step])
         task.set_container_image(image)
         task.set_cpu_request(cpu).set_cpu_limit(cpu_limit).set_memory_request(memory).set_memory_limit(memory)
         task.set_caching_options(cache)
@@ -131,7 +150,7 @@ def create_pipeline(
 
         if work_pvc:
             kubernetes.mount_pvc(task, pvc_name=work_pvc, mount_path=WORK_MOUNT_PATH)
-        if use_gpu:
+        if use_gpu and distributed == 1:  # distributed: the TrainJob's nodes get the GPUs, not the launcher
             task.set_accelerator_type(accelerator_type).set_accelerator_limit(1)
             # Land on GPU nodes and tolerate their taint (manifests/overlays/gpu checks the same settings).
             kubernetes.add_node_selector(task, label_key="nvidia.com/gpu.present", label_value="true")
@@ -205,20 +224,34 @@ def create_pipeline(
         val = _common(
             C.validate(config=cfg.outputs["config"], processed=pre.outputs["processed"]), "validate"
         )
-        # A retry of a training task has the run's id: it finds the checkpoints of the attempt before it.
-        stage1 = _training(_common(
-            C.pretrain(config=cfg.outputs["config"], processed=pre.outputs["processed"],
-                       checkpoint_root=checkpoint_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
-            "pretrain",
-        ).after(val))
-        stage2 = _training(_common(
-            C.finetune(
-                config=cfg.outputs["config"], processed=pre.outputs["processed"],
-                pretrained=stage1.outputs["pretrained"],
-                checkpoint_root=checkpoint_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            ),
-            "finetune",
-        ))
+        if distributed > 1:
+            # Launchers of a TrainJob on `distributed` nodes; same outputs, so nothing downstream changes.
+            node_cpu, _, node_memory = RESOURCES["pretrain"]
+            launch = dict(run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, num_nodes=distributed, work_pvc=work_pvc,
+                          work_root=WORK_MOUNT_PATH, image=image, gpus_per_node=1 if use_gpu else 0,
+                          cpu=node_cpu, memory=node_memory)
+            stage1 = _training(_common(
+                CD.pretrain(config=cfg.outputs["config"], processed=pre.outputs["processed"], **launch), "pretrain",
+            ).after(val)).set_display_name(f"pretrain (TrainJob, {distributed} nodes)")
+            stage2 = _training(_common(
+                CD.finetune(config=cfg.outputs["config"], processed=pre.outputs["processed"],
+                            pretrained=stage1.outputs["pretrained"], **launch), "finetune",
+            )).set_display_name(f"finetune (TrainJob, {distributed} nodes)")
+        else:
+            # A retry of a training task has the run's id: it finds the checkpoints of the attempt before it.
+            stage1 = _training(_common(
+                C.pretrain(config=cfg.outputs["config"], processed=pre.outputs["processed"],
+                           checkpoint_root=checkpoint_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
+                "pretrain",
+            ).after(val))
+            stage2 = _training(_common(
+                C.finetune(
+                    config=cfg.outputs["config"], processed=pre.outputs["processed"],
+                    pretrained=stage1.outputs["pretrained"],
+                    checkpoint_root=checkpoint_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                ),
+                "finetune",
+            ))
         # The cheap model the candidate must beat: same split, runs alongside the training tasks.
         base = _common(
             C.baseline(config=cfg.outputs["config"], processed=pre.outputs["processed"]), "baseline"
@@ -280,6 +313,9 @@ def _factory_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mlflow-secret", default=None,
                    help=f"Secret whose MLflow keys (MLFLOW_TRACKING_URI, _USERNAME, _PASSWORD, ...) become env vars "
                    f"of the gate/register tasks (e.g. {MLFLOW_SECRET})")
+    p.add_argument("--distributed", type=int, default=1, metavar="N",
+                   help="N >= 2: run pretrain and finetune as Kubeflow Trainer TrainJobs on N nodes, launched by "
+                   "the training tasks through the work PVC (needs --work-pvc; default 1: one process)")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -293,7 +329,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 def _factory_kwargs(a: argparse.Namespace) -> dict:
     return dict(image=a.image, use_gpu=a.gpu, accelerator_type=a.accelerator_type, data_pvc=a.data_pvc,
-                mlflow_secret=a.mlflow_secret, work_pvc=a.work_pvc)
+                mlflow_secret=a.mlflow_secret, work_pvc=a.work_pvc, distributed=a.distributed)
 
 
 def build_parser() -> argparse.ArgumentParser:

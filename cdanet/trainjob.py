@@ -7,15 +7,18 @@ sets torchrun's ``PET_*`` variables; each pod runs ``torchrun ... -m cdanet.trai
 (GPU) and rank 0 writes the model directory to the shared volume.
 
 :func:`train_job` returns the SDK model, :func:`to_dict` / :func:`to_yaml` the manifest,
-:func:`run_train_job` creates it and waits for it to finish;
-``pipeline.py compile --distributed N`` is meant to call :func:`training_jobs` (both steps of a
-run, consistent paths) (docs/performance.md, "Distributed training").
+:func:`run_train_job` creates it and waits for it to finish; :func:`training_jobs` builds both
+steps of a run with consistent paths. :func:`launch_step` is what ``pipeline.py compile
+--distributed N``'s training tasks run (components/train_distributed.py): stage the step's inputs on
+the shared work volume, run the TrainJob, copy rank 0's model back into the task's output artifacts
+(docs/performance.md, "Beyond one process"; docs/deploy.md).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -33,6 +36,9 @@ PATCH_MANAGER = "cdanet.trainjob"
 STEPS: tuple[str, ...] = ("pretrain", "finetune")
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_SELECTOR = {"nvidia.com/gpu.present": "true"}  # the GPU overlay's scheduling (docs/deploy.md, "GPU")
+#: The image's non-root user (docker/Dockerfile ``USER 10001:10001``): the cdanet namespace enforces
+#: Pod Security "restricted", which refuses a node pod without this identity and lock-down.
+RUN_AS_USER = 10001
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -127,8 +133,13 @@ def train_job(settings: TrainJobSettings, step: str, *, config: str, processed: 
     pod = m.TrainerV1alpha1PodSpecPatch(
         volumes=[m.IoK8sApiCoreV1Volume(
             name="data", persistentVolumeClaim=m.IoK8sApiCoreV1PersistentVolumeClaimVolumeSource(claimName=s.data_pvc))],
+        securityContext=m.IoK8sApiCoreV1PodSecurityContext(
+            runAsNonRoot=True, runAsUser=RUN_AS_USER, runAsGroup=RUN_AS_USER,
+            seccompProfile=m.IoK8sApiCoreV1SeccompProfile(type="RuntimeDefault")),
         containers=[m.TrainerV1alpha1ContainerPatch(
-            name=NODE, volumeMounts=[m.IoK8sApiCoreV1VolumeMount(name="data", mountPath=s.data_mount)])],
+            name=NODE, volumeMounts=[m.IoK8sApiCoreV1VolumeMount(name="data", mountPath=s.data_mount)],
+            securityContext=m.IoK8sApiCoreV1SecurityContext(
+                allowPrivilegeEscalation=False, capabilities=m.IoK8sApiCoreV1Capabilities(drop=["ALL"])))],
     )
     if s.gpus_per_node:
         pod.node_selector = dict(GPU_SELECTOR)
@@ -181,6 +192,8 @@ def run_train_job(job: Any, api: Any = None, *, poll_s: float = 10.0, timeout_s:
     pipeline step that launches training as a TrainJob does).
 
     ``api``: a ``kubernetes.client.CustomObjectsApi`` (default: the in-cluster config, else kubeconfig).
+    A TrainJob of the same name left by an earlier attempt of the task (HTTP 409) is deleted and
+    created afresh: its nodes wrote into the folder this attempt re-staged.
     Returns the finished object; raises ``RuntimeError`` (the condition's reason and message) when it
     failed, ``TimeoutError`` after ``timeout_s``.
     """
@@ -196,7 +209,16 @@ def run_train_job(job: Any, api: Any = None, *, poll_s: float = 10.0, timeout_s:
         api = client.CustomObjectsApi()
     body = to_dict(job)
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    api.create_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.TRAINJOB_PLURAL, body)
+    try:
+        api.create_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.TRAINJOB_PLURAL, body)
+    except Exception as e:  # kubernetes.client.ApiException; not imported: api may be any stand-in
+        if getattr(e, "status", None) != 409:
+            raise
+        logging.getLogger(__name__).warning("TrainJob %s/%s exists (an earlier attempt): recreating it", namespace, name)
+        api.delete_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.TRAINJOB_PLURAL, name,
+                                            propagation_policy="Foreground")
+        _wait_gone(api, namespace, name, poll_s, sleep)
+        api.create_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.TRAINJOB_PLURAL, body)
     waited = 0.0
     while True:
         obj = api.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.TRAINJOB_PLURAL, name)
@@ -211,6 +233,130 @@ def run_train_job(job: Any, api: Any = None, *, poll_s: float = 10.0, timeout_s:
             raise TimeoutError(f"TrainJob {namespace}/{name} did not finish within {timeout_s:g} s")
         sleep(poll_s)
         waited += poll_s
+
+
+def _wait_gone(api: Any, namespace: str, name: str, poll_s: float, sleep: Any, tries: int = 60) -> None:
+    from kubeflow.trainer.constants import constants as c
+
+    for _ in range(tries):
+        try:
+            api.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.TRAINJOB_PLURAL, name)
+        except Exception as e:
+            if getattr(e, "status", None) == 404:
+                return
+            raise
+        sleep(poll_s)
+    raise TimeoutError(f"TrainJob {namespace}/{name} of an earlier attempt was not deleted after {tries} polls")
+
+
+# ---- the pipeline's launcher tasks (compile --distributed N) ----------------------------------------------
+#: Under the work volume: ``<root>/trainjobs/<run id>/<step>/`` holds what the nodes read and write.
+STAGING_DIR = "trainjobs"
+
+
+def job_name(run_id: str, step: str) -> str:
+    """``cdanet-<run id>-<step>`` as a DNS-1123 label (the run id lower-cased, other characters '-',
+    cut so that the whole fits 63 characters)."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-")
+    return f"cdanet-{slug[:63 - len('cdanet-') - len(step) - 1].strip('-')}-{step}"
+
+
+def in_cluster_namespace(default: str = "cdanet") -> str:
+    """The namespace of the pod this runs in (its service account's), else ``default``."""
+    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+    try:
+        with open(path) as fh:
+            return fh.read().strip() or default
+    except OSError:
+        return default
+
+
+def stage_inputs(step: str, staging: str, *, config_path: str, processed_dir: str,
+                 pretrained_dir: str | None = None) -> dict[str, str]:
+    """Copy a step's inputs into ``staging`` (a folder on the shared volume; emptied first, so a retried
+    task never mixes attempts). Returns the paths the nodes use: config, processed, model_dir and, for
+    finetune, pretrained."""
+    import shutil
+
+    if step not in STEPS:
+        raise ValueError(f"unknown training step {step!r}; expected one of {STEPS}")
+    if (step == "finetune") != (pretrained_dir is not None):
+        raise ValueError("finetune needs pretrained_dir= (the stage-1 model directory); pretrain takes none")
+    for name, path, is_dir in (("config", config_path, False), ("processed", processed_dir, True),
+                               ("pretrained", pretrained_dir, True)):
+        if path is not None and not (os.path.isdir(path) if is_dir else os.path.isfile(path)):
+            raise FileNotFoundError(f"{step}: input {name} {path!r} is not a {'folder' if is_dir else 'file'}")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    paths = {"config": os.path.join(staging, "config.json"), "processed": os.path.join(staging, "processed"),
+             "model_dir": os.path.join(staging, "model")}
+    shutil.copyfile(config_path, paths["config"])
+    shutil.copytree(processed_dir, paths["processed"])
+    if pretrained_dir is not None:
+        paths["pretrained"] = os.path.join(staging, "pretrained")
+        shutil.copytree(pretrained_dir, paths["pretrained"])
+    return paths
+
+
+def copy_back(node_model_dir: str, model_dir: str) -> None:
+    """Rank 0's model directory into the task's output artifact: copied to a sibling, then renamed,
+    so the artifact is either whole or absent."""
+    import shutil
+
+    if not os.path.isfile(os.path.join(node_model_dir, "model.json")):
+        raise RuntimeError(f"the TrainJob finished but rank 0 wrote no model directory at {node_model_dir!r}")
+    tmp = model_dir.rstrip("/") + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(node_model_dir, tmp)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    os.replace(tmp, model_dir)
+
+
+def step_metrics(model_dir: str, prefix: str) -> dict[str, float]:
+    """The task's metrics from the copied model directory (``model.json["extra"]``): the same names as
+    the single-process task's (:func:`cdanet.steps.pretrain`); a TrainJob never resumes (0)."""
+    with open(os.path.join(model_dir, "model.json")) as fh:
+        extra = json.load(fh)["extra"]
+    return {f"{prefix}_best_epoch": float(extra["best_epoch"]), f"{prefix}_best_val_auc": float(extra["best_val_auc"]),
+            f"{prefix}_epochs": float(extra["epochs"]), f"{prefix}_resumed_from_epoch": 0.0}
+
+
+def launch_step(step: str, settings: TrainJobSettings, *, run_id: str, work_root: str, config_path: str,
+                processed_dir: str, model_dir: str, pretrained_dir: str | None = None,
+                curves_path: str | None = None, api: Any = None, poll_s: float = 30.0,
+                timeout_s: float | None = None, sleep: Any = time.sleep) -> dict[str, float]:
+    """One training task of ``compile --distributed N``: stage, run the TrainJob, copy back.
+
+    ``work_root``: the shared work volume as mounted in this pod and on the nodes (the same path:
+    ``settings.data_mount`` is set to it); the step's folder is ``<work_root>/trainjobs/<run_id>/<step>``,
+    removed (with the run's folder once empty) after the model is copied back. ``model_dir`` (and, for finetune, ``curves_path``): the
+    task's output artifacts, written as the single-process task writes them. Returns its metrics.
+    """
+    import dataclasses
+
+    from cdanet.steps import _drop_checkpoints, checkpoint_dir
+
+    if not work_root.startswith("/"):
+        raise ValueError(f"work_root must be an absolute path (the work volume's mount), got {work_root!r}")
+    staging = checkpoint_dir(os.path.join(work_root, STAGING_DIR), run_id, step)  # refuses a bad run id
+    assert staging is not None
+    paths = stage_inputs(step, staging, config_path=config_path, processed_dir=processed_dir,
+                         pretrained_dir=pretrained_dir)
+    job = train_job(dataclasses.replace(settings, name=job_name(run_id, step), data_mount=work_root.rstrip("/")),
+                    step, **paths)
+    run_train_job(job, api, poll_s=poll_s, timeout_s=timeout_s, sleep=sleep)
+    copy_back(paths["model_dir"], model_dir)
+    _drop_checkpoints(staging)  # the step's folder, and the run's once empty
+    metrics = step_metrics(model_dir, "stage1" if step == "pretrain" else "stage2")
+    if step == "finetune" and curves_path is not None:
+        from cdanet.figures import write_curves_html
+        from cdanet.steps import CURVES_PNG, PipelineConfig, _read_history
+
+        target = PipelineConfig.load(config_path).experiment.target_domain
+        write_curves_html({"stage 1 (translation)": _read_history(pretrained_dir or ""),
+                           "stage 2 (augmentation)": _read_history(model_dir)},
+                          target, curves_path, os.path.join(model_dir, CURVES_PNG))
+    return metrics
 
 
 def _cpu_count(cpu: str) -> int:

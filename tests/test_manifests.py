@@ -315,13 +315,18 @@ def test_pipeline_runner_role_is_least_privilege(rendered: dict[str, list[Obj]])
     for rule in role["rules"]:
         for key in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[key], f"wildcard in {key}: {rule}"
-        assert not {"list", "watch", "delete", "deletecollection", "escalate", "bind", "impersonate"} & set(
+        # TrainJobs (compile --distributed N): the launcher waits on and replaces its own; nothing else.
+        allowed = {"watch", "delete"} if rule["resources"] == ["trainjobs"] else set()
+        assert not ({"list", "watch", "delete", "deletecollection", "escalate", "bind", "impersonate"} - allowed) & set(
             rule["verbs"]
         ), rule
         if {"secrets", "configmaps"} & set(rule["resources"]):
             assert rule["verbs"] == ["get"] and rule.get("resourceNames"), f"named reads only: {rule}"
     secret_names = {n for r in role["rules"] if "secrets" in r["resources"] for n in r["resourceNames"]}
     assert "mlflow-tracking" in secret_names
+    trainjobs = [r for r in role["rules"] if "trainjobs" in r["resources"]]
+    assert trainjobs == [{"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"],
+                          "verbs": ["create", "get", "watch", "delete"]}]
     binding = get(objects, "RoleBinding", "cdanet-pipeline-runner")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": "cdanet-pipeline-runner"}
@@ -467,12 +472,13 @@ def test_project_kfp_and_pipeline_are_installed_at_build_time(
     _, _, stages = dockerfile
     final = stages[-1]
     builders = [s for s in stages if s.name and any("pip install" in r for r in s.args_of("RUN"))]
-    installs = [r for s in builders for r in s.args_of("RUN") if re.search(r"pip install [^&]*\s\.(\s|$)", r)]
+    installs = [r for s in builders for r in s.args_of("RUN") if re.search(r"pip install [^&]*\s\"?\.(\[distributed\]\")?(\s|$)", r)]
     assert installs, "the project itself (`pip install ... .`) must be installed in a build stage"
     assert any(a.startswith("--from=builder /opt/venv") for a in final.args_of("COPY"))
     assert any(a.split()[0] == "pipeline.py" for a in final.args_of("COPY"))
     check = " ".join(final.args_of("RUN"))
-    for module in ("cdanet", "components", "beam_jobs", "kfp", "kfp.kubernetes", "torch"):
+    # kubeflow.trainer: the training tasks of `compile --distributed N` build and run TrainJobs.
+    for module in ("cdanet", "components", "beam_jobs", "kfp", "kfp.kubernetes", "kubeflow.trainer", "torch"):
         assert re.search(rf"import [^\"']*\b{re.escape(module)}\b", check), f"build-time import check of {module}"
 
 

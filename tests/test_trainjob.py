@@ -47,7 +47,12 @@ def test_cpu_trainjob_structure() -> None:
     assert {e["name"]: e["value"] for e in tr["env"]}["OMP_NUM_THREADS"] == "8"
     pod = _pod(obj)
     assert pod["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": "cdanet-processed-data"}}]
-    assert pod["containers"] == [{"name": "node", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]
+    assert pod["containers"] == [{"name": "node", "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                                  "securityContext": {"allowPrivilegeEscalation": False,
+                                                      "capabilities": {"drop": ["ALL"]}}}]
+    # Pod Security "restricted" (enforced on the namespace) admits only non-root, locked-down pods.
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                                      "seccompProfile": {"type": "RuntimeDefault"}}
     assert "nodeSelector" not in pod and "tolerations" not in pod
 
 
@@ -86,6 +91,7 @@ def test_pod_patches_are_valid_kubernetes_objects() -> None:
     pod = _pod(_job(gpus_per_node=1))
     manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {
         "volumes": pod["volumes"], "nodeSelector": pod["nodeSelector"], "tolerations": pod["tolerations"],
+        "securityContext": pod["securityContext"],
         "containers": [{**pod["containers"][0], "image": "cdanet"}]}}
     kubernetes_validate.validate(manifest, "1.32.0", strict=True)
 
