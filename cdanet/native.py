@@ -6,7 +6,9 @@ gradients (a coalesced sparse tensor) instead of a dense table that is mostly ze
 
 * :func:`coalesce_grad`: from a lookup's ``B x S`` row ids and its output gradient to ``(rows, values)``;
 * :func:`adam_rows_`: one Adam step of a table and its two moment tables from such a gradient: on the
-  listed rows only (lazy), or on every row as dense Adam would (without building the dense gradient).
+  listed rows only (lazy), or on every row as dense Adam would (without building the dense gradient);
+* :func:`index_add_slots_`: a lookup's gradient into a dense table (the small profile tables), in the
+  order and rounding of one ``index_add_`` per slot.
 
 Each has a torch implementation, and on CPU a C one (``native.c``) that does the same in one pass over
 the data instead of torch's gather / update / scatter (measured in ``docs/performance.md``, "Training

@@ -20,9 +20,10 @@ class _Lookup(torch.autograd.Function):
     """Rows of a table: ``weight[idx]`` (``B x S -> B x S x e``), or their weighted sum over the S slots.
 
     Same values as ``F.embedding`` / ``F.embedding_bag(mode="sum", per_sample_weights=...)``, with a
-    cheaper backward on CPU. Dense (``sparse=False``): one ``index_add_`` of the ``B`` gradient rows per
-    slot into a zeroed table, about 4x faster than torch's sort-based embedding backward at B = 4096 and
-    49k rows (``benchmarks/bench_models.py``); accumulation runs in index order, deterministic on CPU.
+    cheaper backward on CPU. Dense (``sparse=False``): the ``B`` (weighted) gradient rows of each slot
+    added into a zeroed table, slot by slot in index order (:func:`cdanet.native.index_add_slots_`: one C
+    pass on CPU, bitwise the sums of one ``index_add_`` per slot), deterministic on CPU; the profile
+    tables of :class:`UserHistory` (few rows, 10-20 slots) take this path.
     Sparse: a coalesced sparse ``R x e`` gradient holding only the looked-up rows
     (:func:`cdanet.native.coalesce_grad`), for the optimiser of :mod:`cdanet.training.optim`.
     """
