@@ -87,9 +87,10 @@ def test_step_breakdown_prints_every_part_and_the_flop_bound() -> None:
             name, value = line[:28].strip(), float(line[28:].split()[0])
             ms[name] = value
     assert set(ms) == {"step", "forward + backward", "optimizer step", "forward (no graph)",
-                       "extractor..loss fwd+bwd", "same at 16 rows/domain"}, out
+                       "extractor..loss fwd+bwd", "same at 16 rows/domain", "step, no source profile"}, out
     assert all(v > 0 for v in ms.values()), out
     assert "GFLOP of matmuls per step" in out and "embedding layer (fwd+bwd, by subtraction)" in out
+    assert "x the step without the source profile" in out
 
 
 @pytest.mark.slow
