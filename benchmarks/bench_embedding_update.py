@@ -10,9 +10,10 @@ Three copies of the same CDAnet stage-1 model train on the same pre-generated ba
 
 Their steps alternate, so host drift hits all alike, and the script prints the median forward,
 backward, optimiser and whole-step times of each, and the step-time ratios against ``dense-torch``.
-Sizes as in ``bench_models.py``.
+Sizes as in ``bench_models.py`` (``--tables movie|taobao``).
 
     .venv/bin/python -m benchmarks.bench_embedding_update --rounds 40 --threads 2
+    .venv/bin/python -m benchmarks.bench_embedding_update --rounds 15 --threads 2 --tables taobao
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 
 import torch
 
-from benchmarks.bench_models import bench_schemas
+from benchmarks.bench_models import TABLE_SIZES, bench_schemas, table_sizes
 from cdanet.batch import random_batch
 from cdanet.config import paper_config
 from cdanet.layers import FastPaths, set_fast_paths
@@ -41,14 +42,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=4096, help="rows per domain and step")
-    p.add_argument("--users", type=int, default=30_000)
-    p.add_argument("--items", type=int, default=16_000)
+    p.add_argument("--tables", choices=list(TABLE_SIZES), default="movie",
+                   help="user and item table sizes, as bench_models.py's --tables")
+    p.add_argument("--users", type=int, default=None, help="users of both domains (instead of --tables)")
+    p.add_argument("--items", type=int, default=None, help="items of both domains (instead of --tables)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     retain_heap()
-    schemas = bench_schemas(args.users, args.items, 50)
+    (users, items), source = table_sizes(args)
+    schemas = bench_schemas(users, items, 50, source)
     base = build_model(paper_config("amazon", model="cdanet"), schemas).train()
     variants = {}
     for name, update in (("dense", "dense"), ("dense-torch", "dense"), ("lazy", "lazy")):
@@ -78,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
         for update in variants:
             step(update, i)
     native = library()
-    print(f"# batch {args.batch_size}/domain, {args.users} users, {args.items} items, {args.threads} threads, "
+    print(f"# batch {args.batch_size}/domain, target {users} users, {items} items, source {source[0]} users, "
+          f"{source[1]} items, {args.threads} threads, "
           f"{args.rounds} alternating rounds; C kernels: {native.path if native else 'off (torch ops)'}")
     print(f"{'update':<13}{'forward':>10}{'backward':>10}{'optimizer':>11}{'step ms':>10}{'samples/s':>12}")
     medians = {}

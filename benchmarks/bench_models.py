@@ -15,11 +15,20 @@ models, a probe measures what the machine delivers at that moment: the sgemm rat
 typical shape (8192 x 64 times 64 x 64) and the memory bandwidth of a 64 MB copy. On a shared host both
 drift by tens of percent within minutes, so compare figures against the probe of the same run.
 
-Sizes (both domains, each with its own fields): 30k users, 16k items, a 50-d title vector, and two
-categorical fields (movie: genre 30, director 3k; book: category 30, writer 3k); d = 64.
+Sizes (each domain with its own fields): a 50-d title vector and two categorical fields (movie: genre
+30, director 3k; book: category 30, writer 3k); d = 64; the user and item tables by ``--tables``:
+
+* ``movie`` (default): 30k users and 16k items in both domains (Amazon-movie-like);
+* ``taobao``: the paper's Taobao sizes after k-core (issue 15), the target (movie) domain with 252k
+  users and 105k items like Taobao's ad domain, the source (book) with 343k users and 240k items like
+  its rec domain. Only the tables grow: the batch and the dense part are the same, so the ratio of the
+  two presets' throughputs is what the table size costs a step.
+
+``--users`` / ``--items`` set both domains' tables instead.
 
     .venv/bin/python benchmarks/bench_models.py                 # all models
     .venv/bin/python benchmarks/bench_models.py --models cdanet --threads 2
+    .venv/bin/python -m benchmarks.bench_models --models cdanet --threads 2 --tables taobao --embedding-update lazy
 """
 
 from __future__ import annotations
@@ -47,8 +56,17 @@ from cdanet.training.optim import make_optimizer, retain_heap, training_fast_pat
 MODEL_CHOICES = ("cdanet", "cdanet_stage2", "mlp", "share_middle", "star", "ddtcdr", "mmoe", "ple")
 
 
-def bench_schemas(users: int, items: int, title_dim: int) -> dict[str, DomainSchema]:
-    def schema(domain: str, small: str, large: str) -> DomainSchema:
+#: ``--tables`` presets: (users, items) of the target (movie) and the source (book) domain.
+TABLE_SIZES: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "movie": ((30_000, 16_000), (30_000, 16_000)),
+    "taobao": ((252_000, 105_000), (343_000, 240_000)),  # ad-like target, rec-like source
+}
+
+
+def bench_schemas(users: int, items: int, title_dim: int,
+                  source: tuple[int, int] | None = None) -> dict[str, DomainSchema]:
+    """The benchmark's two domains: ``users`` x ``items`` tables in both, or ``source`` = (users, items) for book."""
+    def schema(domain: str, small: str, large: str, users: int, items: int) -> DomainSchema:
         return DomainSchema("amazon", domain, (
             FieldSpec("user_id", FieldKind.CATEGORICAL_ID, vocab_size=users),
             FieldSpec("item_id", FieldKind.CATEGORICAL_ID, vocab_size=items),
@@ -57,7 +75,18 @@ def bench_schemas(users: int, items: int, title_dim: int) -> dict[str, DomainSch
             FieldSpec("title", FieldKind.DENSE_VECTOR, dim=title_dim),
         ))
 
-    return {"movie": schema("movie", "genre", "director"), "book": schema("book", "category", "writer")}
+    source_users, source_items = source if source is not None else (users, items)
+    return {"movie": schema("movie", "genre", "director", users, items),
+            "book": schema("book", "category", "writer", source_users, source_items)}
+
+
+def table_sizes(args: argparse.Namespace) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(users, items) of the target and the source from ``--tables``, or both ``--users`` / ``--items``."""
+    target, source = TABLE_SIZES[args.tables]
+    if args.users is not None or args.items is not None:
+        both = (args.users if args.users is not None else target[0], args.items if args.items is not None else target[1])
+        return both, both
+    return target, source
 
 
 def step_time_summary(times: list[float], window: int) -> tuple[float, float]:
@@ -83,15 +112,16 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, float | str]:
         torch.set_num_threads(args.threads)
     if args.retain_heap:
         retain_heap()  # as the trainer does on CPU
-    schemas = bench_schemas(args.users, args.items, args.title_dim)
+    (users, items), source = table_sizes(args)
+    schemas = bench_schemas(users, items, args.title_dim, source)
     cfg = paper_config("amazon", model="cdanet" if name == "cdanet_stage2" else name)
     cfg.model.d = cfg.model.embedding_dim = cfg.model.tower_hidden = args.d
     cfg.model.embedding_combiner = args.combiner
     cfg = cfg.with_overrides(args.overrides).validate()
     model = build_model(cfg, schemas)
     if getattr(model, "user_link", None) is not None:  # model.shared_users: 60 % of the users linked
-        link = torch.randint(1, args.users, (args.users,), generator=torch.Generator().manual_seed(1))
-        link[torch.rand(args.users, generator=torch.Generator().manual_seed(2)) > 0.6] = 0
+        link = torch.randint(1, source[0], (users,), generator=torch.Generator().manual_seed(1))
+        link[torch.rand(users, generator=torch.Generator().manual_seed(2)) > 0.6] = 0
         model.link_users(link)
     if name == "cdanet_stage2":
         model = AugmentationNetwork.from_translation(model)
@@ -165,8 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--d", type=int, default=64)
-    p.add_argument("--users", type=int, default=30_000)
-    p.add_argument("--items", type=int, default=16_000)
+    p.add_argument("--tables", choices=list(TABLE_SIZES), default="movie",
+                   help="user and item table sizes: movie (30k users, 16k items in both domains) or taobao (the "
+                        "paper's Taobao sizes: 252k users / 105k items in the target, 343k / 240k in the source)")
+    p.add_argument("--users", type=int, default=None, help="users of both domains (instead of --tables)")
+    p.add_argument("--items", type=int, default=None, help="items of both domains (instead of --tables)")
     p.add_argument("--title-dim", type=int, default=50)
     p.add_argument("--combiners", nargs="+", default=["linear"], choices=list(EMBEDDING_COMBINERS),
                    help="embedding combiners to measure (model.embedding_combiner); each model runs with each")
@@ -193,7 +226,9 @@ def main(argv: list[str] | None = None) -> None:
                 j += 1
             del passthrough[i:j]
     print(f"# load average before: {os.getloadavg()} on {os.cpu_count()} CPUs, torch {torch.__version__}")
-    print(f"# batch {args.batch_size}/domain, d={args.d}, {args.users} users, {args.items} items, "
+    (users, items), (source_users, source_items) = table_sizes(args)
+    print(f"# batch {args.batch_size}/domain, d={args.d}, tables {args.tables if args.users is None and args.items is None else 'custom'}: "
+          f"movie (target) {users} users, {items} items; book (source) {source_users} users, {source_items} items, "
           f"title {args.title_dim}-d, Adam with {args.embedding_update} embedding updates, retain_heap={args.retain_heap}, {args.steps} timed steps after "
           f"{args.warmup} warm-up: sustained = median step, uncontended = median of the fastest window of "
           f"{args.window} consecutive steps")

@@ -13,6 +13,9 @@ them all alike:
   so ``forward + backward`` minus this is the embedding layer's share;
 * the same at 16 rows per domain: what the ~100 ops of the dense part cost with (almost) no data,
   i.e. per-op dispatch and Python.
+* ``step, no source profile``: the whole step of the same model built without the source-domain
+  profile (``model.source_history_fields={}``, the inputs of the code before it, ``eba27b8``), so the
+  ratio of the two steps is what the defaults' source profile costs, measured in one process.
 
 It also prints the step's matmul FLOPs and the sgemm rate the machine gives at that moment, so the
 GEMM share of the step can be bounded. Sizes as in ``bench_models.py``.
@@ -54,6 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     net = build_model(paper_config("amazon", model="cdanet"), schemas).train()
     set_fast_paths(net, training_fast_paths(torch.device("cpu")))  # as the trainer does
     opt = make_optimizer(net, 1e-3, 0.0, torch.device("cpu"))
+    torch.manual_seed(0)
+    plain_cfg = paper_config("amazon", model="cdanet").with_overrides(["model.source_history_fields={}"]).validate()
+    plain = build_model(plain_cfg, schemas).train()
+    set_fast_paths(plain, training_fast_paths(torch.device("cpu")))
+    plain_opt = make_optimizer(plain, 1e-3, 0.0, torch.device("cpu"))
     s, t = net.source, net.target
     gen = torch.Generator().manual_seed(0)
 
@@ -82,6 +90,11 @@ def main(argv: list[str] | None = None) -> None:
         fwd_bwd(full, i)
         opt.step()
 
+    def plain_step(i: int) -> None:
+        plain_opt.zero_grad(set_to_none=True)
+        compute_loss(plain, full[i % 4]).total.backward()
+        plain_opt.step()
+
     def forward(i: int) -> None:
         with torch.no_grad():
             compute_loss(net, full[i % 4])
@@ -93,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         "forward (no graph)": forward,
         "extractor..loss fwd+bwd": lambda i: fwd_bwd(full, i, h_full),
         "same at 16 rows/domain": lambda i: fwd_bwd(tiny, i, h_tiny),
+        "step, no source profile": plain_step,
     }
     with FlopCounterMode(display=False) as flops:
         fwd_bwd(full, 0)
@@ -123,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{gemm_lo:.0f}-{gemm_hi:.0f} ms at that rate")
     print(f"# embedding layer (fwd+bwd, by subtraction): {emb:.1f} ms; dispatch floor of the dense part: "
           f"{med['same at 16 rows/domain']:.1f} ms")
+    print(f"# the defaults' step is {med['step'] / med['step, no source profile']:.3f}x the step without the "
+          f"source profile (model.source_history_fields={{}})")
     print("# reproduce: .venv/bin/python -m benchmarks.bench_step_breakdown " + " ".join(sys.argv[1:]))
 
 

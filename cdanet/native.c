@@ -50,6 +50,40 @@ void cdanet_accumulate_rows(const int64_t *idx, int64_t B, int64_t S, const floa
     }
 }
 
+/* out[idx[b, s]] += w[b, s] * grad[b, s] over all (b, s), slot by slot (s outer, b inner): the gradient
+ * of a table lookup, written into the rows x e table out. That is the order of one torch index_add_ per
+ * slot (cdanet.native.index_add_slots_'s torch path), and the product is rounded before the add as the
+ * torch path's separate multiply rounds it (no fused multiply-add), so the sums are bitwise the same.
+ * idx and w are B x S; grad row (b, s) starts at grad + b * gsb + s * gss (gss = 0 for pooled lookups);
+ * w may be NULL (all ones, no multiply). Returns 0, or -1 (nothing written) if an idx is outside [0, rows). */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
+int64_t cdanet_index_add_slots(float *restrict out, int64_t rows, const int64_t *idx, int64_t B, int64_t S,
+                               const float *restrict grad, int64_t gsb, int64_t gss, const float *w, int64_t e) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    for (int64_t i = 0; i < B * S; i++)
+        if (idx[i] < 0 || idx[i] >= rows) return -1;
+    for (int64_t s = 0; s < S; s++) {
+        for (int64_t b = 0; b < B; b++) {
+            float *restrict dst = out + idx[b * S + s] * e;
+            const float *restrict src = grad + b * gsb + s * gss;
+            if (w) {
+                const float ws = w[b * S + s];
+                for (int64_t k = 0; k < e; k++) {
+                    const float t = ws * src[k];
+                    dst[k] += t;
+                }
+            } else {
+                for (int64_t k = 0; k < e; k++) dst[k] += src[k];
+            }
+        }
+    }
+    return 0;
+}
+
 /* One Adam step (the formulas of torch.optim.Adam, L2 weight decay) on one row of e values: p, m
  * (exp_avg) and v (exp_avg_sq) in place, with the gradient row g, or a zero gradient when g is NULL.
  * step_size = lr / (1 - beta1^step), bc2_sqrt = sqrt(1 - beta2^step). */

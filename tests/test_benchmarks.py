@@ -38,6 +38,27 @@ def test_bench_models_prints_a_row_per_model_and_the_machine_probe() -> None:
     assert float(rows["cdanet"][6]) > float(rows["mlp"][6])
 
 
+@pytest.mark.slow
+def test_bench_models_taobao_tables_size_only_the_tables() -> None:
+    """``--tables taobao`` (the README's table-size command, at d = 8 and tiny batches so it runs in seconds)."""
+    from benchmarks.bench_models import TABLE_SIZES, bench_schemas
+
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_models", "--models", "cdanet", "--threads", "1", "--steps", "2",
+         "--window", "1", "--warmup", "1", "--batch-size", "32", "--d", "8", "--tables", "taobao",
+         "--embedding-update", "lazy"],
+        check=True, capture_output=True, text=True, timeout=300, cwd=BENCH.parents[1],
+    ).stdout
+    assert "movie (target) 252000 users, 105000 items; book (source) 343000 users, 240000 items" in out, out
+    row = next(line.split() for line in out.splitlines() if line.startswith("cdanet "))
+    (users, items), (source_users, source_items) = TABLE_SIZES["taobao"]
+    # params(M): the two domains' fused tables at d = 8 dominate, so they set the count
+    assert float(row[2]) > 8 * (users + items + source_users + source_items) / 1e6, out
+    schemas = bench_schemas(users, items, 50, (source_users, source_items))
+    assert schemas["movie"].field("user_id").vocab_size == 252_000
+    assert schemas["book"].field("item_id").vocab_size == 240_000
+
+
 def test_step_time_summary_takes_the_median_and_the_fastest_window() -> None:
     from benchmarks.bench_models import step_time_summary
 
@@ -66,9 +87,10 @@ def test_step_breakdown_prints_every_part_and_the_flop_bound() -> None:
             name, value = line[:28].strip(), float(line[28:].split()[0])
             ms[name] = value
     assert set(ms) == {"step", "forward + backward", "optimizer step", "forward (no graph)",
-                       "extractor..loss fwd+bwd", "same at 16 rows/domain"}, out
+                       "extractor..loss fwd+bwd", "same at 16 rows/domain", "step, no source profile"}, out
     assert all(v > 0 for v in ms.values()), out
     assert "GFLOP of matmuls per step" in out and "embedding layer (fwd+bwd, by subtraction)" in out
+    assert "x the step without the source profile" in out
 
 
 @pytest.mark.slow

@@ -75,6 +75,51 @@ def test_sparse_lookup_gradient_is_the_coalesced_dense_one(kernels: str) -> None
     torch.testing.assert_close(sparse.to_dense(), dense)
 
 
+@pytest.mark.parametrize("pool", [True, False])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_dense_lookup_gradient_is_bitwise_one_index_add_per_slot(pool: bool, weighted: bool) -> None:
+    """The C kernel of ``index_add_slots_`` adds in the torch path's order and rounding: equal bits, not close."""
+    if native.library() is None:
+        pytest.skip("no C compiler here")
+    g = torch.Generator().manual_seed(0)
+    rows, e, b, s = 30, 64, 512, 11  # a profile table: few rows, each hit hundreds of times per slot
+    idx = torch.randint(0, rows, (b, s), generator=g)
+    slot_weights = torch.randn(b, s, generator=g) if weighted else None
+    grad = torch.randn(b, e, generator=g) if pool else torch.randn(b, s, e, generator=g)
+    start = torch.randn(rows, e, generator=g)
+    got = native.index_add_slots_(start.clone(), idx, grad, slot_weights, pool)
+    want = start.clone()
+    for slot in range(s):  # the torch ops the kernel replaces
+        rows_grad = grad if pool else grad[:, slot]
+        want.index_add_(0, idx[:, slot], rows_grad if slot_weights is None else rows_grad * slot_weights[:, slot, None])
+    assert torch.equal(got, want)
+    # ... and the same through _Lookup's backward, with the kernel off (the torch path itself)
+    weight = torch.randn(rows, e, requires_grad=True)
+    (with_c,) = torch.autograd.grad(_Lookup.apply(weight, idx, slot_weights, pool, False), weight, grad)
+    library = native.library
+    try:
+        native.library = lambda: None
+        (with_torch,) = torch.autograd.grad(_Lookup.apply(weight, idx, slot_weights, pool, False), weight, grad)
+    finally:
+        native.library = library
+    assert torch.equal(with_c, with_torch)
+
+
+def test_dense_lookup_gradient_kernel_checks_rows_and_shapes_before_writing() -> None:
+    if native.library() is None:
+        pytest.skip("no C compiler here")
+    untouched = torch.zeros(10, 2)
+    with pytest.raises(IndexError, match=r"outside \[0, 10\)"):  # the bad row comes last: nothing written before
+        native.index_add_slots_(untouched, torch.tensor([[1, 2], [3, 10]]), torch.ones(2, 2), None, True)
+    with pytest.raises(IndexError):
+        native.index_add_slots_(untouched, torch.tensor([[1, 2], [3, -1]]), torch.ones(2, 2), None, True)
+    with pytest.raises(ValueError, match="do not fit"):  # per-slot gradient rows missing
+        native.index_add_slots_(untouched, torch.tensor([[1, 2]]), torch.ones(1, 2), None, False)
+    with pytest.raises(ValueError, match="do not fit"):
+        native.index_add_slots_(untouched, torch.tensor([[1, 2]]), torch.ones(1, 2), torch.ones(1, 3), True)
+    assert not untouched.any()
+
+
 def _adam_reference(p, m, v, grad, step, lr, betas, eps, wd):
     """One step of torch.optim.Adam on a dense copy whose moments start at (m, v) after ``step - 1`` steps."""
     param = torch.nn.Parameter(p.clone())

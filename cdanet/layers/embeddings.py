@@ -20,9 +20,10 @@ class _Lookup(torch.autograd.Function):
     """Rows of a table: ``weight[idx]`` (``B x S -> B x S x e``), or their weighted sum over the S slots.
 
     Same values as ``F.embedding`` / ``F.embedding_bag(mode="sum", per_sample_weights=...)``, with a
-    cheaper backward on CPU. Dense (``sparse=False``): one ``index_add_`` of the ``B`` gradient rows per
-    slot into a zeroed table, about 4x faster than torch's sort-based embedding backward at B = 4096 and
-    49k rows (``benchmarks/bench_models.py``); accumulation runs in index order, deterministic on CPU.
+    cheaper backward on CPU. Dense (``sparse=False``): the ``B`` (weighted) gradient rows of each slot
+    added into a zeroed table, slot by slot in index order (:func:`cdanet.native.index_add_slots_`: one C
+    pass on CPU, bitwise the sums of one ``index_add_`` per slot), deterministic on CPU; the profile
+    tables of :class:`UserHistory` (few rows, 10-20 slots) take this path.
     Sparse: a coalesced sparse ``R x e`` gradient holding only the looked-up rows
     (:func:`cdanet.native.coalesce_grad`), for the optimiser of :mod:`cdanet.training.optim`.
     """
@@ -411,7 +412,9 @@ class UserHistory(nn.Module):
         users = features[USER_FIELD]
         x = features[self.field]
         x = x if self.multi else x.unsqueeze(1)  # B x L item values, 0 = padding
-        values, counts, total = self.values[users], self.counts[users], self.totals[users]
+        # index_select, not buf[users]: the same rows, ~3x faster on CPU (advanced indexing's generic kernel)
+        values, counts = self.values.index_select(0, users), self.counts.index_select(0, users)
+        total = self.totals.index_select(0, users)
         mask = (x != 0).to(counts.dtype)
         if self.training:  # leave the row's own values out of its user's profile: one bag with negative weights
             counted = (x.unsqueeze(2) == values.unsqueeze(1)).any(2).to(counts.dtype) * mask  # B x L
@@ -423,9 +426,11 @@ class UserHistory(nn.Module):
         p = _Lookup.apply(weight, values, counts, True) / total.clamp_min(1.0).unsqueeze(1)
         q = _Lookup.apply(weight, x, mask / mask.sum(1, keepdim=True).clamp_min(1.0), True)
         if self.source_table is not None and self.click_table is not None:
-            values_s, total_s = self.source_values[users], self.source_totals[users].clamp_min(1.0).unsqueeze(1)
-            p = p + _Lookup.apply(self.source_table.weight, values_s, self.source_counts[users], True) / total_s
-            p = p + _Lookup.apply(self.click_table.weight, values_s, self.source_clicks[users], True)
+            values_s = self.source_values.index_select(0, users)
+            total_s = self.source_totals.index_select(0, users).clamp_min(1.0).unsqueeze(1)
+            p = p + _Lookup.apply(self.source_table.weight, values_s, self.source_counts.index_select(0, users),
+                                  True) / total_s
+            p = p + _Lookup.apply(self.click_table.weight, values_s, self.source_clicks.index_select(0, users), True)
         if self.attribute_table is not None:
             slots = torch.stack([features[f] for f in self.attribute_fields], dim=1) + self.attribute_offsets
             p = p + _Lookup.apply(self.attribute_table.weight, slots, None, True)
