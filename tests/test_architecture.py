@@ -28,9 +28,9 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("models", {"models"}),
     ("objectives and the model directory", {"losses", "artifacts"}),
     ("evaluation, reference predictors, figures", {"evaluation", "references", "figures"}),
-    ("training and hyperparameter search", {"training", "tuning", "katib", "trainjob"}),
+    ("training and hyperparameter search", {"training", "tuning", "katib"}),
     ("gate, serving, registry", {"gate", "serving", "registry", "champion"}),
-    ("entry points: pipeline steps, runs, studies, deploy, CLI", {"steps", "orchestration", "studies", "deploy", "cli"}),
+    ("entry points: pipeline steps, runs, studies, deploy, CLI, TrainJob launcher", {"steps", "orchestration", "studies", "deploy", "cli", "trainjob"}),
 ]
 LAYER_OF = {unit: i for i, (_, units) in enumerate(LAYERS) for unit in units}
 
