@@ -305,17 +305,19 @@ def test_readme_cluster_steps_run_as_written(tmp_path, monkeypatch, capsys):
 
 
 def test_the_readme_names_tests_that_exist():
-    """The README's guarantee tables point at tests by ``path::name`` (``::name`` = same file as before)."""
+    """The README's guarantee tables and lists point at tests by ``path::name`` or
+    ``path::Class::name`` (``::name`` = same file as before)."""
     text = (REPO / "README.md").read_text()
     found = 0
-    for row in (line for line in text.splitlines() if line.startswith("|") and "`tests/" in line):
+    for row in (line for line in text.splitlines() if line.startswith(("|", "-", " ")) and "::" in line):
         path = None
-        for ref in re.findall(r"`((?:tests/[\w/]+\.py)?::\w+)`", row):
-            file, _, name = ref.partition("::")
+        for ref in re.findall(r"`((?:tests/[\w/]+\.py)?(?:::\w+)+)`", row):
+            file, _, names = ref.partition("::")
             path = file or path
-            assert path and re.search(rf"^def {name}\(", (REPO / path).read_text(), re.M), ref
+            for name in names.split("::"):
+                assert path and re.search(rf"^\s*(def|class) {name}\b", (REPO / path).read_text(), re.M), ref
             found += 1
-    assert found >= 10
+    assert found >= 25
 
 
 @pytest.mark.parametrize("command", ["train", "tune"])
