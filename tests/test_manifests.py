@@ -499,6 +499,11 @@ def test_runtime_environment(dockerfile: tuple[str, dict[str, str], list[Stage]]
     for stage in stages:
         for args in stage.args_of("ENV"):
             assert not re.search(r"(^|\s)MLFLOW_\w*=", args), f"MLflow settings come from the cluster: {args}"
+    # glibc's own malloc tuning, with retain_heap's thresholds (it then leaves malloc alone)
+    from cdanet.training.optim import MMAP_THRESHOLD, TRIM_THRESHOLD
+
+    assert f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}" in env.split()
+    assert f"MALLOC_TRIM_THRESHOLD_={TRIM_THRESHOLD}" in env.split()
     labels = " ".join(stages[-1].args_of("LABEL"))
     for key in ("title", "version", "revision", "licenses"):
         assert f"org.opencontainers.image.{key}=" in labels

@@ -132,6 +132,12 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: tor
     return TableAdam(params, lr=lr, weight_decay=weight_decay, fused=fused, lazy=lazy)
 
 
+#: glibc's malloc thresholds :func:`retain_heap` sets; the images set the same through glibc's
+#: environment variables (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, docker/Dockerfile*).
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 1 << 30
+
+
 def retain_heap() -> bool:
     """Keep memory freed by torch in the process's heap instead of returning it to the OS (glibc only).
 
@@ -141,7 +147,8 @@ def retain_heap() -> bool:
     at the benchmark's sizes, ~10% of the step. Raising the mmap and trim thresholds (``mallopt``)
     keeps such blocks in the heap; the process's peak memory is unchanged, it is only not handed
     back until exit. PyTorch's CPU tuning guide gets the same by preloading jemalloc or tcmalloc.
-    Idempotent; a no-op (returning False) off glibc or when the user tunes malloc through
+    The images set these thresholds through glibc's environment variables, which glibc reads at
+    process start; this call is for processes started without them (a laptop, CI). Idempotent; a no-op (returning False) off glibc or when the user tunes malloc through
     ``MALLOC_*`` / ``GLIBC_TUNABLES`` environment variables.
     """
     if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ):
@@ -151,4 +158,4 @@ def retain_heap() -> bool:
     except (OSError, AttributeError):
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's <malloc.h>
-    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
+    return bool(mallopt(m_mmap_threshold, MMAP_THRESHOLD)) and bool(mallopt(m_trim_threshold, TRIM_THRESHOLD))
