@@ -109,14 +109,20 @@ class PipelineRun:
 
     def log_datasets(self, processed_dir: str, domains: Sequence[str], digest: str) -> None:
         """Each domain's train/validation/test split as a dataset input (no data copied: a reference)."""
+        import warnings
+
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
         inputs = []
         for domain in domains:
-            source = resolve_dataset_source(os.path.join(os.path.abspath(processed_dir), domain)
-                                             if "://" not in processed_dir else f"{processed_dir.rstrip('/')}/{domain}")
+            path = (f"{processed_dir.rstrip('/')}/{domain}" if "://" in processed_dir
+                    else os.path.join(os.path.abspath(processed_dir), domain))
+            with warnings.catch_warnings():
+                # "" and "file" both map to MLflow's local artifact source: it warns, then picks that one.
+                warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways")
+                source = resolve_dataset_source(path)
             for split in SPLIT_CONTEXTS:
                 ds = MetaDataset(source=source, name=f"{domain}-{split}", digest=digest)
                 inputs.append(DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split)]))
