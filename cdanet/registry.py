@@ -449,14 +449,16 @@ def _discard_stale(client: MlflowClient, version: ModelVersion) -> None:
         version.version, version.name, (version.tags or {}).get(TAG_PIPELINE_RUN),
     )
     client.delete_model_version(version.name, version.version)
-    model_id = getattr(version, "model_id", None)
-    if model_id:
-        with contextlib.suppress(MlflowException):
-            client.delete_logged_model(model_id)
     if version.run_id:
         with contextlib.suppress(MlflowException):
+            run = client.get_run(version.run_id)
+            # Its LoggedModel: the one whose files the version pointed at (a SQLite registry does not
+            # return the version's model_id, MLflow 3.17).
+            for logged in client.search_logged_models(experiment_ids=[run.info.experiment_id]):
+                if logged.source_run_id == version.run_id and logged.artifact_location == version.source:
+                    client.delete_logged_model(logged.model_id)
             # The pipeline run's MLflow run (cdanet.tracking) holds the training record: it stays.
-            if client.get_run(version.run_id).data.tags.get("cdanet.run_kind") != "pipeline":
+            if run.data.tags.get("cdanet.run_kind") != "pipeline":
                 _fail_and_delete_run(client, version.run_id)
 
 

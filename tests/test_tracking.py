@@ -180,3 +180,52 @@ def test_the_mlflow_run_records_the_whole_pipeline_run(workspace):
     assert load_version(uri, "cdanet-test", version.version).input_encoding
     # the KFP side links back
     assert rid in open(registered.path).read()
+
+
+@pytest.fixture(scope="module")
+def book_model(processed_dir: str, tmp_path_factory) -> str:
+    from cdanet.config import tiny_config
+    from cdanet.training import run_experiment
+
+    cfg = tiny_config("amazon", target_domain="book").with_overrides(
+        ["train.max_epochs=1", "train.num_threads=1", "train.batch_size=256"]).validate()
+    return run_experiment(cfg, processed_dir, str(tmp_path_factory.mktemp("experiment"))).model_dir
+
+
+def test_registration_into_the_pipeline_run_rolls_back_its_model_never_the_run(book_model, tmp_path, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    from cdanet.gate import GateConfig, decide
+    from cdanet.registry import TAG_STATE, register_candidate
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    run = tracking.open_run(uri, "cdanet-book", "run-5")
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    gate = GateConfig(min_auc=0.5, tolerance=0.0, domain="book")
+
+    def register():
+        return register_candidate(book_model, tracking_uri=uri, model_name="cdanet-book", metrics={"book_test_auc": 0.7},
+                                  params={"d": 8}, decision=decide(0.7, None, gate), lineage={},
+                                  pipeline_run_id="run-5", run_id=run.run_id)
+
+    def fail(self, *args, **kwargs):
+        raise MlflowException("injected failure in set_registered_model_alias")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", fail)
+    with pytest.raises(MlflowException, match="injected"):
+        register()
+    monkeypatch.undo()
+    # nothing half-registered: no version, no LoggedModel; the pipeline run (its training record) stays
+    assert client.search_model_versions("name='cdanet-book'") == []
+    assert client.search_logged_models(experiment_ids=[run.experiment_id]) == []
+    assert client.get_run(run.run_id).info.lifecycle_stage == "active"
+
+    first = register()
+    assert first.run_id == run.run_id and first.aliases == ["champion"]
+    # a version a killed attempt left pending is redone, in the same run, with one LoggedModel left
+    client.set_model_version_tag("cdanet-book", first.version, TAG_STATE, "pending")
+    redo = register()
+    assert not redo.reused and redo.run_id == run.run_id
+    assert client.get_run(run.run_id).info.lifecycle_stage == "active"
+    (lm,) = client.search_logged_models(experiment_ids=[run.experiment_id])
+    assert client.get_model_version("cdanet-book", redo.version).source == lm.artifact_location
