@@ -37,9 +37,9 @@ DATA_PVC = "cdanet-raw-data"
 WORK_PVC = "cdanet-processed-data"
 SERVICE_ACCOUNT = "cdanet-pipeline-runner"
 MLFLOW_SECRET = "mlflow-tracking"
-#: Keys of the MLflow Secret that become environment variables of the gate and register tasks
-#: (manifests/secrets/mlflow-tracking.example.env). The URI is required; the others are optional so
-#: that a server without authentication needs only the URI.
+#: Keys of the MLflow Secret that become environment variables of the tasks that log to MLflow
+#: (validate, pretrain, finetune, evaluate, gate, register; manifests/secrets/mlflow-tracking.example.env).
+#: The URI is required; the others are optional so that a server without authentication needs only the URI.
 MLFLOW_SECRET_REQUIRED = ("MLFLOW_TRACKING_URI",)
 MLFLOW_SECRET_OPTIONAL = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
                           "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH")
@@ -89,8 +89,9 @@ def create_pipeline(
             (:data:`RAW_READERS`: configure and preprocess; raw data and GloVe live there); without it,
             inputs are read from object-storage URIs through Beam's filesystems.
         mlflow_secret: a Kubernetes Secret whose keys (:data:`MLFLOW_SECRET_REQUIRED`, and
-            :data:`MLFLOW_SECRET_OPTIONAL` when present) become environment variables of the gate and
-            register tasks; credentials never live in code.
+            :data:`MLFLOW_SECRET_OPTIONAL` when present) become environment variables of the tasks
+            that log to MLflow (validate, pretrain, finetune, evaluate, gate, register;
+            :mod:`cdanet.tracking`); credentials never live in code.
         training_retries: retry policy of the training tasks (preemptible GPU nodes).
         scheduled: for recurring runs: the data window ends at the run's scheduled time (KFP
             placeholder), so a rerun of the same day trains on the same data. Otherwise the window
@@ -221,11 +222,15 @@ def create_pipeline(
             ),
             "preprocess",
         )
-        val = _common(
-            C.validate(config=cfg.outputs["config"], processed=pre.outputs["processed"]), "validate"
-        )
+        # The MLflow run of this pipeline run starts here (cdanet.tracking): validate, training and
+        # evaluate log into it when they have a tracking URI (the parameter, or the Secret's env).
+        val = _mlflow(_common(
+            C.validate(config=cfg.outputs["config"], processed=pre.outputs["processed"],
+                       mlflow_tracking_uri=mlflow_tracking_uri, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), "validate"
+        ))
         if distributed > 1:
             # Launchers of a TrainJob on `distributed` nodes; same outputs, so nothing downstream changes.
+            # (The nodes do not log per-epoch history to MLflow; evaluate and register still do.)
             node_cpu, _, node_memory = RESOURCES["pretrain"]
             launch = dict(run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, num_nodes=distributed, work_pvc=work_pvc,
                           work_root=WORK_MOUNT_PATH, image=image, gpus_per_node=1 if use_gpu else 0,
@@ -239,28 +244,31 @@ def create_pipeline(
             )).set_display_name(f"finetune (TrainJob, {distributed} nodes)")
         else:
             # A retry of a training task has the run's id: it finds the checkpoints of the attempt before it.
-            stage1 = _training(_common(
+            stage1 = _mlflow(_training(_common(
                 C.pretrain(config=cfg.outputs["config"], processed=pre.outputs["processed"],
-                           checkpoint_root=checkpoint_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
+                           checkpoint_root=checkpoint_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                           mlflow_tracking_uri=mlflow_tracking_uri),
                 "pretrain",
-            ).after(val))
-            stage2 = _training(_common(
+            ).after(val)))
+            stage2 = _mlflow(_training(_common(
                 C.finetune(
                     config=cfg.outputs["config"], processed=pre.outputs["processed"],
                     pretrained=stage1.outputs["pretrained"],
                     checkpoint_root=checkpoint_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    mlflow_tracking_uri=mlflow_tracking_uri,
                 ),
                 "finetune",
-            ))
+            )))
         # The cheap model the candidate must beat: same split, runs alongside the training tasks.
         base = _common(
             C.baseline(config=cfg.outputs["config"], processed=pre.outputs["processed"]), "baseline"
         ).after(val)
-        ev = _common(
+        ev = _mlflow(_common(
             C.evaluate(processed=pre.outputs["processed"], model=stage2.outputs["model"],
-                       pretrained=stage1.outputs["pretrained"]),
+                       pretrained=stage1.outputs["pretrained"], config=cfg.outputs["config"],
+                       mlflow_tracking_uri=mlflow_tracking_uri, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
             "evaluate", cache=False,
-        )
+        ))
         # The gate reads the registry's current champion, so it must never be served from cache.
         gt = _mlflow(_common(
             C.gate(
@@ -312,7 +320,7 @@ def _factory_args(p: argparse.ArgumentParser) -> None:
                    f"so a retried task resumes (e.g. {WORK_PVC})")
     p.add_argument("--mlflow-secret", default=None,
                    help=f"Secret whose MLflow keys (MLFLOW_TRACKING_URI, _USERNAME, _PASSWORD, ...) become env vars "
-                   f"of the gate/register tasks (e.g. {MLFLOW_SECRET})")
+                   f"of the tasks that log to MLflow: validate, training, evaluate, gate, register (e.g. {MLFLOW_SECRET})")
     p.add_argument("--distributed", type=int, default=1, metavar="N",
                    help="N >= 2: run pretrain and finetune as Kubeflow Trainer TrainJobs on N nodes, launched by "
                    "the training tasks through the work PVC (needs --work-pvc; default 1: one process)")

@@ -405,7 +405,8 @@ class _Created:
     """What one registration attempt has created so far (for the rollback)."""
 
     registered_model: bool = False
-    run_id: str | None = None
+    run_id: str | None = None  # a run this call created (not the pipeline run it was given)
+    logged_model: str | None = None  # the LoggedModel's id
     version: str | None = None
     alias_moved: bool = False
 
@@ -422,6 +423,9 @@ def _rollback(client: MlflowClient, name: str, created: _Created, previous_champ
                           lambda: client.delete_registered_model_alias(name, CHAMPION_ALIAS)))
     if created.version is not None:
         steps.append((f"delete version {created.version}", lambda: client.delete_model_version(name, created.version)))
+    if created.logged_model is not None:
+        steps.append((f"delete logged model {created.logged_model}",
+                      lambda: client.delete_logged_model(created.logged_model)))
     if created.run_id is not None:
         steps.append((f"delete run {created.run_id}", lambda: _fail_and_delete_run(client, created.run_id)))
     if created.registered_model:
@@ -447,7 +451,15 @@ def _discard_stale(client: MlflowClient, version: ModelVersion) -> None:
     client.delete_model_version(version.name, version.version)
     if version.run_id:
         with contextlib.suppress(MlflowException):
-            _fail_and_delete_run(client, version.run_id)
+            run = client.get_run(version.run_id)
+            # Its LoggedModel: the one whose files the version pointed at (a SQLite registry does not
+            # return the version's model_id, MLflow 3.17).
+            for logged in client.search_logged_models(experiment_ids=[run.info.experiment_id]):
+                if logged.source_run_id == version.run_id and logged.artifact_location == version.source:
+                    client.delete_logged_model(logged.model_id)
+            # The pipeline run's MLflow run (cdanet.tracking) holds the training record: it stays.
+            if run.data.tags.get("cdanet.run_kind") != "pipeline":
+                _fail_and_delete_run(client, version.run_id)
 
 
 def _default_artifacts(client: MlflowClient) -> str | None:
@@ -491,8 +503,13 @@ def register_candidate(
     regate: Callable[[str | None], GateDecision] | None = None,
     lock: str = "auto",
     lock_timeout: float = LOCK_TIMEOUT_S,
+    run_id: str | None = None,
 ) -> RegisteredVersion:
-    """Log ``model_dir`` as a pyfunc in a new MLflow run and register it as a version of ``model_name``.
+    """Log ``model_dir`` as a pyfunc LoggedModel of an MLflow run and register it as a version of ``model_name``.
+
+    The run is ``run_id`` (the pipeline run's, :mod:`cdanet.tracking`: it already holds the
+    training record) or, without it, a new run. The model is a LoggedModel (MLflow 3) whose source
+    run is that run, the run's metrics linked to it; the version points at both.
 
     The run holds ``params`` (nested dicts flattened to dotted keys), ``metrics``, the gate decision
     (tags plus ``gate/decision.json``) and ``lineage`` (tags ``cdanet.lineage.<key>``). The version
@@ -517,6 +534,8 @@ def register_candidate(
             ``mlartifacts/`` next to the database file (MLflow's default, ``./mlruns``, would
             scatter them into whatever the working directory is).
         regate: re-decides against the champion that replaced the one the gate saw.
+        run_id: an existing run to log into; a rollback then removes the LoggedModel and the version,
+            never that run.
         lock, lock_timeout: :func:`promotion_lock`'s ``kind`` and ``timeout``.
 
     Returns the new version, or the one an earlier attempt with the same ``pipeline_run_id``
@@ -549,7 +568,7 @@ def register_candidate(
         try:
             version = _register(
                 client, created, model_dir, model_name, flat_params, metric_values, decision, lineage,
-                pipeline_run_id, processed_root, experiment_name or model_name, artifact_location,
+                pipeline_run_id, processed_root, experiment_name or model_name, artifact_location, run_id,
             )
         except BaseException:
             _rollback(client, model_name, created, previous_champion)
@@ -591,6 +610,7 @@ def _register(
     processed_root: str | None,
     experiment_name: str,
     artifact_location: str | None,
+    run_id: str | None = None,
 ) -> RegisteredVersion:
     """The steps of :func:`register_candidate`; each records what it created in ``created``."""
     loaded = load_model_dir(model_dir, map_location="cpu")  # a broken directory fails before anything exists
@@ -606,10 +626,14 @@ def _register(
     except MlflowException as e:
         if not _is(e, RESOURCE_ALREADY_EXISTS):
             raise
-    experiment_id = _experiment_id(client, experiment_name, artifact_location or _default_artifacts(client))
-    run = client.create_run(experiment_id, run_name=f"{model_name}-{pipeline_run_id}"[:250], tags=tags)
-    created.run_id = run.info.run_id
-    _log_run_data(client, created.run_id, params, metrics, decision)
+    if run_id is None:
+        experiment_id = _experiment_id(client, experiment_name, artifact_location or _default_artifacts(client))
+        run = client.create_run(experiment_id, run_name=f"{model_name}-{pipeline_run_id}"[:250], tags=tags)
+        created.run_id = run_id = run.info.run_id
+    else:
+        run = client.get_run(run_id)
+        experiment_id = run.info.experiment_id
+        client.log_batch(run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
 
     rows = None if processed_root is None else read_rows(processed_root, schema, "test", limit=_EXAMPLE_ROWS)
     vocabularies = loaded.vocabularies.get(target)  # None: the model takes indices (cdanet.serving)
@@ -619,18 +643,27 @@ def _register(
         # (validated upstream; table_to_batch rejects nulls).
         warnings.filterwarnings("ignore", message=".*Integer columns in Python cannot represent missing values")
         signature = infer_signature(example, np.zeros(len(example), dtype=np.float32))
-    # save_model + log_artifacts rather than the fluent log_model: the fluent API works on MLflow's
-    # process-global tracking URI and active run, which a library must not change under its caller.
+    # What the fluent ``mlflow.pyfunc.log_model(name=...)`` does (a LoggedModel whose source run is
+    # this run, its files, READY, a model output of the run), through the client: the fluent API
+    # works on MLflow's process-global tracking URI and active run, which a library must not change
+    # under its caller. The files are save_served_model's (models-from-code, no pickle).
+    logged = client.create_logged_model(experiment_id, name=MODEL_ARTIFACT_PATH, source_run_id=run_id,
+                                        tags={TAG_PIPELINE_RUN: pipeline_run_id}, model_type="cdanet-pyfunc")
+    created.logged_model = logged.model_id
     with tempfile.TemporaryDirectory(prefix="cdanet-pyfunc-") as tmp:
         local = os.path.join(tmp, MODEL_ARTIFACT_PATH)
         save_served_model(local, model_dir, signature=signature, input_example=example, pip_requirements=_pins(),
                           metadata={"target_domain": target, "cdanet_version": cdanet.__version__,
                                     "model_kind": str(loaded.meta.get("kind", ""))})
-        client.log_artifacts(created.run_id, local, MODEL_ARTIFACT_PATH)
-    source = f"{client.get_run(created.run_id).info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_PATH}"
+        client.log_model_artifacts(logged.model_id, local)
+    client.finalize_logged_model(logged.model_id, "READY")
+    client.log_outputs(run_id, [mlflow.entities.LoggedModelOutput(logged.model_id, 0)])
+    _log_run_data(client, run_id, params, metrics, decision, model_id=logged.model_id)
+    # The source is the LoggedModel's artifact folder (a concrete URI, e.g. s3://... or
+    # mlflow-artifacts:/...), which KServe's storage initializer can read (cdanet.serving).
     version = client.create_model_version(
-        model_name, source=source, run_id=created.run_id, tags={**tags, TAG_STATE: STATE_PENDING},
-        description=decision.summary,
+        model_name, source=logged.artifact_location, run_id=run_id, tags={**tags, TAG_STATE: STATE_PENDING},
+        description=decision.summary, model_id=logged.model_id,
     )
     created.version = str(version.version)
     if decision.blessed:
@@ -643,7 +676,8 @@ def _register(
 
 
 def _log_run_data(
-    client: MlflowClient, run_id: str, params: Mapping[str, str], metrics: Mapping[str, float], decision: GateDecision
+    client: MlflowClient, run_id: str, params: Mapping[str, str], metrics: Mapping[str, float], decision: GateDecision,
+    model_id: str | None = None,
 ) -> None:
     items = list(params.items())
     for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
@@ -657,7 +691,7 @@ def _log_run_data(
         if value is not None:
             gate_metrics[key] = value
     for key, value in {**metrics, **gate_metrics}.items():
-        client.log_metric(run_id, key, value)
+        client.log_metric(run_id, key, value, model_id=model_id)  # linked to the LoggedModel
     client.log_text(run_id, decision.to_json(), "gate/decision.json")
     client.log_text(run_id, decision.to_markdown(), "gate/decision.md")
 

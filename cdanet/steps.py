@@ -215,16 +215,61 @@ def preprocess(config_path: str, raw_uri: str, glove_uri: str, output_dir: str, 
     return StepOutput(metrics, "# Processed data\n\n" + "\n".join(lines) + "\n")
 
 
+# ---- the MLflow run of the pipeline run (cdanet.tracking) ---------------------------------------------
+def _experiment_name(pc: PipelineConfig) -> str:
+    return pc.model_name or model_name_for(pc.experiment.dataset, pc.experiment.target_domain)
+
+
+def _tracked(config_path: str, tracking_uri: str, pipeline_run_id: str) -> Any:
+    """THE MLflow run of this pipeline run with the resolved config as params, or a None context
+    (tracking off: no URI, no run id); see :mod:`cdanet.tracking`."""
+    from cdanet import tracking
+
+    if not tracking.resolve_uri(tracking_uri) or not tracking.usable_run_id(pipeline_run_id):
+        return contextlib.nullcontext(None)
+    return tracking.pipeline_run(tracking_uri, _experiment_name(PipelineConfig.load(config_path)), pipeline_run_id,
+                                 config=tracking.config_params(config_path))
+
+
+def _history_logger(run: Any, stage: str) -> Callable[[dict[str, Any]], None] | None:
+    """Live per-validation metrics (step = the stage's global step); rank 0 only under data parallelism."""
+    if run is None:
+        return None
+
+    def log(entry: dict[str, Any]) -> None:
+        from cdanet.training import distributed
+
+        ctx = distributed.current()
+        if ctx is None or ctx.is_main:
+            run.log_history_entry(stage, entry)
+
+    return log
+
+
 # ---- validate -----------------------------------------------------------------------------------------
-def validate(config_path: str, processed_dir: str, report_path: str) -> None:
-    """Run the GX suites; write the HTML report, then raise if any expectation failed."""
+#: Where the Great Expectations Data Docs go, next to the validate step's HTML report (and in the MLflow run).
+DATA_DOCS_DIR = "gx_data_docs"
+
+
+def validate(config_path: str, processed_dir: str, report_path: str, *, tracking_uri: str = "",
+             pipeline_run_id: str = "") -> None:
+    """Run the GX suites; write the HTML report, then raise if any expectation failed.
+
+    With tracking (:mod:`cdanet.tracking`), the run's MLflow run gets the resolved config as params,
+    the processed splits as dataset inputs and the report folder as ``validation/`` (the GX Data Docs at
+    ``validation/data_docs/index.html``), before a failure raises.
+    """
     from cdanet.validation import validate_processed
 
     cfg = PipelineConfig.load(config_path).experiment
-    report_dir = os.path.join(os.path.dirname(os.path.abspath(report_path)), "gx_data_docs")
-    report = validate_processed(processed_dir, cfg.domains, report_dir)
-    shutil.copyfile(report.html_path, report_path)
-    report.raise_for_failures()
+    report_dir = os.path.join(os.path.dirname(os.path.abspath(report_path)), DATA_DOCS_DIR)
+    with _tracked(config_path, tracking_uri, pipeline_run_id) as run:
+        report = validate_processed(processed_dir, cfg.domains, report_dir)
+        shutil.copyfile(report.html_path, report_path)
+        if run is not None:
+            run.log_datasets(processed_dir, cfg.domains, data_fingerprint(processed_dir, cfg.domains))
+            run.log_artifact(report_dir, "validation")  # data_docs/index.html, validation.html/.json
+        report.raise_for_failures()
 
 
 # ---- training -----------------------------------------------------------------------------------------
@@ -251,13 +296,23 @@ def _train_metrics(result: Any, prefix: str) -> dict[str, float]:
 
 
 def pretrain(config_path: str, processed_dir: str, model_dir: str,
-             checkpoint_dir: str | None = None) -> dict[str, float]:
+             checkpoint_dir: str | None = None, *, tracking_uri: str = "", pipeline_run_id: str = "") -> dict[str, float]:
     """Stage 1; with ``checkpoint_dir`` an epoch checkpoint is written there after every epoch and an
-    existing one of the same run is resumed (:func:`cdanet.training.trainer.train_model`)."""
+    existing one of the same run is resumed (:func:`cdanet.training.trainer.train_model`).
+
+    With tracking (:mod:`cdanet.tracking`), every validation's history entry goes to the pipeline
+    run's MLflow run as it happens (``<stage>/<key>`` at the stage's global step), and the stage's
+    summary metrics at the end."""
     from cdanet.training import pretrain as run_pretrain
+    from cdanet.training.experiment import _stage1_name
 
     cfg = PipelineConfig.load(config_path).experiment
-    metrics = _train_metrics(run_pretrain(cfg, processed_dir, model_dir, checkpoint_dir=checkpoint_dir), "stage1")
+    with _tracked(config_path, tracking_uri, pipeline_run_id) as run:
+        result = run_pretrain(cfg, processed_dir, model_dir, checkpoint_dir=checkpoint_dir,
+                              on_epoch_end=_history_logger(run, _stage1_name(cfg)))
+        metrics = _train_metrics(result, "stage1")
+        if run is not None:
+            run.log_metrics(metrics)
     _drop_checkpoints(checkpoint_dir)
     return metrics
 
@@ -277,18 +332,28 @@ CURVES_PNG = "training_curves.png"
 
 
 def finetune(config_path: str, processed_dir: str, pretrained_dir: str, model_dir: str,
-             curves_path: str, checkpoint_dir: str | None = None) -> dict[str, float]:
-    """Stage 2; ``checkpoint_dir`` as in :func:`pretrain`."""
+             curves_path: str, checkpoint_dir: str | None = None, *, tracking_uri: str = "",
+             pipeline_run_id: str = "") -> dict[str, float]:
+    """Stage 2; ``checkpoint_dir`` and tracking as in :func:`pretrain`; with tracking, the training
+    curves (``figures/training_curves.png``) and both stages' histories (``history/``) too."""
     from cdanet.figures import write_curves_html
     from cdanet.training import finetune as run_finetune
 
     cfg = PipelineConfig.load(config_path).experiment
-    result = run_finetune(cfg, processed_dir, pretrained_dir, model_dir, checkpoint_dir=checkpoint_dir)
-    _drop_checkpoints(checkpoint_dir)
-    stage1 = _read_history(pretrained_dir)
-    write_curves_html({"stage 1 (translation)": stage1, "stage 2 (augmentation)": result.history},
-                      cfg.target_domain, curves_path, os.path.join(model_dir, CURVES_PNG))
-    return _train_metrics(result, "stage2")
+    with _tracked(config_path, tracking_uri, pipeline_run_id) as run:
+        result = run_finetune(cfg, processed_dir, pretrained_dir, model_dir, checkpoint_dir=checkpoint_dir,
+                              on_epoch_end=_history_logger(run, "finetune"))
+        _drop_checkpoints(checkpoint_dir)
+        stage1 = _read_history(pretrained_dir)
+        curves_png = os.path.join(model_dir, CURVES_PNG)
+        write_curves_html({"stage 1 (translation)": stage1, "stage 2 (augmentation)": result.history},
+                          cfg.target_domain, curves_path, curves_png)
+        metrics = _train_metrics(result, "stage2")
+        if run is not None:
+            run.log_metrics(metrics)
+            run.log_artifact(curves_png, "figures")
+            run.client.log_dict(run.run_id, {"stage1": stage1, "finetune": result.history}, "history/history.json")
+    return metrics
 
 
 def _read_history(model_dir: str) -> list[dict]:
@@ -325,7 +390,24 @@ class EvaluationOutput:
 
 def evaluate(model_dir: str, processed_dir: str, predictions_dir: str, threshold: float | None = None,
              pretrained_dir: str | None = None, calibration_html: str | None = None,
-             n_bins: int = RELIABILITY_BINS) -> EvaluationOutput:
+             n_bins: int = RELIABILITY_BINS, *, config_path: str = "", tracking_uri: str = "",
+             pipeline_run_id: str = "") -> EvaluationOutput:
+    """Score the test split (:func:`_evaluate`); with ``config_path`` and tracking
+    (:mod:`cdanet.tracking`) the pipeline run's MLflow run gets the test metrics and ``evaluation/``
+    (``roc.png``, ``reliability.png``, ``calibration.json``)."""
+    if not config_path:
+        return _evaluate(model_dir, processed_dir, predictions_dir, threshold, pretrained_dir, calibration_html, n_bins)
+    with _tracked(config_path, tracking_uri, pipeline_run_id) as run:
+        out = _evaluate(model_dir, processed_dir, predictions_dir, threshold, pretrained_dir, calibration_html, n_bins)
+        if run is not None:
+            run.log_metrics(out.metrics)
+            for name in (ROC_PNG, RELIABILITY_PNG, CALIBRATION_JSON):
+                run.log_artifact(os.path.join(predictions_dir, name), "evaluation")
+    return out
+
+
+def _evaluate(model_dir: str, processed_dir: str, predictions_dir: str, threshold: float | None,
+              pretrained_dir: str | None, calibration_html: str | None, n_bins: int) -> EvaluationOutput:
     """Test AUC/logloss and calibration per domain; ROC and confusion matrix of the target domain.
 
     ``model_dir`` is the candidate (the augmentation network scores the target domain only), giving
@@ -566,12 +648,22 @@ def register(config_path: str, processed_dir: str, model_dir: str, metrics: Mapp
         return _against_registry(processed_dir, uri, model_name, decision.domain, decision.split,
                                  lambda auc, **refs: decide_again(decision, auc, **refs)).decision
 
-    version = register_candidate(
-        model_dir, tracking_uri=uri, model_name=model_name,
-        metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, params=params,
-        decision=decision, lineage=lineage, pipeline_run_id=pipeline_run_id, processed_root=processed_dir,
-        regate=regate,
-    )
+    from cdanet.tracking import open_run
+
+    # THE run of this pipeline run (opened by the training steps when they had a URI; else now).
+    run = open_run(uri, _experiment_name(pc), pipeline_run_id)
+    try:
+        version = register_candidate(
+            model_dir, tracking_uri=uri, model_name=model_name,
+            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, params=params,
+            decision=decision, lineage=lineage, pipeline_run_id=pipeline_run_id, processed_root=processed_dir,
+            regate=regate, run_id=run.run_id,
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            run.client.set_terminated(run.run_id, status="FAILED")
+        raise
+    run.client.set_terminated(run.run_id, status="FINISHED")
     final = version.decision or decision
     state = "promoted to @champion" if version.blessed else "recorded as rejected (champion unchanged)"
     if version.reused:
@@ -581,4 +673,4 @@ def register(config_path: str, processed_dir: str, model_dir: str, metrics: Mapp
     else:
         note = ""
     return (f"# {model_name} version {version.version}: {state}\n\n{note}" + final.to_markdown()
-            + f"\n\nmodel URI: `{version.model_uri}`\n")
+            + f"\n\nmodel URI: `{version.model_uri}`\n\nMLflow run: {run.url()}\n")

@@ -36,7 +36,8 @@ def test_tasks_and_dependencies(tmp_path):
     assert deps["validate"] == {"configure", "preprocess"}
     assert "validate" in deps["pretrain"]  # training never starts on data that failed validation
     assert "pretrain" in deps["finetune"]
-    assert deps["evaluate"] == {"preprocess", "pretrain", "finetune"}  # stage 1 scores the source domain
+    # stage 1 scores the source domain; the config names the MLflow run (cdanet.tracking)
+    assert deps["evaluate"] == {"configure", "preprocess", "pretrain", "finetune"}
     assert "evaluate" in deps["gate"]
     # the in-run baseline: after validation, beside the training tasks (neither waits for the other)
     assert deps["baseline"] == {"configure", "preprocess", "validate"}
@@ -121,7 +122,9 @@ def test_kubernetes_platform_settings(tmp_path):
     assert {n for n, m in mounts.items() if ("cdanet-processed-data", "/data/work") in m} == {
         "exec-pretrain", "exec-finetune"}
     secret_users = sorted(n for n, e in executors.items() if "secretAsEnv" in e)
-    assert secret_users == ["exec-gate", "exec-register", "exec-register-2"]
+    # Every task that logs to the pipeline run's MLflow run (cdanet.tracking), not only gate/register.
+    assert secret_users == ["exec-evaluate", "exec-finetune", "exec-gate", "exec-pretrain", "exec-register",
+                            "exec-register-2", "exec-validate"]
     for name in secret_users:
         # Before: only MLFLOW_TRACKING_URI; username and password never reached the tasks.
         envs = {kv["envVar"]: s.get("optional", False) for s in executors[name]["secretAsEnv"] for kv in s["keyToEnv"]}

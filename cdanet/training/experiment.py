@@ -244,16 +244,18 @@ def run_experiment(
 
 
 def pretrain(
-    cfg: ExperimentConfig, processed_root: str, model_dir_out: str, checkpoint_dir: str | None = None
+    cfg: ExperimentConfig, processed_root: str, model_dir_out: str, checkpoint_dir: str | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Pipeline step 1: train ``build_model(cfg)`` (translation network, or a baseline) and save it."""
+    """Pipeline step 1: train ``build_model(cfg)`` (translation network, or a baseline) and save it.
+    ``on_epoch_end``: as in :func:`cdanet.training.trainer.train_model`."""
     cfg.validate()
     if "pretrain" not in plan_stages(cfg):
         raise ConfigError(f"ablation {cfg.model.ablation!r} has no stage 1; run finetune without a pretrained model")
     schemas = load_schemas(processed_root, cfg.domains)
     model = _build_stage1(cfg, schemas, processed_root)
     train, val = _load_for(model, cfg, processed_root, schemas, {})
-    result = train_model(model, train, val, cfg, _stage1_name(cfg), checkpoint_dir)
+    result = train_model(model, train, val, cfg, _stage1_name(cfg), checkpoint_dir, on_epoch_end=on_epoch_end)
     save_model_dir(model, cfg, schemas, model_dir_out, extra=_stage_extra(result), history=result.history,
                    processed_root=processed_root)
     return result
@@ -265,6 +267,7 @@ def finetune(
     pretrained_model_dir: str | None,
     model_dir_out: str,
     checkpoint_dir: str | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Pipeline step 2: train the augmentation network from a stage-1 model directory and save it.
 
@@ -286,7 +289,7 @@ def finetune(
         translation = loaded.model
     model = _build_stage2(cfg, schemas, translation)
     train, val = _load_for(model, cfg, processed_root, schemas, {})
-    result = train_model(model, train, val, cfg, "finetune", checkpoint_dir)
+    result = train_model(model, train, val, cfg, "finetune", checkpoint_dir, on_epoch_end=on_epoch_end)
     save_model_dir(model, cfg, schemas, model_dir_out, extra=_stage_extra(result), history=result.history,
                    processed_root=processed_root)
     return result
