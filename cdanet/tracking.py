@@ -143,7 +143,14 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
 def open_run(tracking_uri: str, experiment_name: str, pipeline_run_id: str,
              artifact_location: str | None = None) -> PipelineRun:
     """Find the run of ``pipeline_run_id`` in ``experiment_name`` or create it; set it RUNNING."""
-    from cdanet.registry import _UNSAFE_ID, _client, _default_artifacts, _experiment_id, _file_lock, _sqlite_path
+    from cdanet.registry import (
+        _UNSAFE_ID,
+        _client,
+        _default_artifacts,
+        _experiment_id,
+        _file_lock,
+        _sqlite_path,
+    )
 
     if not usable_run_id(pipeline_run_id) or _UNSAFE_ID.search(pipeline_run_id):
         raise ValueError(f"pipeline_run_id {pipeline_run_id!r}: expected the pipeline run's id (no quotes)")
