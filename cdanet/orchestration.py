@@ -312,6 +312,8 @@ def run_summary(tracking_uri: str, model_name: str, pipeline_root: str, log_path
         lines += [f"           - {r}" for r in tags.get(TAG_REASONS, "").splitlines() if r.strip()]
         lines.append(f"  registry model {model_name!r} version {version.version}"
                      + (" (now @champion)" if verdict == "blessed" else " (not promoted)"))
+        if version.run_id:
+            lines.append(f"           MLflow run {version.run_id} (params, per-epoch history, figures, Data Docs, model)")
     else:
         lines.append(f"  registry model {model_name!r}: no version was registered")
     champion = get_champion(tracking_uri, model_name)

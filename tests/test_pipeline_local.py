@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 
 import pytest
 
@@ -64,6 +65,7 @@ def test_first_run_promotes_a_champion_that_scores_rows(two_runs):
     assert code == 0, "\n".join(out)
     text = "\n".join(out)
     assert "test movie    AUC" in text and "(now @champion)" in text
+    assert re.search(r"MLflow run [0-9a-f]{32} \(params", text)  # the summary names the run
     assert "test book     AUC" in text and "(stage-1 translation network)" in text
     assert "(base rate 0." in text and "ECE 0." in text  # logloss next to the base-rate logloss
     # blessed by every check: floor, (no champion), the in-run baseline, the base-rate logloss
