@@ -271,6 +271,15 @@ def in_cluster_namespace(default: str = "cdanet") -> str:
         return default
 
 
+
+def launcher_settings(*, image: str, num_nodes: int, gpus_per_node: int, cpu: str, memory: str,
+                      work_pvc: str) -> TrainJobSettings:
+    """The settings a launcher task (components/train_distributed.py) builds its TrainJob with: in the
+    pod's own namespace, one torchrun worker per GPU (one per node on CPU), the work PVC as data volume."""
+    return TrainJobSettings("cdanet", namespace=in_cluster_namespace(), image=image, num_nodes=num_nodes,
+                            procs_per_node=max(1, gpus_per_node), gpus_per_node=gpus_per_node, cpu=cpu,
+                            memory=memory, data_pvc=work_pvc)
+
 def stage_inputs(step: str, staging: str, *, config_path: str, processed_dir: str,
                  pretrained_dir: str | None = None) -> dict[str, str]:
     """Copy a step's inputs into ``staging`` (a folder on the shared volume; emptied first, so a retried

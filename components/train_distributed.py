@@ -27,9 +27,8 @@ def pretrain(
     """Stage 1 (Eq. 1-9) as a TrainJob of ``num_nodes`` nodes (in-cluster Kubernetes config)."""
     from cdanet import trainjob
 
-    settings = trainjob.TrainJobSettings("cdanet", namespace=trainjob.in_cluster_namespace(), image=image,
-                                         num_nodes=num_nodes, procs_per_node=max(1, gpus_per_node),
-                                         gpus_per_node=gpus_per_node, cpu=cpu, memory=memory, data_pvc=work_pvc)
+    settings = trainjob.launcher_settings(image=image, num_nodes=num_nodes, gpus_per_node=gpus_per_node, cpu=cpu,
+                                          memory=memory, work_pvc=work_pvc)
     for name, value in trainjob.launch_step(
         "pretrain", settings, run_id=run_id, work_root=work_root, config_path=config.path,
         processed_dir=processed.path, model_dir=pretrained.path,
@@ -57,9 +56,8 @@ def finetune(
     """Stage 2 (Eq. 10-11) as a TrainJob of ``num_nodes`` nodes; training curves as an HTML plot."""
     from cdanet import trainjob
 
-    settings = trainjob.TrainJobSettings("cdanet", namespace=trainjob.in_cluster_namespace(), image=image,
-                                         num_nodes=num_nodes, procs_per_node=max(1, gpus_per_node),
-                                         gpus_per_node=gpus_per_node, cpu=cpu, memory=memory, data_pvc=work_pvc)
+    settings = trainjob.launcher_settings(image=image, num_nodes=num_nodes, gpus_per_node=gpus_per_node, cpu=cpu,
+                                          memory=memory, work_pvc=work_pvc)
     for name, value in trainjob.launch_step(
         "finetune", settings, run_id=run_id, work_root=work_root, config_path=config.path,
         processed_dir=processed.path, pretrained_dir=pretrained.path, model_dir=model.path, curves_path=curves.path,

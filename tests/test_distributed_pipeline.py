@@ -249,3 +249,13 @@ def test_documented_distributed_compile_command_runs(doc: str, tmp_path: Path, m
     out = words[words.index("--output") + 1]
     text = (tmp_path / out).read_text()
     assert "trainjob.launch_step" in text and os.path.basename(out) == out
+
+
+@pytest.mark.parametrize("gpus, procs", [(0, 1), (2, 2)])
+def test_launcher_settings_run_one_worker_per_gpu_on_the_work_pvc(gpus: int, procs: int) -> None:
+    from cdanet.trainjob import launcher_settings
+
+    s = launcher_settings(image="repo/cdanet@sha256:" + "0" * 64, num_nodes=3, gpus_per_node=gpus, cpu="4",
+                          memory="16Gi", work_pvc="cdanet-processed-data")
+    assert (s.num_nodes, s.procs_per_node, s.gpus_per_node) == (3, procs, gpus)
+    assert s.data_pvc == "cdanet-processed-data" and s.namespace == "cdanet"  # not in a pod: the default
