@@ -195,9 +195,10 @@ def test_compile_takes_the_cluster_options_in_one_command(tmp_path, capsys):
 @pytest.mark.parametrize("argv", [["deploy", "--dry-run"], ["deploy", "--overlay", "gpu", "--dry-run"]])
 def test_deploy_options_reach_the_deploy_parser(argv, capsys):
     # Before: the top-level parser rejected them ("unrecognized arguments: --dry-run"), exit 2.
-    assert P.main(argv) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("# cdanet deploy plan: overlay")
+    rc = P.main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert out.startswith("# cdanet deploy plan: overlay"), (out[:500], err[-500:])
 
 
 def test_kfp_cli_compiles_the_module(tmp_path):
