@@ -122,6 +122,9 @@ class TrainConfig:
     # ... but never closer than this many steps apart: a 21k-row target at batch 2048 (11 steps per
     # epoch) would otherwise stop after a few steps of a noisy start.
     min_eval_steps: int = 20
+    # Polyak averaging (not in the paper): validate, stop on and keep an exponential moving average of
+    # the weights with this decay per step; 0 = off (the last weights, as the paper).
+    weight_average: float = 0.0
     finetune_max_epochs: int | None = None  # stage 2; defaults to max_epochs
     finetune_learning_rate: float | None = None  # stage 2; defaults to learning_rate
     epoch_basis: str = "larger"  # see cdanet.data: one epoch = one pass over the larger domain
@@ -211,6 +214,8 @@ class ExperimentConfig:
             v = getattr(t, name)
             if v is not None and not v > 0:
                 errors.append(f"train.{name} must be > 0, got {v}")
+        if not 0 <= t.weight_average < 1:
+            errors.append(f"train.weight_average must be in [0, 1), got {t.weight_average}")
         if t.weight_decay < 0:
             errors.append(f"train.weight_decay must be >= 0, got {t.weight_decay}")
         if t.embedding_update not in EMBEDDING_UPDATES:

@@ -25,7 +25,7 @@ from cdanet.training import (
     run_experiment,
     train_model,
 )
-from cdanet.training.trainer import eval_points
+from cdanet.training.trainer import WeightAverage, eval_points
 
 # One intra-op thread: the test machine's cores are shared, and oversubscription only slows us down.
 FAST = ["train.num_threads=1", "train.batch_size=256"]
@@ -108,9 +108,12 @@ class _Interrupt(RuntimeError):
     pass
 
 
-def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(processed_dir, train_val, tmp_path) -> None:
-    # Dropout > 0 so the RNG state has to be checkpointed too.
-    cfg = _cfg("cdanet", "model.dropout=0.2", "train.max_epochs=3", "train.patience=5")
+@pytest.mark.parametrize("average", ["0", "0.9"])
+def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(processed_dir, train_val, tmp_path,
+                                                                          average) -> None:
+    # Dropout > 0 so the RNG state has to be checkpointed too; with weight averaging, the average too.
+    cfg = _cfg("cdanet", "model.dropout=0.2", "train.max_epochs=3", "train.patience=5",
+               f"train.weight_average={average}")
     train, val = train_val
 
     reference = _fresh(cfg, processed_dir)
@@ -147,6 +150,43 @@ def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(proce
     other = cfg.with_overrides(["model.alpha=0.05"])
     with pytest.raises(CheckpointMismatchError, match=r"model\.alpha: checkpoint 0\.01 vs now 0\.05"):
         train_model(_fresh(other, processed_dir), train, val, other, "pretrain", ckpt)
+
+
+def test_weight_average_is_the_ramped_moving_average_and_swaps_back() -> None:
+    layer = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    average = WeightAverage(layer, decay=0.5)
+    expected = layer.weight.detach().clone()
+    for n, value in enumerate([3.0, -1.0, 7.0, 2.0]):
+        with torch.no_grad():
+            layer.weight.fill_(value)
+        average.update()
+        decay = min(0.5, (1 + n) / (10 + n))  # ramp: 0.1, 0.18, ... then capped at 0.5
+        expected = decay * expected + (1 - decay) * value
+    assert torch.allclose(average.shadow[0], expected)
+    with average.swapped_in():
+        assert torch.allclose(layer.weight, expected)
+    assert torch.equal(layer.weight, torch.full((1, 2), 2.0))  # the model's own weights are back
+
+
+def test_weight_average_validates_the_average_without_changing_the_training_path(processed_dir, train_val) -> None:
+    # The same run with and without averaging: the same steps (identical training losses), but the
+    # validations see the averaged weights, and the weights kept are the best validation's average.
+    train, val = train_val
+    runs = {}
+    for average in ("0", "0.9"):
+        cfg = _cfg("mlp", "train.max_epochs=3", "train.patience=5", "train.evals_per_epoch=2",
+                   "train.min_eval_steps=1", f"train.weight_average={average}")
+        model = _fresh(cfg, processed_dir)
+        runs[average] = (model, train_model(model, train, val, cfg, "train"))
+    (plain_model, plain), (avg_model, averaged) = runs["0"], runs["0.9"]
+    assert [h["train_loss"] for h in averaged.history] == [h["train_loss"] for h in plain.history]
+    assert [h["val_auc_movie"] for h in averaged.history] != [h["val_auc_movie"] for h in plain.history]
+    restored = evaluate(avg_model, {"movie": val["movie"]}, split="validation").domains["movie"].auc
+    assert restored == pytest.approx(averaged.best_val_auc, abs=1e-12)
+    with pytest.raises(ConfigError, match=r"train\.weight_average must be in \[0, 1\), got 1\.0"):
+        tiny_config().with_overrides(["train.weight_average=1"]).validate()
 
 
 def test_non_finite_loss_names_stage_epoch_and_step(processed_dir, train_val) -> None:

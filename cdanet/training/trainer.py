@@ -46,6 +46,50 @@ STAGES: tuple[str, ...] = ("pretrain", "finetune", "train")
 _SYNC_EVERY = 16
 
 
+class WeightAverage:
+    """An exponential moving average of a model's parameters (Polyak averaging), updated after
+    every optimiser step; validation, early stopping and the kept weights then use the average.
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (as TensorFlow's
+    ``ExponentialMovingAverage`` with ``num_updates``), so the average forgets the random start.
+    Buffers (the users' profiles) are not averaged: they do not change in training.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        n = self.updates
+        decay = min(self.decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - decay)
+        self.updates = n + 1
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Any:
+        """The model holds the averaged weights inside the block, its own ones again after it."""
+        with torch.no_grad():
+            own = [p.detach().clone() for p in self.params]
+            torch._foreach_copy_([p.data for p in self.params], self.shadow)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_([p.data for p in self.params], own)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"shadow": [s.detach().cpu() for s in self.shadow], "updates": self.updates}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        with torch.no_grad():
+            for s, v in zip(self.shadow, state["shadow"], strict=True):
+                s.copy_(v)
+        self.updates = int(state["updates"])
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; carries where it happened."""
 
@@ -173,6 +217,7 @@ def _train_one_epoch(
     min_eval_steps: int = 1,
     on_segment: Callable[[int, dict[str, float]], bool] | None = None,
     grad_sync: Callable[[], None] | None = None,
+    average: WeightAverage | None = None,
 ) -> None:
     """One pass of ``sampler`` (epoch is 1-based), split into ``evals_per_epoch`` segments.
 
@@ -202,6 +247,8 @@ def _train_one_epoch(
             if grad_sync is not None:
                 grad_sync()
             optimizer.step()
+            if average is not None:
+                average.update()
             total = out.total.detach()
             watch.observe(step, total, out.parts)
             loss_sum += total.float()
@@ -315,6 +362,7 @@ def train_model(
     schemas = {d: data.schema for d, data in {**train, **val}.items() if d in train_domains + eval_domains}
     identity = run_identity(cfg, stage, model, schemas, {d: len(train[d]) for d in train_domains})
 
+    average = WeightAverage(model, t.weight_average) if t.weight_average > 0 else None
     stopper = _EarlyStopping(t.patience)
     history: list[dict[str, Any]] = []
     best_state: dict[str, torch.Tensor] | None = None
@@ -331,6 +379,8 @@ def train_model(
             history = list(state["history"])
             stopper = _EarlyStopping(**{**state["early_stopping"], "patience": t.patience})
             best_state = state["best_state"]
+            if average is not None:
+                average.load_state_dict(state["weight_average"])
             done = int(state["epoch"])
             logger.info("%s: resuming from %s after epoch %d", stage, ckpt, done)
 
@@ -358,6 +408,7 @@ def train_model(
             "history": history,
             "early_stopping": {k: v for k, v in asdict(stopper).items() if k != "patience"},
             "best_state": best_state,
+            **({"weight_average": average.state_dict()} if average is not None else {}),
         })
 
     for epoch in range(done + 1, max_epochs + 1):
@@ -369,10 +420,11 @@ def train_model(
             # Epochs trained so far: 1.0 at the end of the first epoch, 0.25 a quarter into it.
             point = round(epoch - 1 + steps_done / steps_per_epoch, 4)
             val_start = time.perf_counter()
-            val_result = evaluate(model, val_dev, split="validation", batch_size=t.eval_batch_size, device=device)
-            target_auc = val_result[target].auc
-            if stopper.update(target_auc, point):
-                best_state = _cpu_state(model)
+            with average.swapped_in() if average is not None else contextlib.nullcontext():
+                val_result = evaluate(model, val_dev, split="validation", batch_size=t.eval_batch_size, device=device)
+                target_auc = val_result[target].auc
+                if stopper.update(target_auc, point):
+                    best_state = _cpu_state(model)
             entry: dict[str, Any] = {
                 "stage": stage,
                 "epoch": point,
@@ -401,7 +453,7 @@ def train_model(
         _train_one_epoch(
             model, sampler, optimizer, compute_loss, autocast, stage=stage, epoch=epoch, max_epochs=max_epochs,
             show_progress=show_progress, evals_per_epoch=t.evals_per_epoch, min_eval_steps=t.min_eval_steps,
-            on_segment=on_segment, grad_sync=grad_sync,
+            on_segment=on_segment, grad_sync=grad_sync, average=average,
         )
 
     if best_state is not None:
