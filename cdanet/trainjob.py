@@ -39,6 +39,10 @@ GPU_SELECTOR = {"nvidia.com/gpu.present": "true"}  # the GPU overlay's schedulin
 #: The image's non-root user (docker/Dockerfile ``USER 10001:10001``): the cdanet namespace enforces
 #: Pod Security "restricted", which refuses a node pod without this identity and lock-down.
 RUN_AS_USER = 10001
+#: The label every node pod of a TrainJob carries (through the runtime patch's pod metadata): the
+#: NetworkPolicy ``trainjob-nodes`` (manifests/base/networkpolicy.yaml) lets the nodes of a job reach
+#: one another (torchrun's rendezvous, gloo/NCCL on ephemeral ports) and nothing else but DNS.
+NODE_POD_LABEL = ("app.kubernetes.io/component", "cdanet-trainjob-node")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -149,7 +153,9 @@ def train_job(settings: TrainJobSettings, step: str, *, config: str, processed: 
         trainingRuntimeSpec=m.TrainerV1alpha1TrainingRuntimeSpecPatch(
             template=m.TrainerV1alpha1JobSetTemplatePatch(spec=m.TrainerV1alpha1JobSetSpecPatch(replicatedJobs=[
                 m.TrainerV1alpha1ReplicatedJobPatch(name=NODE, template=m.TrainerV1alpha1JobTemplatePatch(
-                    spec=m.TrainerV1alpha1JobSpecPatch(template=m.TrainerV1alpha1PodTemplatePatch(spec=pod)))),
+                    spec=m.TrainerV1alpha1JobSpecPatch(template=m.TrainerV1alpha1PodTemplatePatch(
+                        metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(labels=dict([NODE_POD_LABEL])),
+                        spec=pod)))),
             ]))),
     )
     return m.TrainerV1alpha1TrainJob(

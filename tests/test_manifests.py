@@ -684,6 +684,26 @@ def test_every_pod_is_default_denied_and_allowed_only_dns_plus_its_own_egress(
             assert ports == {(53, "UDP"), (53, "TCP")}, labels
 
 
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_trainjob_nodes_reach_only_each_other(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    # The node pods of a `compile --distributed N` TrainJob (cdanet.trainjob labels them): before, the
+    # default deny cut them off from each other, and torchrun's rendezvous would have hung.
+    from cdanet.trainjob import NODE_POD_LABEL
+
+    objects = rendered[overlay]
+    node = dict([NODE_POD_LABEL])
+    policies = [p for p in _policies(objects) if _applies(p, node)]
+    egress = [rule for p in policies if "Egress" in p["policyTypes"] for rule in p.get("egress", [])]
+    ingress = [rule for p in policies if "Ingress" in p["policyTypes"] for rule in p.get("ingress", [])]
+    peers = [{"podSelector": {"matchLabels": node}}]
+    assert [r for r in egress if "ports" not in r] == [{"to": peers}]  # every port, to the other nodes only
+    assert {(port["port"], port["protocol"]) for r in egress for port in r.get("ports", [])} == {(53, "UDP"), (53, "TCP")}
+    assert ingress == [{"from": peers}]
+    # ... and no other pod may reach a node: MLflow, PostgreSQL and the task pods are not peers.
+    for labels in [template_labels(o) for o, _ in workloads(objects)] + [dict([KFP_POD_LABEL])]:
+        assert not selects(node, labels), labels
+
+
 def test_filled_in_secret_files_are_ignored_by_git() -> None:
     import subprocess
 

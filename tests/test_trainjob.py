@@ -54,6 +54,10 @@ def test_cpu_trainjob_structure() -> None:
     assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
                                       "seccompProfile": {"type": "RuntimeDefault"}}
     assert "nodeSelector" not in pod and "tolerations" not in pod
+    # The node pods carry the label that the trainjob-nodes NetworkPolicy selects (test_manifests.py).
+    (patch,) = obj["spec"]["runtimePatches"]
+    (rj,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert rj["template"]["spec"]["template"]["metadata"] == {"labels": {"app.kubernetes.io/component": "cdanet-trainjob-node"}}
 
 
 def test_gpu_option_requests_gpus_and_schedules_on_gpu_nodes() -> None:
