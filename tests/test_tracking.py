@@ -14,7 +14,7 @@ from kfp import dsl
 
 import components as C
 from cdanet import tracking
-from cdanet.registry import _flatten_params
+from cdanet.mlflow_store import flatten_params
 from cdanet.synthetic import write_synthetic_processed
 
 
@@ -142,7 +142,7 @@ def test_the_mlflow_run_records_the_whole_pipeline_run(workspace):
     assert run.info.status == "FINISHED"
     assert run.data.tags["kfp.run_id"] == run_id
     # every resolved config key as a param
-    frozen = _flatten_params(json.load(open(config.path)))
+    frozen = flatten_params(json.load(open(config.path)))
     assert len(frozen) > 40 and {k: run.data.params.get(k) for k in frozen} == frozen
     for key in ("experiment.train.seed", "experiment.train.patience", "experiment.train.embedding_update"):
         assert key in run.data.params, key
