@@ -33,11 +33,8 @@ reads a version back with :func:`load_version`, which loads the logged model dir
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import pathlib
-import re
 import socket
 import tempfile
 import time
@@ -49,8 +46,6 @@ from typing import Any
 
 import mlflow
 import numpy as np
-from filelock import FileLock
-from filelock import Timeout as FileLockTimeout
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -58,13 +53,23 @@ from mlflow.protos.databricks_pb2 import (
     INVALID_PARAMETER_VALUE,
     RESOURCE_ALREADY_EXISTS,
     RESOURCE_DOES_NOT_EXIST,
-    ErrorCode,
 )
 from mlflow.tracking import MlflowClient
 
 import cdanet
 from cdanet.artifacts import load_model_dir
 from cdanet.gate import GateDecision, superseded
+from cdanet.mlflow_store import (
+    RegistryLockTimeout,
+    default_artifact_location,
+    ensure_experiment,
+    file_lock,
+    flatten_params,
+    is_error,
+    is_safe_id,
+    sqlite_path,
+    store_client,
+)
 
 # CDAnetPyfunc: versions registered before cdanet.serving existed pickled their python_model as
 # ``cdanet.registry.CDAnetPyfunc``; this name keeps such pickles resolvable for MLflow's own loader
@@ -110,9 +115,7 @@ LINEAGE_PREFIX = "cdanet.lineage."
 STATE_PENDING, STATE_COMPLETE = "pending", "complete"
 
 _EXAMPLE_ROWS = 5
-_MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 _MAX_TAG_CHARS = 8000  # MLflow's limit on a run tag value
-_UNSAFE_ID = re.compile(r"['\"`\\]")
 
 
 # ---- result types -------------------------------------------------------------------------------
@@ -151,39 +154,16 @@ class ChampionInfo:
         return f"models:/{self.name}@{CHAMPION_ALIAS}"
 
 
-# ---- helpers ------------------------------------------------------------------------------------
-
-
-def _client(tracking_uri: str) -> MlflowClient:
-    # Pipeline workers have no network: keep MLflow's usage telemetry off, and its per-file
-    # download progress bars out of the step logs, unless the caller chose otherwise.
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    if not tracking_uri:
-        raise ValueError("tracking_uri is empty; pass e.g. sqlite:///<dir>/mlflow.db or http://mlflow:5000")
-    db = _sqlite_path(tracking_uri)
-    if db is None:
-        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    # The client opens the store at once, and a fresh store runs MLflow's schema migrations there:
-    # two processes migrating one new file collide (`_alembic_tmp_experiments already exists`,
-    # "expected to match one row ... in 'alembic_version'"). One process at a time opens it.
-    with _file_lock(f"{db}.init.lock", INIT_LOCK_TIMEOUT_S, f"the initialisation of the MLflow store {db}"):
-        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def _is(e: MlflowException, code: int) -> bool:
-    return e.error_code == ErrorCode.Name(code)
-
-
 # ---- locks ---------------------------------------------------------------------------------------
 #
 # The champion alias moves by compare-and-set: under a lock, register_candidate reads the alias,
 # checks it is the version the gate compared with (else re-gates), and only then moves it. MLflow
 # has no conditional alias update, so the lock is ours:
 #
-# * a ``sqlite:///`` store (the default): an OS file lock (``filelock``: fcntl/LockFileEx) on
-#   ``<db>.registry.lock`` next to the database. Processes that share the store share its folder;
-#   the OS drops the lock when its holder dies, so a killed run never blocks the next one.
+# * a ``sqlite:///`` store (the default): an OS file lock (:func:`cdanet.mlflow_store.file_lock`:
+#   fcntl/LockFileEx) on ``<db>.registry.lock`` next to the database. Processes that share the
+#   store share its folder; the OS drops the lock when its holder dies, so a killed run never
+#   blocks the next one.
 # * any other store (the MLflow server, PostgreSQL behind it): a registry-side mutex. Creating a
 #   registered model is the one create-if-absent MLflow offers (the name is the table's primary
 #   key, so exactly one of several concurrent creates succeeds), so holding the lock = having
@@ -192,37 +172,11 @@ def _is(e: MlflowException, code: int) -> bool:
 #   (``lock_ttl``, longer than any registration) the next run deletes it and takes the lock.
 
 LOCK_KINDS = ("auto", "file", "registry")
-INIT_LOCK_TIMEOUT_S = 300.0
 LOCK_TIMEOUT_S = 1800.0
 LOCK_TTL_S = 3600.0
 LOCK_MODEL_SUFFIX = ".cdanet-lock"
 TAG_LOCK_HOLDER, TAG_LOCK_EXPIRES = "cdanet.lock.holder", "cdanet.lock.expires_unix"
 _LOCK_POLL_S = 0.2
-
-
-class RegistryLockTimeout(TimeoutError):
-    """The registry lock stayed held by another process for longer than the caller would wait."""
-
-
-def _sqlite_path(tracking_uri: str) -> str | None:
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return os.path.abspath(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
-
-
-@contextlib.contextmanager
-def _file_lock(path: str, timeout: float, what: str) -> Iterator[None]:
-    lock = FileLock(path, timeout=timeout)
-    try:
-        lock.acquire()
-    except FileLockTimeout as e:
-        raise RegistryLockTimeout(
-            f"waited {timeout:.0f} s for the lock file {path} ({what}); another process holds it"
-        ) from e
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 @contextlib.contextmanager
@@ -238,7 +192,7 @@ def _registry_mutex(client: MlflowClient, model_name: str, timeout: float, ttl: 
             )
             break
         except MlflowException as e:
-            if not _is(e, RESOURCE_ALREADY_EXISTS):
+            if not is_error(e, RESOURCE_ALREADY_EXISTS):
                 raise
         _expire_mutex(client, lock_name)
         if time.monotonic() >= deadline:
@@ -285,40 +239,16 @@ def promotion_lock(
     """
     if kind not in LOCK_KINDS:
         raise ValueError(f"lock kind {kind!r} is not one of {LOCK_KINDS}")
-    client = _client(tracking_uri)
-    db = _sqlite_path(tracking_uri)
+    client = store_client(tracking_uri)
+    db = sqlite_path(tracking_uri)
     if kind == "file" and db is None:
         raise ValueError(f"a file lock needs a sqlite:/// store, not {tracking_uri!r}; use kind='registry'")
     if kind == "file" or (kind == "auto" and db is not None):
-        with _file_lock(f"{db}.registry.lock", timeout, f"registrations of {model_name!r}"):
+        with file_lock(f"{db}.registry.lock", timeout, f"registrations of {model_name!r}"):
             yield client
     else:
         with _registry_mutex(client, model_name, timeout, ttl):
             yield client
-
-
-def _flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested params -> ``{"model.alpha": "0.01"}``; lists as JSON; anything else is an error."""
-    out: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_flatten_params(value, f"{name}."))
-            continue
-        if value is None or isinstance(value, (bool, int, float, str)):
-            text = str(value)
-        else:
-            try:
-                text = json.dumps(value, sort_keys=True, allow_nan=False)
-            except (TypeError, ValueError) as e:
-                raise ValueError(
-                    f"param {name!r} has a value of type {type(value).__name__} that cannot be logged "
-                    f"({e}); params must be numbers, strings, booleans, None, or JSON lists/dicts of them"
-                ) from e
-        if len(text) > _MAX_PARAM_CHARS:
-            raise ValueError(f"param {name!r} is {len(text)} characters long; MLflow stores at most {_MAX_PARAM_CHARS}")
-        out[name] = text
-    return out
 
 
 def _check_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -364,7 +294,7 @@ def _find_version(client: MlflowClient, name: str, pipeline_run_id: str) -> Mode
     try:
         found = client.search_model_versions(f"name = '{name}' and tags.`{TAG_PIPELINE_RUN}` = '{pipeline_run_id}'")
     except MlflowException as e:
-        if _is(e, RESOURCE_DOES_NOT_EXIST):
+        if is_error(e, RESOURCE_DOES_NOT_EXIST):
             return None
         raise
     if len(found) > 1:
@@ -383,7 +313,7 @@ def _champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
     except MlflowException as e:
         # No such model: RESOURCE_DOES_NOT_EXIST; a model without the alias: INVALID_PARAMETER_VALUE
         # ("Registered model alias champion not found.", MLflow 3.17).
-        if _is(e, RESOURCE_DOES_NOT_EXIST) or (_is(e, INVALID_PARAMETER_VALUE) and "alias" in str(e) and "not found" in str(e)):
+        if is_error(e, RESOURCE_DOES_NOT_EXIST) or (is_error(e, INVALID_PARAMETER_VALUE) and "alias" in str(e) and "not found" in str(e)):
             return None
         raise
 
@@ -462,28 +392,6 @@ def _discard_stale(client: MlflowClient, version: ModelVersion) -> None:
                 _fail_and_delete_run(client, version.run_id)
 
 
-def _default_artifacts(client: MlflowClient) -> str | None:
-    uri = client.tracking_uri
-    if not uri.startswith("sqlite:///"):
-        return None
-    db_path = os.path.abspath(uri[len("sqlite:///"):].split("?", 1)[0])
-    return pathlib.Path(os.path.dirname(db_path), "mlartifacts").as_uri()
-
-
-def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except MlflowException as e:  # created concurrently by another step
-        if _is(e, RESOURCE_ALREADY_EXISTS):
-            return client.get_experiment_by_name(name).experiment_id
-        raise
-
-
 # ---- registration -------------------------------------------------------------------------------
 
 
@@ -545,9 +453,9 @@ def register_candidate(
     if not model_name or not pipeline_run_id:
         raise ValueError("model_name and pipeline_run_id must be non-empty")
     for what, value in (("model_name", model_name), ("pipeline_run_id", pipeline_run_id)):
-        if _UNSAFE_ID.search(value):
+        if not is_safe_id(value):
             raise ValueError(f"{what} {value!r} must not contain quotes, backticks or backslashes")
-    flat_params = _flatten_params(params)
+    flat_params = flatten_params(params)
     metric_values = _check_metrics(metrics)
 
     # Under the lock, "find this run's version, else create it" is atomic too: concurrent attempts
@@ -624,10 +532,10 @@ def _register(
         )
         created.registered_model = True
     except MlflowException as e:
-        if not _is(e, RESOURCE_ALREADY_EXISTS):
+        if not is_error(e, RESOURCE_ALREADY_EXISTS):
             raise
     if run_id is None:
-        experiment_id = _experiment_id(client, experiment_name, artifact_location or _default_artifacts(client))
+        experiment_id = ensure_experiment(client, experiment_name, artifact_location or default_artifact_location(client))
         run = client.create_run(experiment_id, run_name=f"{model_name}-{pipeline_run_id}"[:250], tags=tags)
         created.run_id = run_id = run.info.run_id
     else:
@@ -709,7 +617,7 @@ def load_version(tracking_uri: str, model_name: str, version: str) -> CDAnetPyfu
     URI even when ``download_artifacts`` is given explicit ones (MLflow 3.17), so the version's
     download URI is resolved with our client and the artifacts are fetched from there.
     """
-    client = _client(tracking_uri)
+    client = store_client(tracking_uri)
     source = client.get_model_version_download_uri(model_name, version)
     with tempfile.TemporaryDirectory(prefix="cdanet-model-") as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)
@@ -718,7 +626,7 @@ def load_version(tracking_uri: str, model_name: str, version: str) -> CDAnetPyfu
 
 def get_champion(tracking_uri: str, model_name: str) -> ChampionInfo | None:
     """The version behind ``models:/<model_name>@champion`` with its run's metrics, or None."""
-    client = _client(tracking_uri)
+    client = store_client(tracking_uri)
     version = _champion_version(client, model_name)
     if version is None:
         return None
@@ -727,11 +635,11 @@ def get_champion(tracking_uri: str, model_name: str) -> ChampionInfo | None:
 
 def get_version(tracking_uri: str, model_name: str, version: str) -> ChampionInfo | None:
     """One version of ``model_name`` with its run's metrics, or None if it does not exist (deleted)."""
-    client = _client(tracking_uri)
+    client = store_client(tracking_uri)
     try:
         found = client.get_model_version(model_name, version)
     except MlflowException as e:
-        if _is(e, RESOURCE_DOES_NOT_EXIST):
+        if is_error(e, RESOURCE_DOES_NOT_EXIST):
             return None
         raise
     return _info(client, model_name, found)

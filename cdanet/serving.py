@@ -58,7 +58,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import mlflow
@@ -75,6 +75,7 @@ from cdanet.contract import (
     USER_FIELD,
     DomainSchema,
     FieldKind,
+    FieldSpec,
     SchemaError,
     Vocabulary,
     encode_values,
@@ -184,30 +185,54 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _frame_to_table(frame: pd.DataFrame, schema: DomainSchema) -> pa.Table:
-    """A DataFrame of vocabulary indices -> an arrow table in the processed parquet layout."""
+#: Reads one input column of a field into its arrow array (the processed parquet's type).
+_ColumnEncoder = Callable[[pd.Series, FieldSpec], pa.Array]
+
+
+def _encode_frame(
+    frame: pd.DataFrame,
+    schema: DomainSchema,
+    encoders: Mapping[FieldKind, _ColumnEncoder],
+    expected: Callable[[FieldSpec], str],
+) -> pa.Table:
+    """The feature columns of ``frame``, each read by its kind's encoder, as an arrow table of ``schema``.
+
+    A missing column, or a column its encoder cannot read, is a one-line :class:`SchemaError`
+    naming the column and ``expected(spec)``, what the encoding takes for that field.
+    """
     _missing_columns(frame, schema)
     arrays = {}
     for spec in schema.fields:
         values = frame[spec.name]
         try:
-            if spec.kind is FieldKind.DENSE_VECTOR:
-                arrays[spec.name] = _dense(values)
-            elif spec.kind is FieldKind.MULTI_HOT:
-                arrays[spec.name] = pa.array([None if _is_missing(v) else np.asarray(v, np.int64) for v in values],
-                                             pa.list_(pa.int64()))
-            else:
-                arrays[spec.name] = pa.array(values, pa.int64())
+            arrays[spec.name] = encoders[spec.kind](values, spec)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
-            raise SchemaError(
-                f"input column {spec.name!r} cannot be read as {spec.arrow_type()} ({spec.kind.value}): {e}"
-            ) from e
+            raise SchemaError(f"input column {spec.name!r} cannot be read as {expected(spec)}: {e}") from e
     return pa.table(arrays)
 
 
-def _dense(values: pd.Series) -> pa.Array:
+def _index_categorical(values: pd.Series, spec: FieldSpec) -> pa.Array:
+    return pa.array(values, pa.int64())
+
+
+def _index_multi_hot(values: pd.Series, spec: FieldSpec) -> pa.Array:
+    return pa.array([None if _is_missing(v) else np.asarray(v, np.int64) for v in values], pa.list_(pa.int64()))
+
+
+def _dense(values: pd.Series, spec: FieldSpec) -> pa.Array:
     # Cells may be lists or numpy arrays, of float64 after signature enforcement.
     return pa.array([None if _is_missing(v) else np.asarray(v, np.float32) for v in values], pa.list_(pa.float32()))
+
+
+_INDEX_ENCODERS: dict[FieldKind, _ColumnEncoder] = {
+    FieldKind.CATEGORICAL_ID: _index_categorical, FieldKind.CATEGORICAL: _index_categorical,
+    FieldKind.MULTI_HOT: _index_multi_hot, FieldKind.DENSE_VECTOR: _dense,
+}
+
+
+def _frame_to_table(frame: pd.DataFrame, schema: DomainSchema) -> pa.Table:
+    """A DataFrame of vocabulary indices -> an arrow table in the processed parquet layout."""
+    return _encode_frame(frame, schema, _INDEX_ENCODERS, lambda spec: f"{spec.arrow_type()} ({spec.kind.value})")
 
 
 _RAW_CELL = {FieldKind.CATEGORICAL_ID: "a string", FieldKind.CATEGORICAL: "a string",
@@ -216,28 +241,22 @@ _RAW_CELL = {FieldKind.CATEGORICAL_ID: "a string", FieldKind.CATEGORICAL: "a str
 
 def _raw_to_table(frame: pd.DataFrame, schema: DomainSchema, vocabularies: Mapping[str, Vocabulary]) -> pa.Table:
     """A DataFrame of raw values -> indices under ``vocabularies`` (unknown or missing -> OOV 0)."""
-    _missing_columns(frame, schema)
-    arrays = {}
-    for spec in schema.fields:
-        values = frame[spec.name]
-        try:
-            if spec.kind is FieldKind.DENSE_VECTOR:
-                arrays[spec.name] = _dense(values)
-            elif spec.kind is FieldKind.MULTI_HOT:
-                if any(isinstance(v, (str, bytes)) for v in values):
-                    raise TypeError("got a string where a list of values belongs")
-                cells = [[] if _is_missing(v) else [_raw_text(x) for x in v] for v in values]
-                flat = encode_values(vocabularies[spec.name], [x for cell in cells for x in cell])
-                offsets = np.concatenate([[0], np.cumsum([len(c) for c in cells])]).astype(np.int32)
-                arrays[spec.name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.int64()))
-            else:
-                arrays[spec.name] = pa.array(encode_values(vocabularies[spec.name], [_raw_text(v) for v in values]))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
-            raise SchemaError(
-                f"input column {spec.name!r} cannot be read as raw {spec.kind.value} values "
-                f"({_RAW_CELL[spec.kind]} per row): {e}"
-            ) from e
-    return pa.table(arrays)
+
+    def categorical(values: pd.Series, spec: FieldSpec) -> pa.Array:
+        return pa.array(encode_values(vocabularies[spec.name], [_raw_text(v) for v in values]))
+
+    def multi_hot(values: pd.Series, spec: FieldSpec) -> pa.Array:
+        if any(isinstance(v, (str, bytes)) for v in values):
+            raise TypeError("got a string where a list of values belongs")
+        cells = [[] if _is_missing(v) else [_raw_text(x) for x in v] for v in values]
+        flat = encode_values(vocabularies[spec.name], [x for cell in cells for x in cell])
+        offsets = np.concatenate([[0], np.cumsum([len(c) for c in cells])]).astype(np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.int64()))
+
+    encoders = {FieldKind.CATEGORICAL_ID: categorical, FieldKind.CATEGORICAL: categorical,
+                FieldKind.MULTI_HOT: multi_hot, FieldKind.DENSE_VECTOR: _dense}
+    return _encode_frame(frame, schema, encoders,
+                         lambda spec: f"raw {spec.kind.value} values ({_RAW_CELL[spec.kind]} per row)")
 
 
 def _raw_text(value: Any) -> str | None:

@@ -77,9 +77,9 @@ class PipelineRun:
         """Nested params as dotted keys; re-logging the same value (a retry) is a no-op in MLflow."""
         from mlflow.entities import Param
 
-        from cdanet.registry import _flatten_params
+        from cdanet.mlflow_store import flatten_params
 
-        items = list(_flatten_params(params).items())
+        items = list(flatten_params(params).items())
         for start in range(0, len(items), _MAX_BATCH):
             self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in items[start:start + _MAX_BATCH]])
 
@@ -143,22 +143,22 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
 def open_run(tracking_uri: str, experiment_name: str, pipeline_run_id: str,
              artifact_location: str | None = None) -> PipelineRun:
     """Find the run of ``pipeline_run_id`` in ``experiment_name`` or create it; set it RUNNING."""
-    from cdanet.registry import (
-        _UNSAFE_ID,
-        _client,
-        _default_artifacts,
-        _experiment_id,
-        _file_lock,
-        _sqlite_path,
+    from cdanet.mlflow_store import (
+        default_artifact_location,
+        ensure_experiment,
+        file_lock,
+        is_safe_id,
+        sqlite_path,
+        store_client,
     )
 
-    if not usable_run_id(pipeline_run_id) or _UNSAFE_ID.search(pipeline_run_id):
+    if not usable_run_id(pipeline_run_id) or not is_safe_id(pipeline_run_id):
         raise ValueError(f"pipeline_run_id {pipeline_run_id!r}: expected the pipeline run's id (no quotes)")
-    client = _client(tracking_uri)
-    db = _sqlite_path(tracking_uri)
-    lock = _file_lock(f"{db}.runs.lock", 300.0, f"opening the run of {pipeline_run_id}") if db else contextlib.nullcontext()
+    client = store_client(tracking_uri)
+    db = sqlite_path(tracking_uri)
+    lock = file_lock(f"{db}.runs.lock", 300.0, f"opening the run of {pipeline_run_id}") if db else contextlib.nullcontext()
     with lock:
-        experiment_id = _experiment_id(client, experiment_name, artifact_location or _default_artifacts(client))
+        experiment_id = ensure_experiment(client, experiment_name, artifact_location or default_artifact_location(client))
         found = client.search_runs(
             [experiment_id],
             f"tags.`{TAG_PIPELINE_RUN}` = '{pipeline_run_id}' and tags.`{TAG_RUN_KIND}` = '{RUN_KIND_PIPELINE}'",

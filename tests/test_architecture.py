@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("objectives and the model directory", {"losses", "artifacts"}),
     ("evaluation, reference predictors, figures", {"evaluation", "references", "figures"}),
     ("training and hyperparameter search", {"training", "tuning", "katib"}),
-    ("gate, serving, registry, the MLflow run", {"gate", "serving", "registry", "champion", "tracking"}),
+    ("gate, serving, registry, the MLflow run", {"gate", "serving", "registry", "champion", "tracking", "mlflow_store"}),
     ("entry points: pipeline steps, runs, studies, deploy, CLI, TrainJob launcher", {"steps", "orchestration", "studies", "deploy", "cli", "trainjob"}),
 ]
 LAYER_OF = {unit: i for i, (_, units) in enumerate(LAYERS) for unit in units}

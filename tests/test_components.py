@@ -7,36 +7,16 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
+from component_workspace import artifact, configured_workspace
 from kfp import dsl
 
 import components as C
-from cdanet.synthetic import write_synthetic_processed
 from cdanet.validation import DataValidationError
-
-
-def artifact(cls, tmp_path, name: str, directory: bool = False):
-    a = cls(name=name, uri=str(tmp_path / name), metadata={})
-    if directory:
-        os.makedirs(a.path, exist_ok=True)
-    return a
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("components")
-    processed = root / "processed"
-    write_synthetic_processed(str(processed), "amazon", n_users=150, rows_per_domain={"movie": 3000, "book": 6000})
-    raw = root / "raw"
-    raw.mkdir()
-    glove = root / "glove.txt"
-    glove.write_text("film 0.1 0.2\n")
-    config = artifact(dsl.Artifact, root, "config")
-    C.configure.python_func(
-        dataset="amazon", target_domain="", raw_uri=str(raw), glove_uri=str(glove), profile="tiny", alpha=None,
-        beta=None, num_experts=2, latent_dim=8, max_epochs=3, batch_size=128, learning_rate=0.005, seed=0,
-        extra_overrides=[], tuned_config_uri="", min_auc=0.5, tolerance=0.0, baseline_margin=0.005, config=config,
-    )
-    return root, processed, config
+    return configured_workspace(tmp_path_factory.mktemp("components"), baseline_margin=0.005)
 
 
 def test_configure_writes_a_validated_config(workspace):

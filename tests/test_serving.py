@@ -180,6 +180,42 @@ def test_missing_column_is_one_line_naming_it(saved: str, processed: str) -> Non
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("encoding, column, cells, message", [
+    ("raw", "title", [["a", "b"], ["c"]],
+     "input column 'title' cannot be read as raw dense_vector values (a list of floats per row): "
+     "could not convert string to float: 'a'"),
+    ("raw", "category", [3, 4],
+     "input column 'category' cannot be read as raw multi_hot values (a list of strings per row): "
+     "'int' object is not iterable"),
+    ("indices", "user_id", ["U1", "U2"],
+     "input column 'user_id' cannot be read as int64 (categorical_id): "),
+    ("indices", "writer", [1.5, 2.0],
+     "input column 'writer' cannot be read as int64 (categorical): Float value 1.500000 was truncated"),
+    ("indices", "category", [["a"], ["b"]],
+     "input column 'category' cannot be read as list<item: int64> (multi_hot): "
+     "invalid literal for int() with base 10: 'a'"),
+    ("indices", "title", [["a"], ["b"]],
+     "input column 'title' cannot be read as list<item: float> (dense_vector): "
+     "could not convert string to float: 'a'"),
+])
+def test_a_bad_cell_is_one_line_naming_the_column_and_what_its_kind_takes(
+    model_dir: str, processed: str, encoding: str, column: str, cells: list, message: str
+) -> None:
+    """Both input encodings (raw rows for ``predict``, indices for the gate) name the column, the kind and the cause."""
+    scorer = CDAnetPyfunc.from_model_dir(model_dir)
+    table = _test_table(processed).slice(0, 2)
+    if encoding == "raw":
+        frame, score = raw_frame(table, scorer.schema, scorer.vocabularies[TARGET]), scorer.predict
+    else:
+        frame, score = table.to_pandas(), (lambda context, rows: scorer.predict_indices(rows))
+    frame[column] = cells
+    with pytest.raises(SchemaError) as e:
+        score(None, frame)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
+    with pytest.raises(SchemaError, match=r"input lacks feature column\(s\) \['writer'\] of domain 'book'"):
+        score(None, frame.drop(columns=["writer"]))
+
+
 class _Plant:
     """A pickle that, when unpickled, creates ``marker``: what an attacker would plant."""
 

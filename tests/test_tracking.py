@@ -10,36 +10,17 @@ import mlflow
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from component_workspace import artifact, configured_workspace
 from kfp import dsl
 
 import components as C
 from cdanet import tracking
-from cdanet.registry import _flatten_params
-from cdanet.synthetic import write_synthetic_processed
-
-
-def artifact(cls, root, name: str, directory: bool = False):
-    a = cls(name=name, uri=str(root / name), metadata={})
-    if directory:
-        os.makedirs(a.path, exist_ok=True)
-    return a
+from cdanet.mlflow_store import flatten_params
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tracking")
-    processed = root / "processed"
-    write_synthetic_processed(str(processed), "amazon", n_users=150, rows_per_domain={"movie": 3000, "book": 6000})
-    raw = root / "raw"
-    raw.mkdir()
-    glove = root / "glove.txt"
-    glove.write_text("film 0.1 0.2\n")
-    config = artifact(dsl.Artifact, root, "config")
-    C.configure.python_func(
-        dataset="amazon", target_domain="", raw_uri=str(raw), glove_uri=str(glove), profile="tiny", alpha=None,
-        beta=None, num_experts=2, latent_dim=8, max_epochs=3, batch_size=128, learning_rate=0.005, seed=0,
-        extra_overrides=[], tuned_config_uri="", min_auc=0.5, tolerance=0.0, baseline_margin=-1.0, config=config,
-    )
+    root, processed, config = configured_workspace(tmp_path_factory.mktemp("tracking"), baseline_margin=-1.0)
     return root, dsl.Dataset(name="processed", uri=str(processed)), config
 
 
@@ -142,7 +123,7 @@ def test_the_mlflow_run_records_the_whole_pipeline_run(workspace):
     assert run.info.status == "FINISHED"
     assert run.data.tags["kfp.run_id"] == run_id
     # every resolved config key as a param
-    frozen = _flatten_params(json.load(open(config.path)))
+    frozen = flatten_params(json.load(open(config.path)))
     assert len(frozen) > 40 and {k: run.data.params.get(k) for k in frozen} == frozen
     for key in ("experiment.train.seed", "experiment.train.patience", "experiment.train.embedding_update"):
         assert key in run.data.params, key
