@@ -180,7 +180,7 @@ def test_weight_average_validates_the_average_without_changing_the_training_path
                    "train.min_eval_steps=1", f"train.weight_average={average}")
         model = _fresh(cfg, processed_dir)
         runs[average] = (model, train_model(model, train, val, cfg, "train"))
-    (plain_model, plain), (avg_model, averaged) = runs["0"], runs["0.9"]
+    (_, plain), (avg_model, averaged) = runs["0"], runs["0.9"]
     assert [h["train_loss"] for h in averaged.history] == [h["train_loss"] for h in plain.history]
     assert [h["val_auc_movie"] for h in averaged.history] != [h["val_auc_movie"] for h in plain.history]
     restored = evaluate(avg_model, {"movie": val["movie"]}, split="validation").domains["movie"].auc
