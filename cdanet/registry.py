@@ -37,6 +37,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
 import uuid
 import warnings
@@ -95,6 +96,7 @@ __all__ = [
     "get_version",
     "load_version",
     "promotion_lock",
+    "RegistryLockLost",
     "register_candidate",
 ]
 
@@ -168,19 +170,63 @@ class ChampionInfo:
 #   registered model is the one create-if-absent MLflow offers (the name is the table's primary
 #   key, so exactly one of several concurrent creates succeeds), so holding the lock = having
 #   created the registered model ``<model>.cdanet-lock``, tagged with its holder and an expiry.
-#   Releasing deletes it. A holder killed before releasing leaves it behind: after its expiry
-#   (``lock_ttl``, longer than any registration) the next run deletes it and takes the lock.
+#   Releasing deletes it. While a run holds it, a heartbeat thread pushes the expiry forward every
+#   ``ttl / 4`` seconds, so a live holder never expires however long its registration takes; a
+#   holder killed before releasing leaves it behind, and ``ttl`` after its last heartbeat the next
+#   run deletes it and takes the lock. Before it moves the alias, the holder checks that the lock
+#   is still its own (fencing, :class:`RegistryLockLost`); a waiter deletes an expired lock only if
+#   it still names the holder it saw expire.
 
 LOCK_KINDS = ("auto", "file", "registry")
 LOCK_TIMEOUT_S = 1800.0
-LOCK_TTL_S = 3600.0
+LOCK_TTL_S = 600.0  # since the holder's last heartbeat
 LOCK_MODEL_SUFFIX = ".cdanet-lock"
 TAG_LOCK_HOLDER, TAG_LOCK_EXPIRES = "cdanet.lock.holder", "cdanet.lock.expires_unix"
 _LOCK_POLL_S = 0.2
 
 
+class RegistryLockLost(RuntimeError):
+    """The registry lock expired while this run held it (no heartbeat for ``ttl`` seconds) and
+    another run may hold it now: the champion alias is not moved."""
+
+
+class _Heartbeat:
+    """Pushes the registry mutex's expiry forward while its holder is alive."""
+
+    def __init__(self, client: MlflowClient, lock_name: str, holder: str, ttl: float) -> None:
+        self.client, self.lock_name, self.holder, self.ttl = client, lock_name, holder, ttl
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"cdanet-lock-heartbeat-{lock_name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.ttl / 4):
+            try:
+                if not self.holds():
+                    self.lost = True
+                    return
+                self.client.set_registered_model_tag(self.lock_name, TAG_LOCK_EXPIRES, f"{time.time() + self.ttl:.0f}")
+            except MlflowException:
+                logger.warning("registry: heartbeat of the lock %r failed; retrying", self.lock_name, exc_info=True)
+
+    def holds(self) -> bool:
+        """Whether the lock in the registry is still this holder's."""
+        try:
+            tags = self.client.get_registered_model(self.lock_name).tags or {}
+        except MlflowException:
+            return False
+        return tags.get(TAG_LOCK_HOLDER) == self.holder
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 @contextlib.contextmanager
-def _registry_mutex(client: MlflowClient, model_name: str, timeout: float, ttl: float) -> Iterator[None]:
+def _registry_mutex(
+    client: MlflowClient, model_name: str, timeout: float, ttl: float,
+) -> Iterator[Callable[[], None]]:
     lock_name = f"{model_name}{LOCK_MODEL_SUFFIX}"
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
     deadline = time.monotonic() + timeout
@@ -201,12 +247,21 @@ def _registry_mutex(client: MlflowClient, model_name: str, timeout: float, ttl: 
                 f"another run holds it. If no run is registering, delete that registered model"
             )
         time.sleep(_LOCK_POLL_S)
+    heartbeat = _Heartbeat(client, lock_name, holder, ttl)
+
+    def still_held() -> None:
+        if heartbeat.lost or not heartbeat.holds():
+            raise RegistryLockLost(
+                f"the registry lock {lock_name!r} of {model_name!r} expired while this run held it "
+                f"(no heartbeat for {ttl:.0f} s); the champion alias was not moved"
+            )
+
     try:
-        yield
+        yield still_held
     finally:
+        heartbeat.stop()
         try:
-            current = client.get_registered_model(lock_name)
-            if (current.tags or {}).get(TAG_LOCK_HOLDER) == holder:
+            if heartbeat.holds():
                 client.delete_registered_model(lock_name)
             else:  # it expired and another run took it: that run's lock now
                 logger.warning("registry: the lock %r expired while this run held it (ttl %.0f s)", lock_name, ttl)
@@ -215,16 +270,25 @@ def _registry_mutex(client: MlflowClient, model_name: str, timeout: float, ttl: 
 
 
 def _expire_mutex(client: MlflowClient, lock_name: str) -> None:
-    """Delete the mutex if its holder let it expire (killed while holding it)."""
+    """Delete the mutex if its holder let it expire (killed while holding it: no heartbeat)."""
     try:
         tags = client.get_registered_model(lock_name).tags or {}
         expires = float(tags.get(TAG_LOCK_EXPIRES, "inf"))
     except (MlflowException, ValueError):
         return  # released meanwhile, or not ours to judge
-    if time.time() > expires:
-        logger.warning("registry: removing the lock %r left by %s (expired)", lock_name, tags.get(TAG_LOCK_HOLDER))
-        with contextlib.suppress(MlflowException):
-            client.delete_registered_model(lock_name)
+    if time.time() <= expires:
+        return
+    # Read again just before deleting: another waiter may have cleared it and taken a fresh lock
+    # since; delete only the lock whose holder was seen to expire.
+    try:
+        again = client.get_registered_model(lock_name).tags or {}
+    except MlflowException:
+        return
+    if again.get(TAG_LOCK_HOLDER) != tags.get(TAG_LOCK_HOLDER) or again.get(TAG_LOCK_EXPIRES) != tags.get(TAG_LOCK_EXPIRES):
+        return
+    logger.warning("registry: removing the lock %r left by %s (expired)", lock_name, tags.get(TAG_LOCK_HOLDER))
+    with contextlib.suppress(MlflowException):
+        client.delete_registered_model(lock_name)
 
 
 @contextlib.contextmanager
@@ -237,6 +301,15 @@ def promotion_lock(
     ``file`` or ``registry``. Yields a client of the store. Raises :class:`RegistryLockTimeout`
     after ``timeout`` seconds.
     """
+    with _held_lock(tracking_uri, model_name, kind, timeout, ttl) as (client, _):
+        yield client
+
+
+@contextlib.contextmanager
+def _held_lock(
+    tracking_uri: str, model_name: str, kind: str, timeout: float, ttl: float,
+) -> Iterator[tuple[MlflowClient, Callable[[], None]]]:
+    """:func:`promotion_lock`, also yielding the fencing check to call before the alias moves."""
     if kind not in LOCK_KINDS:
         raise ValueError(f"lock kind {kind!r} is not one of {LOCK_KINDS}")
     client = store_client(tracking_uri)
@@ -244,11 +317,12 @@ def promotion_lock(
     if kind == "file" and db is None:
         raise ValueError(f"a file lock needs a sqlite:/// store, not {tracking_uri!r}; use kind='registry'")
     if kind == "file" or (kind == "auto" and db is not None):
+        # The OS holds a file lock for as long as its process lives: it cannot be lost.
         with file_lock(f"{db}.registry.lock", timeout, f"registrations of {model_name!r}"):
-            yield client
+            yield client, lambda: None
     else:
-        with _registry_mutex(client, model_name, timeout, ttl):
-            yield client
+        with _registry_mutex(client, model_name, timeout, ttl) as still_held:
+            yield client, still_held
 
 
 def _check_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -460,7 +534,7 @@ def register_candidate(
 
     # Under the lock, "find this run's version, else create it" is atomic too: concurrent attempts
     # of one pipeline run (a retry racing a slow first attempt) register one version.
-    with promotion_lock(tracking_uri, model_name, kind=lock, timeout=lock_timeout) as client:
+    with _held_lock(tracking_uri, model_name, lock, lock_timeout, LOCK_TTL_S) as (client, still_held):
         existing = _find_version(client, model_name, pipeline_run_id)
         if existing is not None:
             if (existing.tags or {}).get(TAG_STATE) == STATE_COMPLETE:
@@ -477,6 +551,7 @@ def register_candidate(
             version = _register(
                 client, created, model_dir, model_name, flat_params, metric_values, decision, lineage,
                 pipeline_run_id, processed_root, experiment_name or model_name, artifact_location, run_id,
+                still_held,
             )
         except BaseException:
             _rollback(client, model_name, created, previous_champion)
@@ -519,8 +594,10 @@ def _register(
     experiment_name: str,
     artifact_location: str | None,
     run_id: str | None = None,
+    still_held: Callable[[], None] = lambda: None,
 ) -> RegisteredVersion:
-    """The steps of :func:`register_candidate`; each records what it created in ``created``."""
+    """The steps of :func:`register_candidate`; each records what it created in ``created``.
+    ``still_held`` (the lock's fencing check) runs right before the champion alias moves."""
     loaded = load_model_dir(model_dir, map_location="cpu")  # a broken directory fails before anything exists
     target = loaded.cfg.target_domain
     schema = loaded.schemas[target]
@@ -577,6 +654,7 @@ def _register(
     if decision.blessed:
         anchor = created.version if decision.sets_anchor else decision.anchor_for_successor
         client.set_model_version_tag(model_name, created.version, TAG_ANCHOR, anchor)
+        still_held()
         client.set_registered_model_alias(model_name, CHAMPION_ALIAS, created.version)
         created.alias_moved = True
     client.set_model_version_tag(model_name, created.version, TAG_STATE, STATE_COMPLETE)

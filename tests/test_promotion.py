@@ -31,6 +31,7 @@ from cdanet.registry import (
     TAG_ANCHOR,
     TAG_LOCK_EXPIRES,
     TAG_LOCK_HOLDER,
+    RegistryLockLost,
     RegistryLockTimeout,
     get_champion,
     promotion_lock,
@@ -344,6 +345,47 @@ def test_registry_lock_left_by_a_killed_holder_expires(uri: str) -> None:
     with promotion_lock(uri, NAME, kind="registry", timeout=5):
         assert client.get_registered_model(lock_name).tags[TAG_LOCK_HOLDER] != "dead:1:x"
     assert not [m for m in client.search_registered_models() if m.name == lock_name]
+
+
+def test_registry_lock_of_a_live_holder_never_expires(uri: str) -> None:
+    # Before: a holder that worked longer than the ttl lost the lock to the next waiter, and two runs
+    # moved the alias at once. Now a heartbeat pushes the expiry forward while the holder lives.
+    import threading
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with promotion_lock(uri, NAME, kind="registry", ttl=1.0):
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(RegistryLockTimeout):  # 3 ttls: an unrefreshed lock would have expired
+            with promotion_lock(uri, NAME, kind="registry", timeout=3.0, ttl=1.0):
+                pass
+    finally:
+        release.set()
+        holder.join(30)
+    with promotion_lock(uri, NAME, kind="registry", timeout=5.0):  # released: free again
+        pass
+
+
+def test_a_holder_that_lost_the_registry_lock_does_not_move_the_alias(uri: str) -> None:
+    from cdanet.registry import _held_lock
+
+    client = MlflowClient(uri, registry_uri=uri)
+    lock_name = f"{NAME}{LOCK_MODEL_SUFFIX}"
+    with _held_lock(uri, NAME, "registry", 5.0, 600.0) as (_, still_held):
+        still_held()  # ours: no error
+        # As if it had expired and another run had taken it.
+        client.set_registered_model_tag(lock_name, TAG_LOCK_HOLDER, "other-host:1:abc")
+        with pytest.raises(RegistryLockLost, match="expired while this run held it.*alias was not moved"):
+            still_held()
+    # ... and on leaving, the other run's lock is left alone.
+    assert client.get_registered_model(lock_name).tags[TAG_LOCK_HOLDER] == "other-host:1:abc"
 
 
 def test_file_lock_timeout_is_one_line_naming_the_lock_file(uri: str) -> None:
