@@ -6,10 +6,20 @@ them (``shutil.copytree``) before writing anything into them.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from cdanet.contract import DomainSchema, load_schemas
 from cdanet.synthetic import write_synthetic_processed
+
+# `make test` runs two pytest-xdist workers on two cores: one torch/OpenMP thread per worker (and for
+# the subprocesses it starts, which inherit the variable), so the workers do not oversubscribe.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +45,27 @@ def taobao_processed_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = str(tmp_path_factory.mktemp("processed_taobao"))
     write_synthetic_processed(root, "taobao", seed=1)
     return root
+
+
+#: The modules that take longest (the pipeline runs, the benchmark smoke runs, real subprocesses),
+#: longest first, as measured with ``--durations``. Under pytest-xdist (``make test``: ``--dist
+#: loadscope --no-loadscope-reorder``, one module at a time per worker) they start first, so the run
+#: does not end with one worker busy on a long module while the other idles.
+LONGEST_FIRST: tuple[str, ...] = (
+    "test_pipeline_local.py",
+    "test_pipeline_local_baseline.py",
+    "test_bench_scale.py",
+    "test_runner_portability.py",
+    "test_promotion.py",
+    "test_manifests.py",
+    "test_distributed.py",
+    "test_remap.py",
+    "test_experiments_pipeline.py",
+)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # one process: collection order as written
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its order

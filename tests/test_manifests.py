@@ -721,8 +721,9 @@ def test_filled_in_secret_files_are_ignored_by_git() -> None:
 # ---- a policy tool from PyPI: checkov ----------------------------------------------------------------
 
 #: checkov pins packaging, networkx, cachetools, ... below this project's versions, so it lives in its
-#: own venv, created here on first use (pip's cache makes later creations quick). Set
-#: CDANET_CHECKOV_VENV to reuse one elsewhere.
+#: own venv, created on first use in a cache folder keyed by the requirement and the Python version
+#: (``$XDG_CACHE_HOME`` or ``~/.cache``, then ``cdanet/``), so later runs and fresh clones on the same
+#: machine reuse it. Set CDANET_CHECKOV_VENV to use one elsewhere.
 CHECKOV_REQUIREMENT = "checkov==3.3.30"
 #: Checks the pipeline's task pods cannot pass, and why. Anything else checkov reports fails the test.
 TASK_POD_EXCEPTIONS = {
@@ -735,18 +736,73 @@ TASK_POD_EXCEPTIONS = {
 }
 
 
-@pytest.fixture(scope="session")
-def checkov() -> str:
-    import os
+def checkov_venv(environ: dict[str, str]) -> Path:
+    """Where checkov's venv lives: ``CDANET_CHECKOV_VENV``, else the cache folder for this requirement."""
+    import sys
+
+    if environ.get("CDANET_CHECKOV_VENV"):
+        return Path(environ["CDANET_CHECKOV_VENV"])
+    cache = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    key = CHECKOV_REQUIREMENT.replace("==", "-") + f"-py{sys.version_info[0]}.{sys.version_info[1]}"
+    return cache / "cdanet" / key
+
+
+def ensure_checkov(venv: Path) -> Path:
+    """checkov's executable in ``venv``, creating the venv first unless a complete one is there.
+
+    A file lock keeps two pytest-xdist workers from building it at once; the ``.complete`` marker is
+    written last, so a creation that died half-way is removed and done again, never used.
+    """
+    import shutil
     import subprocess
     import sys
 
-    venv = Path(os.environ.get("CDANET_CHECKOV_VENV") or REPO / ".venv-checkov")
-    exe = venv / "bin" / "checkov"
-    if not exe.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", CHECKOV_REQUIREMENT], check=True, timeout=1200)
-    return str(exe)
+    from filelock import FileLock
+
+    exe, done = venv / "bin" / "checkov", venv / ".complete"
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(venv) + ".lock", timeout=1800):
+        if not done.exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", CHECKOV_REQUIREMENT], check=True, timeout=1200)
+            assert exe.exists(), f"{exe}: pip installed {CHECKOV_REQUIREMENT} without its executable"
+            done.write_text(CHECKOV_REQUIREMENT + "\n")
+    return exe
+
+
+@pytest.fixture(scope="session")
+def checkov() -> str:
+    import os
+
+    return str(ensure_checkov(checkov_venv(dict(os.environ))))
+
+
+def test_checkov_venv_is_cached_per_requirement_and_python(tmp_path: Path) -> None:
+    import sys
+
+    assert checkov_venv({"CDANET_CHECKOV_VENV": str(tmp_path / "v")}) == tmp_path / "v"
+    cached = checkov_venv({"XDG_CACHE_HOME": str(tmp_path)})
+    assert cached == tmp_path / "cdanet" / f"checkov-3.3.30-py{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def test_an_incomplete_checkov_venv_is_never_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    # A complete venv is used as it is (nothing is installed: this one has no pip at all) ...
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "checkov").write_text("")
+    (venv / ".complete").write_text(CHECKOV_REQUIREMENT)
+    assert ensure_checkov(venv) == venv / "bin" / "checkov"
+    # ... one without the marker (a creation that died) is removed and built again; here the
+    # rebuild cannot install (no index), so it fails and leaves neither the marker nor the old files.
+    (venv / ".complete").unlink()
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    with pytest.raises(subprocess.CalledProcessError):
+        ensure_checkov(venv)
+    assert not (venv / ".complete").exists() and not (venv / "bin" / "checkov").exists()
 
 
 def _checkov(checkov: str, folder: Path) -> dict[str, Any]:
