@@ -125,6 +125,10 @@ class TrainConfig:
     # Polyak averaging (not in the paper): validate, stop on and keep an exponential moving average of
     # the weights with this decay per step; 0 = off (the last weights, as the paper).
     weight_average: float = 0.0
+    # ... taken every this many steps (decay ** k per take): its cost is one pass over the parameters,
+    # ~3 ms per step at the medium data's 4.5-6M parameters (1-2 % of a step) but ~10x that at the
+    # Taobao preset's table sizes, where 4-8 keeps it small. 1 is what docs/quality.md measured.
+    weight_average_every: int = 1
     finetune_max_epochs: int | None = None  # stage 2; defaults to max_epochs
     finetune_learning_rate: float | None = None  # stage 2; defaults to learning_rate
     epoch_basis: str = "larger"  # see cdanet.data: one epoch = one pass over the larger domain
@@ -205,7 +209,8 @@ class ExperimentConfig:
         for dom, depth in {"": m.tower_layers, **m.tower_layers_by_domain}.items():
             if depth < 1:
                 errors.append(f"tower depth{' of ' + dom if dom else ''} must be >= 1, got {depth}")
-        for name in ("batch_size", "max_epochs", "patience", "eval_batch_size", "evals_per_epoch", "min_eval_steps"):
+        for name in ("batch_size", "max_epochs", "patience", "eval_batch_size", "evals_per_epoch", "min_eval_steps",
+                     "weight_average_every"):
             if getattr(t, name) < 1:
                 errors.append(f"train.{name} must be >= 1, got {getattr(t, name)}")
         if t.finetune_max_epochs is not None and t.finetune_max_epochs < 1:

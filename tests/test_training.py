@@ -108,12 +108,13 @@ class _Interrupt(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize("average", ["0", "0.9"])
+@pytest.mark.parametrize("average", ["0", "0.9", "0.9 every=3"])
 def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(processed_dir, train_val, tmp_path,
                                                                           average) -> None:
     # Dropout > 0 so the RNG state has to be checkpointed too; with weight averaging, the average too.
+    decay, _, every = average.partition(" every=")
     cfg = _cfg("cdanet", "model.dropout=0.2", "train.max_epochs=3", "train.patience=5",
-               f"train.weight_average={average}")
+               f"train.weight_average={decay}", f"train.weight_average_every={every or 1}")
     train, val = train_val
 
     reference = _fresh(cfg, processed_dir)
@@ -168,6 +169,21 @@ def test_weight_average_is_the_ramped_moving_average_and_swaps_back() -> None:
     with average.swapped_in():
         assert torch.allclose(layer.weight, expected)
     assert torch.equal(layer.weight, torch.full((1, 2), 2.0))  # the model's own weights are back
+
+    # every=2: only every second step's weights are taken, with decay 0.5 ** 2 per take.
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    sparse = WeightAverage(layer, decay=0.5, every=2)
+    expected = torch.ones(1, 2)
+    for step, value in enumerate([3.0, -1.0, 7.0, 2.0], start=1):
+        with torch.no_grad():
+            layer.weight.fill_(value)
+        sparse.update()
+        if step % 2 == 0:
+            n = step // 2 - 1
+            decay = min(0.25, (1 + n) / (10 + n))
+            expected = decay * expected + (1 - decay) * value
+    assert sparse.updates == 2 and torch.allclose(sparse.shadow[0], expected)
 
 
 def test_weight_average_validates_the_average_without_changing_the_training_path(processed_dir, train_val) -> None:

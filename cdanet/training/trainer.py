@@ -55,16 +55,22 @@ class WeightAverage:
     Buffers (the users' profiles) are not averaged: they do not change in training.
     """
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
+    def __init__(self, model: nn.Module, decay: float, every: int = 1) -> None:
+        self.decay, self.every = decay, every
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.shadow = [p.detach().clone() for p in self.params]
-        self.updates = 0
+        self.updates = 0  # averaging steps done
+        self.steps = 0  # optimiser steps seen
 
     @torch.no_grad()
     def update(self) -> None:
+        """After an optimiser step. With ``every = k`` the average takes every k-th step's weights,
+        with decay ``decay ** k`` per take (the same horizon in steps, 1/k of the cost)."""
+        self.steps += 1
+        if self.steps % self.every:
+            return
         n = self.updates
-        decay = min(self.decay, (1 + n) / (10 + n))
+        decay = min(self.decay ** self.every, (1 + n) / (10 + n))
         torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - decay)
         self.updates = n + 1
 
@@ -81,13 +87,14 @@ class WeightAverage:
                 torch._foreach_copy_([p.data for p in self.params], own)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"shadow": [s.detach().cpu() for s in self.shadow], "updates": self.updates}
+        return {"shadow": [s.detach().cpu() for s in self.shadow], "updates": self.updates, "steps": self.steps}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         with torch.no_grad():
             for s, v in zip(self.shadow, state["shadow"], strict=True):
                 s.copy_(v)
         self.updates = int(state["updates"])
+        self.steps = int(state.get("steps", self.updates * self.every))
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -362,7 +369,7 @@ def train_model(
     schemas = {d: data.schema for d, data in {**train, **val}.items() if d in train_domains + eval_domains}
     identity = run_identity(cfg, stage, model, schemas, {d: len(train[d]) for d in train_domains})
 
-    average = WeightAverage(model, t.weight_average) if t.weight_average > 0 else None
+    average = WeightAverage(model, t.weight_average, t.weight_average_every) if t.weight_average > 0 else None
     stopper = _EarlyStopping(t.patience)
     history: list[dict[str, Any]] = []
     best_state: dict[str, torch.Tensor] | None = None
