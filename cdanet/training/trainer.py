@@ -58,9 +58,14 @@ class WeightAverage:
     def __init__(self, model: nn.Module, decay: float, every: int = 1) -> None:
         self.decay, self.every = decay, every
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.shadow = [p.detach().clone() for p in self.params]
-        self.updates = 0  # averaging steps done
+        self._values = [p.detach() for p in self.params]  # views: they follow the in-place optimiser steps
+        self.shadow = [p.clone() for p in self._values]
         self.steps = 0  # optimiser steps seen
+
+    @property
+    def updates(self) -> int:
+        """Averaging steps taken so far."""
+        return self.steps // self.every
 
     @torch.no_grad()
     def update(self) -> None:
@@ -69,10 +74,9 @@ class WeightAverage:
         self.steps += 1
         if self.steps % self.every:
             return
-        n = self.updates
+        n = self.updates - 1  # takes before this one
         decay = min(self.decay ** self.every, (1 + n) / (10 + n))
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - decay)
-        self.updates = n + 1
+        torch._foreach_lerp_(self.shadow, self._values, 1.0 - decay)
 
     @contextlib.contextmanager
     def swapped_in(self) -> Any:
@@ -87,14 +91,13 @@ class WeightAverage:
                 torch._foreach_copy_([p.data for p in self.params], own)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"shadow": [s.detach().cpu() for s in self.shadow], "updates": self.updates, "steps": self.steps}
+        return {"shadow": [s.detach().cpu() for s in self.shadow], "steps": self.steps}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         with torch.no_grad():
             for s, v in zip(self.shadow, state["shadow"], strict=True):
                 s.copy_(v)
-        self.updates = int(state["updates"])
-        self.steps = int(state.get("steps", self.updates * self.every))
+        self.steps = int(state["steps"])
 
 
 class NonFiniteLossError(FloatingPointError):
