@@ -195,7 +195,6 @@ class _Heartbeat:
 
     def __init__(self, client: MlflowClient, lock_name: str, holder: str, ttl: float) -> None:
         self.client, self.lock_name, self.holder, self.ttl = client, lock_name, holder, ttl
-        self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"cdanet-lock-heartbeat-{lock_name}", daemon=True)
         self._thread.start()
@@ -204,8 +203,7 @@ class _Heartbeat:
         while not self._stop.wait(self.ttl / 4):
             try:
                 if not self.holds():
-                    self.lost = True
-                    return
+                    return  # lost: never push another holder's expiry
                 self.client.set_registered_model_tag(self.lock_name, TAG_LOCK_EXPIRES, f"{time.time() + self.ttl:.0f}")
             except MlflowException:
                 logger.warning("registry: heartbeat of the lock %r failed; retrying", self.lock_name, exc_info=True)
@@ -250,7 +248,7 @@ def _registry_mutex(
     heartbeat = _Heartbeat(client, lock_name, holder, ttl)
 
     def still_held() -> None:
-        if heartbeat.lost or not heartbeat.holds():
+        if not heartbeat.holds():
             raise RegistryLockLost(
                 f"the registry lock {lock_name!r} of {model_name!r} expired while this run held it "
                 f"(no heartbeat for {ttl:.0f} s); the champion alias was not moved"
