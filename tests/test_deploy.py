@@ -6,6 +6,7 @@ delegates to (``apply --server-side -k``, ``rollout status``, ``wait``), with ku
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -47,8 +48,17 @@ def rendered() -> dict[str, list[Obj]]:
     return {overlay: render(overlay, MANIFESTS, kubectl) for overlay in OVERLAYS}
 
 
+_PLAN_LINE = re.compile(r"^\s*(\d+)\.\s+(\S+)\s+(\S+)\s+(\S+)\s*$")
+
+
 def _plan_ids(stdout: str) -> list[tuple[str, str, str]]:
-    rows = [line.split() for line in stdout.splitlines() if line and not line.startswith("#")]
+    """The ``N. Kind namespace name`` lines of the plan, numbered 1..n without gaps.
+
+    Only plan lines count: other tests in the same worker process (kfp.local) may leave prints of
+    their own in the captured stream, and they are not the plan's business.
+    """
+    rows = [m.groups() for m in map(_PLAN_LINE.match, stdout.splitlines()) if m]
+    assert [int(n) for n, *_ in rows] == list(range(1, len(rows) + 1)), stdout
     return [(kind, "" if ns == "-" else ns, name) for _, kind, ns, name in rows]
 
 
@@ -65,7 +75,8 @@ def test_dry_run_lists_every_rendered_object_in_apply_order(
     assert sorted(listed) == sorted(object_id(o) for o in rendered[overlay])
     assert len(listed) == len(set(listed)) == len(rendered[overlay])
     assert listed == [object_id(o) for o in apply_order(rendered[overlay])]
-    assert f"overlay {overlay!r}, {len(listed)} objects" in out.splitlines()[0]
+    headers = [line for line in out.splitlines() if line.startswith("# cdanet deploy plan")]
+    assert len(headers) == 1 and f"overlay {overlay!r}, {len(listed)} objects" in headers[0]
 
 
 def test_dry_run_needs_no_cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
