@@ -90,7 +90,7 @@ def translation_objective(net: TranslationNetwork, batches: Mapping[str, Batch])
     _need(batches, net)
     alpha, beta = loss_weights(net.cfg.model)
     s, t = net.source, net.target
-    z = net.latents(batches, (s, t))
+    z, own_cross = net.latents_and_cross(batches, (s, t))  # own_cross: model.cross_logit, on own logits only
     y = {s: batches[s].label, t: batches[t].label}
     vani, cross = {}, {}
     for d in (s, t):
@@ -103,6 +103,8 @@ def translation_objective(net: TranslationNetwork, batches: Mapping[str, Batch])
             own = tower(z[d])
             with torch.no_grad():
                 translated = tower.translated(z[o], translator_o)
+        if d in own_cross:
+            own = own + own_cross[d]
         vani[d], cross[o] = bce(own, y[d]), bce(translated, y[o])
     with _grad_if(beta):
         orth = net.translators[s].orthogonality_loss(z[s]) + net.translators[t].orthogonality_loss(z[t])
@@ -116,8 +118,9 @@ def augmentation_objective(net: AugmentationNetwork, batches: Mapping[str, Batch
     _need(batches, net)
     _, beta = loss_weights(net.cfg.model)
     batch = batches[net.target]
-    z = net.latent(batch)
-    aug = bce(net.score(z), batch.label)  # R^aug(z_t ⊕ W_t z_t), Eq. 10-11
+    z, own_cross = net.latent_and_cross(batch)
+    logit = net.score(z)  # R^aug(z_t ⊕ W_t z_t), Eq. 10
+    aug = bce(logit if own_cross is None else logit + own_cross, batch.label)  # Eq. 11 (+ model.cross_logit)
     with _grad_if(beta):
         orth = net.translator.orthogonality_loss(z)
     return _detached(augmentation_loss(aug, orth, beta), {"aug": aug, "orth": orth})

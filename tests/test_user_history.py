@@ -95,6 +95,8 @@ def test_profiles_default_on_the_target_and_strict_leaves_them_out() -> None:
     assert paper_config("taobao").model.user_fields == {"ad": list(USER_PROFILE_FIELDS)}
     assert paper_config("amazon").model.user_fields == {} == strict_config("taobao").model.user_fields
     assert paper_config("taobao", "rec").model.user_fields == {}  # rec rows carry no user attributes
+    assert paper_config("amazon").model.cross_logit == "profile" == paper_config("taobao").model.cross_logit
+    assert strict_config("taobao").model.cross_logit == "none" == tiny_config().model.cross_logit
     with pytest.raises(ConfigError, match="history_fields names unknown domains"):
         tiny_config().with_overrides(['model.history_fields={"ad": "category"}']).validate()
 
@@ -222,3 +224,86 @@ def test_user_fields_are_validated() -> None:
         tiny_config().with_overrides(['model.user_fields={"movie": ["genre"]}']).validate()
     with pytest.raises(ConfigError, match="expected a mapping of str to a list of str"):
         tiny_config().with_overrides(['model.user_fields={"movie": "genre"}'])
+
+
+# model.cross_logit: a profile cross also goes straight to the logit (the FM part of a DeepFM).
+
+def _attribute_schema() -> DomainSchema:
+    return DomainSchema("amazon", "movie", (*movie_schema().fields, FieldSpec("age", FieldKind.CATEGORICAL, vocab_size=4)))
+
+
+@pytest.mark.parametrize("cross", ["none", "attributes", "profile"])
+def test_cross_logit_is_the_sum_of_the_chosen_cross_and_leaves_h_alone(cross: str) -> None:
+    torch.manual_seed(0)
+    layer = UserHistory(_attribute_schema(), "genre", d=4, history_len=3, init_std=0.5, attributes=("age",),
+                        cross_logit=cross).eval()
+    layer.set_profile(*user_history(_data([1, 1, 1], [4, 4, 2]), "genre", 3))
+    e, a = layer.table.weight.detach(), layer.attribute_table.weight.detach()
+    out, c = layer.forward_with_cross({"user_id": torch.tensor([1]), "genre": torch.tensor([2]), "age": torch.tensor([3])})
+    p = (2 * e[4] + e[2]) / 3 + a[3]
+    torch.testing.assert_close(out[0], p + p * e[2])  # the layer's output does not depend on the option
+    expected = {"none": None, "attributes": (a[3] * e[2]).sum(), "profile": (p * e[2]).sum()}[cross]
+    if expected is None:
+        assert c is None
+    else:
+        torch.testing.assert_close(c[0], expected)
+    with pytest.raises(ValueError, match="needs user attribute fields"):
+        UserHistory(movie_schema(), "genre", d=4, cross_logit="attributes")
+
+
+@pytest.mark.parametrize("name", ["mlp", "share_middle", "star", "ddtcdr", "mmoe", "ple", "cdanet"])
+def test_cross_logit_adds_the_cross_to_every_models_logit_and_objective(name: str) -> None:
+    from helpers import schemas
+
+    from cdanet.batch import random_batch
+    from cdanet.losses import compute_loss
+    from cdanet.models import AugmentationNetwork, build_model
+    cfg = tiny_config(model=name).with_overrides(['model.history_fields={"movie": "genre"}'])
+    g = torch.Generator().manual_seed(3)
+    s = schemas()
+    batches = {"movie": random_batch(s["movie"], 16, g), "book": random_batch(s["book"], 19, g)}
+    genres = s["movie"].field("genre").vocab_size
+    profile = torch.randint(1, genres, (50, 10)), torch.rand(50, 10), torch.full((50,), 5.0)
+    nets = []
+    for cross in ("none", "profile"):
+        torch.manual_seed(0)  # the option adds no parameter: both models start from the same weights
+        nets.append(build_model(cfg.with_overrides([f"model.cross_logit={cross}"]), s).eval())
+        nets[-1].embeddings["movie"].history.set_profile(*profile)
+    pairs = [(nets[0], nets[1])]
+    if name == "cdanet":  # stage 2 (its new tower from the same seed) keeps stage 1's profile layer and option
+        pairs.append(tuple(_seeded(AugmentationNetwork.from_translation, n) for n in nets))
+    for plain, crossed in pairs:
+        _, c = crossed.embeddings["movie"].forward_with_cross(batches["movie"].features)
+        assert c is not None and float(c.detach().abs().mean()) > 1e-3
+        with torch.no_grad():
+            base, out = plain(batches), crossed(batches)
+            torch.testing.assert_close(out["movie"], base["movie"] + c)
+            if "book" in base:  # the book domain has no profile: its logits are untouched
+                torch.testing.assert_close(out["book"], base["book"])
+            assert not torch.equal(compute_loss(plain, batches).total, compute_loss(crossed, batches).total)
+
+
+def _seeded(fn, *args):
+    torch.manual_seed(0)
+    return fn(*args)
+
+
+def test_cross_logit_is_validated() -> None:
+    with pytest.raises(ConfigError, match="model.cross_logit 'profile' needs model.history_fields"):
+        strict_config().with_overrides(["model.cross_logit=profile"]).validate()
+    with pytest.raises(ConfigError, match="model.cross_logit 'attributes' needs model.user_fields"):
+        paper_config().with_overrides(["model.cross_logit=attributes"]).validate()
+    with pytest.raises(ConfigError, match="expected one of"):
+        paper_config().with_overrides(["model.cross_logit=fm"])
+
+
+def test_a_large_profile_cross_is_scaled_to_a_unit_start() -> None:
+    # movie genres' auto std 1.9 at d = 64 would start <p, q> at a std of ~29 logits: scaled to at most ~1
+    torch.manual_seed(0)
+    wide = UserHistory(movie_schema(), "genre", d=64, history_len=3, init_std=1.9, cross_logit="profile").eval()
+    narrow = UserHistory(movie_schema(), "genre", d=64, history_len=3, init_std=0.3, cross_logit="profile").eval()
+    assert wide.cross_scale == pytest.approx(1 / (8 * 1.9 ** 2)) and narrow.cross_scale == 1.0
+    wide.set_profile(*user_history(_data([1, 1, 1, 2, 2], [4, 4, 2, 5, 3]), "genre", 3))
+    out, c = wide.forward_with_cross({"user_id": torch.tensor([1, 2]), "genre": torch.tensor([2, 5])})
+    p, q = out / (1 + wide.table.weight[[2, 5]]), wide.table.weight[[2, 5]]  # out = p + p * q = p (1 + q)
+    torch.testing.assert_close(c, (p * q).sum(1) * wide.cross_scale)

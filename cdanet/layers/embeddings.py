@@ -97,7 +97,8 @@ class DomainEmbedding(nn.Module):
 
     def __init__(self, schema: DomainSchema, d: int, embedding_dim: int, combiner: str = "linear",
                  history_field: str | None = None, history_len: int = 10, history_init_std: float = 0.0,
-                 source_history: FieldSpec | None = None, user_fields: Sequence[str] = ()) -> None:
+                 source_history: FieldSpec | None = None, user_fields: Sequence[str] = (),
+                 cross_logit: str = "none") -> None:
         super().__init__()
         if combiner not in COMBINERS:
             raise ValueError(f"unknown embedding combiner {combiner!r}; expected one of {COMBINERS}")
@@ -147,8 +148,8 @@ class DomainEmbedding(nn.Module):
         self.history: UserHistory | None = None
         if history_field is not None:
             self.history = UserHistory(schema, history_field, d, history_len, history_init_std, source_history,
-                                       user_fields)
-        elif source_history is not None or user_fields:
+                                       user_fields, cross_logit)
+        elif source_history is not None or user_fields or cross_logit != "none":
             raise ValueError(f"a source-domain profile or user fields of domain {schema.domain!r} need the domain's "
                              f"own history field (model.history_fields) to match the row's item")
         self.reset_parameters()
@@ -271,6 +272,11 @@ class DomainEmbedding(nn.Module):
         return total
 
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:
+        return self.forward_with_cross(features)[0]
+
+    def forward_with_cross(self, features: Mapping[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """``(h, c)``: ``h`` as :meth:`forward` (``B x d``), and the profile layer's logit cross ``c``
+        (``B``; ``model.cross_logit``, see :class:`UserHistory`), None without one."""
         if self.combiner == "concat":
             assert self.proj is not None
             h = self.proj(self.field_embeddings(features).flatten(1))
@@ -281,9 +287,10 @@ class DomainEmbedding(nn.Module):
             else:
                 assert self.bias is not None
                 h = pooled + self.bias
-        if self.history is not None:
-            h = h + self.history(features)
-        return h
+        if self.history is None:
+            return h, None
+        profile, cross = self.history.forward_with_cross(features)
+        return h + profile, cross
 
 
 #: Init std of the user-attribute table of :class:`UserHistory` (``model.user_fields``).
@@ -329,13 +336,23 @@ class UserHistory(nn.Module):
     user's attributes with the row's item: the factorised user-attribute x item cross of an FM, which
     the summed embedding ``h`` cannot form by itself.
 
+    With ``cross_logit`` (``model.cross_logit``, a named option) the sum over the d coordinates of one
+    of these crosses is also returned as a logit term (:meth:`forward_with_cross`): ``<a, q>`` with
+    ``a = sum_f A_f[x_f]`` ("attributes"), or ``<p, q>`` with the whole profile ("profile"). The models
+    add it to the domain's logit, the FM part of a DeepFM beside the tower (docs/quality.md).
+
     Shapes: ``features`` (needs ``user_id`` and F) -> ``B x d``. The profiles are held in persistent
     buffers (``n_users x history_len``), so they travel with the model (serving, stage 2).
     """
 
     def __init__(self, schema: DomainSchema, field: str, d: int, history_len: int = 10, init_std: float = 0.0,
-                 source: FieldSpec | None = None, attributes: Sequence[str] = ()) -> None:
+                 source: FieldSpec | None = None, attributes: Sequence[str] = (), cross_logit: str = "none") -> None:
         super().__init__()
+        if cross_logit not in ("none", "attributes", "profile"):
+            raise ValueError(f"unknown cross_logit {cross_logit!r}; expected 'none', 'attributes' or 'profile'")
+        if cross_logit == "attributes" and not attributes:
+            raise ValueError(f"cross_logit 'attributes' of domain {schema.domain!r} needs user attribute fields")
+        self.cross_logit = cross_logit
         spec = schema.field(field)
         for f, dom in ((spec, schema.domain), (source, "the other domain")):
             if f is not None and f.kind not in (FieldKind.CATEGORICAL, FieldKind.MULTI_HOT):
@@ -371,6 +388,10 @@ class UserHistory(nn.Module):
             self.attribute_table = nn.Embedding(sum(self._attribute_sizes), d)
             offsets = torch.tensor([0, *self._attribute_sizes[:-1]]).cumsum(0)
             self.register_buffer("attribute_offsets", offsets, persistent=False)
+        # The "profile" cross <p, q> starts with a std of about sqrt(d) init_std^2 (8 x 3.6 = 29 logits
+        # for movie genres' std 1.9): such a start drowns every other logit term, so it is scaled to a std
+        # of at most 1 (docs/quality.md, "The cross on the logit").
+        self.cross_scale = 1.0 / max(1.0, math.sqrt(d) * self.init_std ** 2)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -409,6 +430,11 @@ class UserHistory(nn.Module):
                    (values, counts, totals, clicks))
 
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:
+        return self.forward_with_cross(features)[0]
+
+    def forward_with_cross(self, features: Mapping[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """``(p + p * q, c)``: the layer's ``B x d`` output and its logit cross ``c`` (``B``), None when
+        ``cross_logit`` is "none"."""
         users = features[USER_FIELD]
         x = features[self.field]
         x = x if self.multi else x.unsqueeze(1)  # B x L item values, 0 = padding
@@ -431,7 +457,16 @@ class UserHistory(nn.Module):
             p = p + _Lookup.apply(self.source_table.weight, values_s, self.source_counts.index_select(0, users),
                                   True) / total_s
             p = p + _Lookup.apply(self.click_table.weight, values_s, self.source_clicks.index_select(0, users), True)
+        cross = None
         if self.attribute_table is not None:
             slots = torch.stack([features[f] for f in self.attribute_fields], dim=1) + self.attribute_offsets
-            p = p + _Lookup.apply(self.attribute_table.weight, slots, None, True)
-        return p + p * q
+            a = _Lookup.apply(self.attribute_table.weight, slots, None, True)
+            if self.cross_logit == "attributes":
+                cross = (a * q).sum(1)
+            p = p + a
+        match = p * q
+        if self.cross_logit == "profile":
+            cross = match.sum(1)
+            if self.cross_scale != 1.0:
+                cross = cross * self.cross_scale
+        return p + match, cross

@@ -64,7 +64,8 @@ class DomainModel(nn.Module):
                                   history_field=m.history_fields.get(dom), history_len=m.history_len,
                                   history_init_std=m.history_init_std,
                                   source_history=self._source_history(dom),
-                                  user_fields=m.user_fields.get(dom, ()))
+                                  user_fields=m.user_fields.get(dom, ()),
+                                  cross_logit=self._cross_logit(dom))
              for dom in embedded}
         )
         # model.shared_users: user_link[i] = the source's user index of the target's user i (0: none).
@@ -87,6 +88,15 @@ class DomainModel(nn.Module):
             raise SchemaError(f"model.source_history_fields[{domain!r}] = {name!r}, but domain {other!r} has no "
                               f"such field (fields: {list(self.schemas[other].field_names)})")
         return self.schemas[other].field(name)
+
+    def _cross_logit(self, domain: str) -> str:
+        """model.cross_logit where ``domain`` has the profile it crosses ("none" elsewhere)."""
+        m = self.cfg.model
+        if m.cross_logit == "attributes" and not m.user_fields.get(domain):
+            return "none"
+        if m.cross_logit == "profile" and domain not in m.history_fields:
+            return "none"
+        return m.cross_logit
 
     def link_users(self, link: Tensor) -> None:
         """Set :attr:`user_link` (int64 ``[target user vocab]``, values in the source's user vocab)."""
@@ -115,9 +125,25 @@ class DomainModel(nn.Module):
         With ``model.shared_users`` the target's ``h`` adds the source's user vector of the same user
         (the source's OOV user vector for users the source has never seen).
         """
-        h = {d: self.embeddings[d](batches[d].features) for d in domains}
+        return self.embed_with_cross(batches, domains)[0]
+
+    def embed_with_cross(self, batches: Mapping[str, Batch], domains: Iterable[str]
+                         ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``(h, c)``: ``h`` as :meth:`embed`, and ``{domain: B}`` the logit crosses of the domains that
+        have one (``model.cross_logit``; add them to the logits with :func:`add_cross`)."""
+        h: dict[str, Tensor] = {}
+        cross: dict[str, Tensor] = {}
+        for d in domains:
+            h[d], c = self.embeddings[d].forward_with_cross(batches[d].features)
+            if c is not None:
+                cross[d] = c
         t = self.target
         if self.user_link is not None and t in h:
             users = self.user_link[batches[t].features[USER_FIELD]]
             h[t] = h[t] + self.embeddings[self.source].rows(USER_FIELD, users)
-        return h
+        return h, cross
+
+
+def add_cross(logits: Mapping[str, Tensor], cross: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``logits[d] + cross[d]`` where domain d has a logit cross (``model.cross_logit``), else ``logits[d]``."""
+    return {d: (x + cross[d] if d in cross else x) for d, x in logits.items()}

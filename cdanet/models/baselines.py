@@ -17,7 +17,7 @@ from cdanet import layers
 from cdanet.batch import Batch
 from cdanet.config import ExperimentConfig
 from cdanet.contract import DomainSchema
-from cdanet.models.base import DomainModel
+from cdanet.models.base import DomainModel, add_cross
 
 
 class _TwoDomainTowers(DomainModel):
@@ -34,8 +34,9 @@ class _TwoDomainTowers(DomainModel):
         )
 
     def forward(self, batches: Mapping[str, Batch]) -> dict[str, Tensor]:
-        z = self.body(self.embed(batches, self.present(batches)))
-        return {dom: self.towers[dom](zd) for dom, zd in z.items()}
+        h, cross = self.embed_with_cross(batches, self.present(batches))
+        z = self.body(h)
+        return add_cross({dom: self.towers[dom](zd) for dom, zd in z.items()}, cross)
 
 
 class MLP(DomainModel):
@@ -53,7 +54,8 @@ class MLP(DomainModel):
 
     def forward(self, batches: Mapping[str, Batch]) -> dict[str, Tensor]:
         (t,) = self.present(batches)
-        return {t: self.tower(self.body(self.embeddings[t](batches[t].features)))}
+        h, cross = self.embed_with_cross(batches, (t,))
+        return add_cross({t: self.tower(self.body(h[t]))}, cross)
 
 
 class ShareMiddle(_TwoDomainTowers):
@@ -111,9 +113,10 @@ class STAR(DomainModel):
 
     def forward(self, batches: Mapping[str, Batch]) -> dict[str, Tensor]:
         out = {}
-        for dom, h in self.embed(batches, self.present(batches)).items():
+        hs, cross = self.embed_with_cross(batches, self.present(batches))
+        for dom, h in hs.items():
             out[dom] = self.fcn(self.norm(h, dom), dom).squeeze(-1) + self.aux(h, dom)
-        return out
+        return add_cross(out, cross)
 
 
 class DDTCDR(DomainModel):
@@ -158,7 +161,8 @@ class DDTCDR(DomainModel):
 
     def forward(self, batches: Mapping[str, Batch]) -> dict[str, Tensor]:
         out = {}
-        for dom, h in self.embed(batches, self.present(batches)).items():
+        hs, cross = self.embed_with_cross(batches, self.present(batches))
+        for dom, h in hs.items():
             rep = torch.cat([self.encoders[dom](h), self.transfer(dom, h)], dim=1)
             out[dom] = self.towers[dom](rep)
-        return out
+        return add_cross(out, cross)

@@ -12,7 +12,7 @@ from cdanet.batch import Batch
 from cdanet.config import ConfigError, ExperimentConfig
 from cdanet.contract import USER_FIELD, DomainSchema
 from cdanet.layers import MMoE, SharedMLPExtractor, Tower, Translator
-from cdanet.models.base import DomainModel
+from cdanet.models.base import DomainModel, add_cross
 
 
 def build_extractor(cfg: ExperimentConfig, domains: Sequence[str]) -> MMoE | SharedMLPExtractor:
@@ -56,8 +56,14 @@ class TranslationNetwork(DomainModel):
 
         Shapes: ``{domain: Batch of B_d rows} -> {domain: B_d x d}``.
         """
-        doms = self.present(batches, domains)
-        return self.extractor(self.embed(batches, doms))
+        return self.latents_and_cross(batches, domains)[0]
+
+    def latents_and_cross(self, batches: Mapping[str, Batch], domains: Sequence[str] | None = None
+                          ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``(z, c)``: ``z`` as :meth:`latents`, and the logit crosses of the domains that have one
+        (``model.cross_logit``, a named option; added to the domain's own logits, never to translated ones)."""
+        h, cross = self.embed_with_cross(batches, self.present(batches, domains))
+        return self.extractor(h), cross
 
     def latent(self, domain: str, batch: Batch) -> Tensor:
         """``z_d`` of one domain's batch: ``B x d``."""
@@ -76,8 +82,8 @@ class TranslationNetwork(DomainModel):
         return self.target if domain == self.source else self.source
 
     def forward(self, batches: Mapping[str, Batch]) -> dict[str, Tensor]:
-        z = self.latents(batches)
-        return {dom: self.tower(dom, zd) for dom, zd in z.items()}
+        z, cross = self.latents_and_cross(batches)
+        return add_cross({dom: self.tower(dom, zd) for dom, zd in z.items()}, cross)
 
 
 class AugmentationNetwork(DomainModel):
@@ -157,8 +163,13 @@ class AugmentationNetwork(DomainModel):
 
     def latent(self, batch: Batch) -> Tensor:
         """``z_t`` (Eq. 4) of a target batch: ``B x d``."""
+        return self.latent_and_cross(batch)[0]
+
+    def latent_and_cross(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
+        """``(z_t, c)``: ``z_t`` as :meth:`latent`, and the target's logit cross (``model.cross_logit``), or None."""
         t = self.target
-        return self.extractor({t: self.embeddings[t](batch.features)})[t]
+        h, cross = self.embeddings[t].forward_with_cross(batch.features)
+        return self.extractor({t: h})[t], cross
 
     def augment(self, z: Tensor) -> Tensor:
         """``z_t^aug = z_t ⊕ W_t z_t`` (Eq. 10): ``B x d -> B x 2d``."""
@@ -174,4 +185,6 @@ class AugmentationNetwork(DomainModel):
 
     def forward(self, batches: Mapping[str, Batch]) -> dict[str, Tensor]:
         (t,) = self.present(batches)
-        return {t: self.score(self.latent(batches[t]))}
+        z, cross = self.latent_and_cross(batches[t])
+        logit = self.score(z)
+        return {t: logit if cross is None else logit + cross}
