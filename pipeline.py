@@ -412,13 +412,26 @@ def _main(argv: Sequence[str] | None) -> int:
         )
     if args.verb == "submit":
         pipeline_func = create_pipeline(**_factory_kwargs(args))
+        params = _with_tracking(args, orchestration.parse_params(args.params, pipeline_func))
         return orchestration.submit(pipeline_func, host=args.host, experiment=args.experiment, run_name=args.run_name,
-                                    service_account=args.service_account,
-                                    params=orchestration.parse_params(args.params, pipeline_func))
+                                    service_account=args.service_account, params=params)
     pipeline_func = create_pipeline(**_factory_kwargs(args), scheduled=True)
+    params = _with_tracking(args, orchestration.parse_params(args.params, pipeline_func))
     return orchestration.schedule(pipeline_func, host=args.host, experiment=args.experiment, cron=args.cron,
-                                  job_name=args.job_name, service_account=args.service_account,
-                                  params=orchestration.parse_params(args.params, pipeline_func))
+                                  job_name=args.job_name, service_account=args.service_account, params=params)
+
+
+def _with_tracking(args: argparse.Namespace, params: dict) -> dict:
+    """A cluster run needs an MLflow server for its gate and registry: without one the run would train for
+    hours and fail at the gate. Checked before anything is sent."""
+    from cdanet.orchestration import ParameterError
+
+    if not args.mlflow_secret and not params.get("mlflow_tracking_uri"):
+        raise ParameterError(
+            f"{args.verb} needs an MLflow server for the gate and the registry: pass --mlflow-secret "
+            f"{MLFLOW_SECRET} (the Secret of manifests/, key MLFLOW_TRACKING_URI) or mlflow_tracking_uri=<uri>"
+        )
+    return params
 
 
 if __name__ == "__main__":

@@ -220,11 +220,24 @@ def test_console_names_the_rejection_task_by_its_display_name(tmp_path):
 
 @pytest.mark.parametrize("verb", ["submit", "schedule"])
 def test_cluster_verbs_fail_clearly_without_a_cluster(verb, capsys):
-    code = P.main([verb, "--host", "http://127.0.0.1:1", "max_epochs=1", "raw_uri=/data/raw/amazon",
-                   "glove_uri=/data/raw/glove.6B.300d.txt"])
+    code = P.main([verb, "--host", "http://127.0.0.1:1", "--mlflow-secret", "mlflow-tracking", "max_epochs=1",
+                   "raw_uri=/data/raw/amazon", "glove_uri=/data/raw/glove.6B.300d.txt"])
     assert code == 2
     err = capsys.readouterr().err
     assert "cannot reach Kubeflow Pipelines at http://127.0.0.1:1" in err
+
+
+@pytest.mark.parametrize("verb", ["submit", "schedule"])
+def test_cluster_verbs_need_an_mlflow_server_before_anything_is_sent(verb, capsys):
+    # Before: a run without the Secret trained for hours and failed at the gate ("no MLflow tracking URI").
+    code = P.main([verb, "--host", "http://127.0.0.1:1", "raw_uri=/data/raw/amazon"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "needs an MLflow server" in err and "--mlflow-secret mlflow-tracking" in err
+    assert "cannot reach" not in err  # refused before any connection
+    code = P.main([verb, "--host", "http://127.0.0.1:1", "raw_uri=/data/raw/amazon",
+                   "glove_uri=/data/raw/glove.6B.300d.txt", "mlflow_tracking_uri=http://mlflow.example:5000"])
+    assert code == 2 and "cannot reach Kubeflow Pipelines" in capsys.readouterr().err  # an explicit URI passes
 
 
 def test_checkpoint_dir_is_keyed_by_run_and_task(tmp_path):
