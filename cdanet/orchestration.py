@@ -323,6 +323,7 @@ def run_summary(tracking_uri: str, model_name: str, pipeline_root: str, log_path
     if run_dir:
         lines.append(f"  artifacts {run_dir}")
         for label, rel in (("processed data", "preprocess/processed"), ("validation report", "validate/report"),
+                           ("GX Data Docs", "validate/data_docs/data_docs/index.html"),
                            ("model", "finetune/model"), ("training curves", "finetune/curves"),
                            ("predictions", "evaluate/predictions"),
                            ("training curves PNG", f"finetune/model/{CURVES_PNG}"),

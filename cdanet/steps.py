@@ -247,13 +247,17 @@ def _history_logger(run: Any, stage: str) -> Callable[[dict[str, Any]], None] | 
 
 
 # ---- validate -----------------------------------------------------------------------------------------
-#: Where the Great Expectations Data Docs go, next to the validate step's HTML report (and in the MLflow run).
+#: Where the Great Expectations Data Docs go without ``data_docs_dir``: next to the validate step's HTML report.
 DATA_DOCS_DIR = "gx_data_docs"
 
 
-def validate(config_path: str, processed_dir: str, report_path: str, *, tracking_uri: str = "",
-             pipeline_run_id: str = "") -> None:
+def validate(config_path: str, processed_dir: str, report_path: str, *, data_docs_dir: str | None = None,
+             tracking_uri: str = "", pipeline_run_id: str = "") -> None:
     """Run the GX suites; write the HTML report, then raise if any expectation failed.
+
+    ``data_docs_dir`` (the component's directory artifact) receives the GX Data Docs site
+    (``data_docs/index.html``) and the summary's ``validation.html`` / ``validation.json``; default: a
+    ``gx_data_docs`` folder beside ``report_path``.
 
     With tracking (:mod:`cdanet.tracking`), the run's MLflow run gets the resolved config as params,
     the processed splits as dataset inputs and the report folder as ``validation/`` (the GX Data Docs at
@@ -262,7 +266,7 @@ def validate(config_path: str, processed_dir: str, report_path: str, *, tracking
     from cdanet.validation import validate_processed
 
     cfg = PipelineConfig.load(config_path).experiment
-    report_dir = os.path.join(os.path.dirname(os.path.abspath(report_path)), DATA_DOCS_DIR)
+    report_dir = data_docs_dir or os.path.join(os.path.dirname(os.path.abspath(report_path)), DATA_DOCS_DIR)
     with _tracked(config_path, tracking_uri, pipeline_run_id) as run:
         report = validate_processed(processed_dir, cfg.domains, report_dir)
         shutil.copyfile(report.html_path, report_path)

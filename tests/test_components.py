@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 
@@ -40,8 +41,12 @@ def test_validate_passes_clean_data_and_stops_on_corruption(workspace, tmp_path)
     root, processed, config = workspace
     processed_in = dsl.Dataset(name="processed", uri=str(processed))
     report = artifact(dsl.HTML, tmp_path, "report.html")
-    C.validate.python_func(config=config, processed=processed_in, report=report)
+    docs = artifact(dsl.Artifact, tmp_path, "data_docs")
+    C.validate.python_func(config=config, processed=processed_in, report=report, data_docs=docs)
     assert "<html" in open(report.path).read().lower()
+    # the Data Docs site is an artifact of its own (a folder), not files lying beside the report
+    assert os.path.exists(os.path.join(docs.path, "data_docs", "index.html"))
+    assert glob.glob(os.path.join(docs.path, "data_docs", "validations", "**", "*.html"), recursive=True)
 
     # Corrupt one label of the movie training split: the run must stop, naming the expectation.
     bad = tmp_path / "bad"
@@ -54,9 +59,12 @@ def test_validate_passes_clean_data_and_stops_on_corruption(workspace, tmp_path)
 
     pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels)), path)
     report2 = artifact(dsl.HTML, tmp_path, "report2.html")
+    docs2 = artifact(dsl.Artifact, tmp_path, "data_docs2")
     with pytest.raises(DataValidationError, match=r"movie.*train.*label"):
-        C.validate.python_func(config=config, processed=dsl.Dataset(name="p", uri=str(bad)), report=report2)
+        C.validate.python_func(config=config, processed=dsl.Dataset(name="p", uri=str(bad)), report=report2,
+                               data_docs=docs2)
     assert os.path.exists(report2.path), "the report is written before the run stops"
+    assert os.path.exists(os.path.join(docs2.path, "data_docs", "index.html")), "and the Data Docs that say why"
 
 
 @pytest.fixture(scope="module")

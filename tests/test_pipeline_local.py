@@ -88,7 +88,7 @@ def test_first_run_promotes_a_champion_that_scores_rows(two_runs):
     scores = champion.predict(raw_frame(test.slice(0, 50), schema, vocabularies))
     assert len(scores) == 50 and all(0.0 <= float(s) <= 1.0 for s in scores)
     # reports and predictions are files; Metrics / ClassificationMetrics live in the task's metadata
-    for rel in ("validate/report", "finetune/curves", "baseline/test_metrics", "gate/decision", "register/registered"):
+    for rel in ("validate/report", "validate/data_docs/data_docs/index.html", "finetune/curves", "baseline/test_metrics", "gate/decision", "register/registered"):
         assert os.path.exists(os.path.join(run_dir, rel)), rel
     assert glob.glob(os.path.join(run_dir, "evaluate", "predictions", "*.parquet"))
     executor_output = open(os.path.join(run_dir, "evaluate", "executor_output.json")).read()
