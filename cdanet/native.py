@@ -12,7 +12,8 @@ gradients (a coalesced sparse tensor) instead of a dense table that is mostly ze
 
 Each has a torch implementation, and on CPU a C one (``native.c``) that does the same in one pass over
 the data instead of torch's gather / update / scatter (measured in ``docs/performance.md``, "Training
-speed"). The C file is compiled on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``
+speed"). A library built ahead of time (``python -m cdanet.native build DIR``, as the image's build
+stage does) is loaded from ``$CDANET_NATIVE_LIB``; otherwise the C file is compiled on first use with the system C compiler (``$CC``, else ``cc``, ``gcc``
 or ``clang``) into a private cache directory (``$CDANET_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/cdanet/native``, else ``~/.cache/cdanet/native``; ``<tmp>/cdanet-native-<uid>`` when
 that one cannot be used), keyed by the source, the flags and the host CPU, and loaded with
@@ -24,7 +25,9 @@ Loading a shared library runs its code, so nothing is loaded that another user c
 directory owned by this user (group / other permissions are removed if it is ours); the library
 must be a regular file owned by this user, writable by no one else, and its SHA-256 must equal the
 digest recorded next to it when this code compiled it. A library that fails a check is not loaded
-(a warning names it and why) and is rebuilt; a folder that fails one is skipped.
+(a warning names it and why) and is rebuilt; a folder that fails one is skipped. A prebuilt library
+(:func:`_trusted_prebuilt`) and its folder must be owned by root or this user and writable by no one
+else, and it must match the digests recorded by :func:`build`, its source's included.
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ _BASE_FLAGS = ("-O3", "-fno-math-errno", "-fPIC", "-shared")
 _FLAG_SETS = (("-march=native", "-fopenmp"), ("-fopenmp",), ("-march=native",), ())
 ENV_SWITCH = "CDANET_NATIVE"  # "0" turns the C kernels off
 ENV_CACHE = "CDANET_NATIVE_CACHE"
+ENV_PREBUILT = "CDANET_NATIVE_LIB"  # a library built ahead of time (`python -m cdanet.native build DIR`)
+#: Flags of a library built ahead of time: it runs on CPUs other than the build machine's, so no -march=native.
+PORTABLE_FLAGS = (*_BASE_FLAGS, "-fopenmp")
+PREBUILT_NAME = "cdanet_native.so"
 
 
 class _Lib:
@@ -174,6 +181,78 @@ def _trusted(lib: Path) -> str | None:
     return None
 
 
+def _source_digest() -> str:
+    return hashlib.sha256(_SOURCE.read_bytes()).hexdigest()
+
+
+def _admin_or_own(path: Path, kind: str) -> str | None:
+    """Why ``path`` (a file or a directory, ``kind``) must not be trusted for a prebuilt library: not of that
+    kind (a symlink counts as neither), owned by neither root nor this user, or writable by group or others."""
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        return f"{path}: cannot stat it ({e.strerror})"
+    if not (stat.S_ISDIR(st.st_mode) if kind == "directory" else stat.S_ISREG(st.st_mode)):
+        return f"{path}: not a {kind}"
+    if st.st_uid not in (0, _uid()):
+        return f"{path}: owned by uid {st.st_uid}, neither root nor this user ({_uid()})"
+    if st.st_mode & 0o022:
+        return f"{path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def _trusted_prebuilt(lib: Path) -> str | None:
+    """Why the prebuilt library ``lib`` must not be loaded, or None. It must be a regular file in a folder,
+    both owned by root or this user and writable by no one else (an image's read-only layer), with the
+    digest file that ``build`` wrote beside it: the library's SHA-256 and that of the ``native.c`` it was
+    built from, which must be this package's (a library of other kernels would not fit its signatures)."""
+    for path, kind in ((lib.parent, "directory"), (lib, "file"), (_digest_path(lib), "file")):
+        why = _admin_or_own(path, kind)
+        if why is not None:
+            return why
+    try:
+        recorded = _digest_path(lib).read_text().split()
+        actual = hashlib.sha256(lib.read_bytes()).hexdigest()
+    except OSError as e:
+        return f"cannot read it ({e.strerror})"
+    if len(recorded) != 2 or recorded[0] != actual:
+        return "its SHA-256 differs from the one recorded when it was built"
+    if recorded[1] != _source_digest():
+        return f"it was built from another {_SOURCE.name} than this package's"
+    return None
+
+
+def build(out_dir: str | os.PathLike[str], cc: str | None = None) -> Path:
+    """Compile the kernels ahead of time, with :data:`PORTABLE_FLAGS`, to ``out_dir/cdanet_native.so`` and
+    record its digest and its source's beside it; point ``$CDANET_NATIVE_LIB`` at it (the image's build
+    stage does: the runtime image then needs no compiler). Raises ``RuntimeError`` when it cannot."""
+    cc = cc or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        raise RuntimeError("no C compiler found ($CC, cc, gcc, clang)")
+    out = Path(out_dir) / PREBUILT_NAME
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([cc, *PORTABLE_FLAGS, str(_SOURCE), "-o", str(out), "-lm"], capture_output=True,
+                          text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"{cc} {' '.join(PORTABLE_FLAGS)} {_SOURCE.name} failed: {done.stderr.strip()}")
+    os.chmod(out, 0o755)
+    _digest_path(out).write_text(f"{hashlib.sha256(out.read_bytes()).hexdigest()} {_source_digest()}\n")
+    os.chmod(_digest_path(out), 0o644)
+    return out
+
+
+def _load_prebuilt(path: Path) -> _Lib | None:
+    why = _trusted_prebuilt(path)
+    if why is not None:
+        logger.warning("not loading the prebuilt kernels %s (%s=%s): %s", path, ENV_PREBUILT, path, why)
+        return None
+    try:
+        return _Lib(ctypes.CDLL(str(path)), path)
+    except (OSError, AttributeError) as e:
+        logger.warning("loading the prebuilt kernels %s failed: %s", path, e)
+        return None
+
+
 def _compile(cc: str, flags: tuple[str, ...], out: Path) -> bool:
     """Compile the kernels to ``out`` (atomically: a temporary file, then a rename) and record its digest."""
     tmp = None
@@ -261,6 +340,11 @@ def library() -> _Lib | None:
     """The compiled kernels, building them on first use; None where they are off or cannot be built."""
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return None
+    prebuilt = os.environ.get(ENV_PREBUILT)
+    if prebuilt:
+        lib = _load_prebuilt(Path(prebuilt))
+        if lib is not None:
+            return lib
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         logger.warning("no C compiler found ($CC, cc, gcc, clang): the sparse embedding path uses torch ops")
@@ -421,3 +505,25 @@ def adam_rows_(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor,
         param.index_copy_(0, rows, p)
         exp_avg.index_copy_(0, rows, m)
         exp_avg_sq.index_copy_(0, rows, v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cdanet.native build DIR``: compile the kernels ahead of time (see :func:`build`)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m cdanet.native", description=main.__doc__)
+    parser.add_argument("verb", choices=["build"])
+    parser.add_argument("out_dir", help=f"folder for {PREBUILT_NAME} and its digest file")
+    args = parser.parse_args(argv)
+    try:
+        path = build(args.out_dir)
+    except (RuntimeError, OSError) as e:
+        print(f"cdanet.native: error: {e}", file=sys.stderr)
+        return 1
+    print(f"built {path}; use it with {ENV_PREBUILT}={path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -154,3 +154,62 @@ def test_processes_starting_together_all_get_the_kernels(tmp_path: Path) -> None
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
     assert len({out.strip() for out, _ in outs}) == 1
+
+
+# A library built ahead of time (the image's build stage): the runtime needs no compiler.
+
+@needs_cc
+def test_a_prebuilt_library_is_loaded_without_a_compiler(fresh_library, tmp_path, monkeypatch) -> None:
+    built = native.build(tmp_path / "prebuilt")
+    assert built.name == native.PREBUILT_NAME and "-march=native" not in native.PORTABLE_FLAGS
+    monkeypatch.setenv(native.ENV_PREBUILT, str(built))
+    monkeypatch.setenv("CC", "/nonexistent/cc")  # the compile path would find nothing
+    monkeypatch.setenv(native.ENV_CACHE, str(tmp_path / "cache"))
+    lib = fresh_library()
+    assert lib is not None and lib.path == built and not (tmp_path / "cache").exists()
+    rows, values = native.coalesce_grad(torch.tensor([[3, 1], [3, 0]]), torch.ones(2, 2), None, True, 5)
+    assert rows.tolist() == [0, 1, 3] and values.tolist() == [[1.0, 1.0], [1.0, 1.0], [2.0, 2.0]]
+
+
+@needs_cc
+@pytest.mark.parametrize("flaw, why", [
+    ("file_mode", "writable by group or others"),
+    ("dir_mode", "writable by group or others"),
+    ("bytes", "SHA-256 differs"),
+    ("source", "built from another native.c"),
+    ("no_digest", "cannot stat"),
+])
+def test_a_prebuilt_library_that_fails_a_check_is_never_loaded(fresh_library, tmp_path, monkeypatch, caplog,
+                                                               flaw, why) -> None:
+    built = native.build(tmp_path / "prebuilt")
+    marker = tmp_path / "ran"
+    digest = native._digest_path(built)
+    lib_digest, src_digest = digest.read_text().split()
+    if flaw == "file_mode":
+        plant(built, marker)
+        digest.write_text(f"{hashlib.sha256(built.read_bytes()).hexdigest()} {src_digest}\n")
+        os.chmod(built, 0o777)
+    elif flaw == "dir_mode":
+        plant(built, marker)
+        digest.write_text(f"{hashlib.sha256(built.read_bytes()).hexdigest()} {src_digest}\n")
+        os.chmod(built.parent, 0o777)
+    elif flaw == "bytes":
+        plant(built, marker)  # replaced after the build: the recorded digest no longer matches
+    elif flaw == "source":
+        digest.write_text(f"{lib_digest} {'0' * 64}\n")
+    else:
+        digest.unlink()
+    monkeypatch.setenv(native.ENV_PREBUILT, str(built))
+    monkeypatch.setenv(native.ENV_SWITCH, "1")
+    monkeypatch.setenv(native.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with caplog.at_level("WARNING", logger="cdanet.native"):
+        assert fresh_library() is None  # refused, and no compiler to build one: torch ops
+    assert why in caplog.text and native.ENV_PREBUILT in caplog.text
+    assert not marker.exists()  # the planted library's code never ran
+
+
+def test_build_without_a_compiler_says_so(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    assert native.main(["build", str(tmp_path / "out")]) == 1
+    assert "cdanet.native: error: " in capsys.readouterr().err
