@@ -68,6 +68,13 @@ ENV_PREBUILT = "CDANET_NATIVE_LIB"  # a library built ahead of time (`python -m 
 #: Flags of a library built ahead of time: it runs on CPUs other than the build machine's, so no -march=native.
 PORTABLE_FLAGS = (*_BASE_FLAGS, "-fopenmp")
 PREBUILT_NAME = "cdanet_native.so"
+#: Extra builds next to the portable one, each loaded instead of it where the CPU has the listed features
+#: (/proc/cpuinfo flags). x86-64-v3 (AVX2, FMA, ...): the portable build is ~15-20 % slower per training
+#: step at Taobao table sizes, v3 level with -march=native (docs/performance.md).
+PREBUILT_VARIANTS: tuple[tuple[str, tuple[str, ...], frozenset[str]], ...] = (
+    ("x86-64-v3", ("-march=x86-64-v3",),
+     frozenset({"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"})),
+)
 
 
 class _Lib:
@@ -222,35 +229,67 @@ def _trusted_prebuilt(lib: Path) -> str | None:
     return None
 
 
+def variant_path(lib: Path, variant: str) -> Path:
+    """Where :func:`build` puts ``variant`` of the prebuilt library ``lib`` (``cdanet_native-x86-64-v3.so``)."""
+    return lib.with_name(f"{lib.stem}-{variant}{lib.suffix}")
+
+
+def _compile_prebuilt(cc: str, flags: tuple[str, ...], out: Path) -> str | None:
+    """Compile to ``out`` and record the digests; the compiler's error, or None when it worked."""
+    done = subprocess.run([cc, *flags, str(_SOURCE), "-o", str(out), "-lm"], capture_output=True, text=True,
+                          timeout=300)
+    if done.returncode != 0:
+        return f"{cc} {' '.join(flags)} {_SOURCE.name} failed: {done.stderr.strip()}"
+    os.chmod(out, 0o755)
+    _digest_path(out).write_text(f"{hashlib.sha256(out.read_bytes()).hexdigest()} {_source_digest()}\n")
+    os.chmod(_digest_path(out), 0o644)
+    return None
+
+
 def build(out_dir: str | os.PathLike[str], cc: str | None = None) -> Path:
     """Compile the kernels ahead of time, with :data:`PORTABLE_FLAGS`, to ``out_dir/cdanet_native.so`` and
     record its digest and its source's beside it; point ``$CDANET_NATIVE_LIB`` at it (the image's build
-    stage does: the runtime image then needs no compiler). Raises ``RuntimeError`` when it cannot."""
+    stage does: the runtime image then needs no compiler). Also builds each of :data:`PREBUILT_VARIANTS`
+    that the compiler supports (:func:`variant_path`), which the loader prefers on CPUs that have its
+    features. Raises ``RuntimeError`` when the portable build fails."""
     cc = cc or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         raise RuntimeError("no C compiler found ($CC, cc, gcc, clang)")
     out = Path(out_dir) / PREBUILT_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([cc, *PORTABLE_FLAGS, str(_SOURCE), "-o", str(out), "-lm"], capture_output=True,
-                          text=True, timeout=300)
-    if done.returncode != 0:
-        raise RuntimeError(f"{cc} {' '.join(PORTABLE_FLAGS)} {_SOURCE.name} failed: {done.stderr.strip()}")
-    os.chmod(out, 0o755)
-    _digest_path(out).write_text(f"{hashlib.sha256(out.read_bytes()).hexdigest()} {_source_digest()}\n")
-    os.chmod(_digest_path(out), 0o644)
+    error = _compile_prebuilt(cc, PORTABLE_FLAGS, out)
+    if error is not None:
+        raise RuntimeError(error)
+    for name, extra, _ in PREBUILT_VARIANTS:
+        error = _compile_prebuilt(cc, (*PORTABLE_FLAGS, *extra), variant_path(out, name))
+        if error is not None:  # e.g. not x86: the portable build serves
+            logger.info("variant %s not built: %s", name, error)
     return out
 
 
-def _load_prebuilt(path: Path) -> _Lib | None:
-    why = _trusted_prebuilt(path)
-    if why is not None:
-        logger.warning("not loading the prebuilt kernels %s (%s=%s): %s", path, ENV_PREBUILT, path, why)
-        return None
+def _cpu_flags() -> frozenset[str]:
     try:
-        return _Lib(ctypes.CDLL(str(path)), path)
-    except (OSError, AttributeError) as e:
-        logger.warning("loading the prebuilt kernels %s failed: %s", path, e)
-        return None
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return frozenset()
+    return frozenset(word for ln in lines if ln.startswith("flags") for word in ln.split(":", 1)[-1].split())
+
+
+def _load_prebuilt(path: Path) -> _Lib | None:
+    """The prebuilt kernels: the first variant the CPU can run (:data:`PREBUILT_VARIANTS`), else ``path``."""
+    cpu = _cpu_flags()
+    candidates = [variant_path(path, name) for name, _, needs in PREBUILT_VARIANTS
+                  if needs <= cpu and os.path.lexists(variant_path(path, name))]
+    for candidate in (*candidates, path):
+        why = _trusted_prebuilt(candidate)
+        if why is not None:
+            logger.warning("not loading the prebuilt kernels %s (%s=%s): %s", candidate, ENV_PREBUILT, path, why)
+            continue
+        try:
+            return _Lib(ctypes.CDLL(str(candidate)), candidate)
+        except (OSError, AttributeError) as e:
+            logger.warning("loading the prebuilt kernels %s failed: %s", candidate, e)
+    return None
 
 
 def _compile(cc: str, flags: tuple[str, ...], out: Path) -> bool:

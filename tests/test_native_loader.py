@@ -165,6 +165,7 @@ def test_a_prebuilt_library_is_loaded_without_a_compiler(fresh_library, tmp_path
     monkeypatch.setenv(native.ENV_PREBUILT, str(built))
     monkeypatch.setenv("CC", "/nonexistent/cc")  # the compile path would find nothing
     monkeypatch.setenv(native.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "_cpu_flags", frozenset)  # a CPU without the x86-64-v3 features
     lib = fresh_library()
     assert lib is not None and lib.path == built and not (tmp_path / "cache").exists()
     rows, values = native.coalesce_grad(torch.tensor([[3, 1], [3, 0]]), torch.ones(2, 2), None, True, 5)
@@ -200,6 +201,7 @@ def test_a_prebuilt_library_that_fails_a_check_is_never_loaded(fresh_library, tm
     else:
         digest.unlink()
     monkeypatch.setenv(native.ENV_PREBUILT, str(built))
+    monkeypatch.setattr(native, "_cpu_flags", frozenset)  # the portable build only (variants: the next test)
     monkeypatch.setenv(native.ENV_SWITCH, "1")
     monkeypatch.setenv(native.ENV_CACHE, str(tmp_path / "cache"))
     monkeypatch.setenv("CC", "/nonexistent/cc")
@@ -213,3 +215,23 @@ def test_build_without_a_compiler_says_so(tmp_path, monkeypatch, capsys) -> None
     monkeypatch.setenv("CC", "/nonexistent/cc")
     assert native.main(["build", str(tmp_path / "out")]) == 1
     assert "cdanet.native: error: " in capsys.readouterr().err
+
+
+@needs_cc
+def test_the_prebuilt_variant_that_the_cpu_can_run_is_preferred(fresh_library, tmp_path, monkeypatch) -> None:
+    built = native.build(tmp_path / "prebuilt")
+    name, _, needs = native.PREBUILT_VARIANTS[0]
+    v3 = native.variant_path(built, name)
+    if not v3.exists():
+        pytest.skip(f"this compiler cannot build {name}")
+    assert native._trusted_prebuilt(v3) is None
+    monkeypatch.setenv(native.ENV_PREBUILT, str(built))
+    monkeypatch.setattr(native, "_cpu_flags", lambda: needs | {"sse2"})
+    assert fresh_library().path == v3
+    native.library.cache_clear()
+    monkeypatch.setattr(native, "_cpu_flags", lambda: needs - {"avx2"})  # one feature missing: the portable one
+    assert fresh_library().path == built
+    native.library.cache_clear()
+    os.chmod(v3, 0o777)  # a variant that fails a check is skipped, never loaded
+    monkeypatch.setattr(native, "_cpu_flags", lambda: needs)
+    assert fresh_library().path == built
