@@ -235,3 +235,14 @@ def test_the_prebuilt_variant_that_the_cpu_can_run_is_preferred(fresh_library, t
     os.chmod(v3, 0o777)  # a variant that fails a check is skipped, never loaded
     monkeypatch.setattr(native, "_cpu_flags", lambda: needs)
     assert fresh_library().path == built
+
+
+@needs_cc
+def test_the_build_command_of_the_docs(tmp_path) -> None:
+    # docs/architecture.md and the Dockerfile: `python -m cdanet.native build DIR`
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-m", "cdanet.native", "build", str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    built = tmp_path / "out" / native.PREBUILT_NAME
+    assert f"{native.ENV_PREBUILT}={built}" in done.stdout and native._trusted_prebuilt(built) is None
