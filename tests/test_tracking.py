@@ -34,11 +34,11 @@ def test_no_tracking_uri_or_run_id_logs_nothing(workspace, tmp_path, monkeypatch
     root, processed, config = workspace
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     C.validate.python_func(config=config, processed=processed, report=artifact(dsl.HTML, tmp_path, "r.html"),
-                           run_id="run-x")  # no URI: validation still runs, nothing is logged
+                           data_docs=artifact(dsl.Artifact, tmp_path, "d"), run_id="run-x")  # no URI: validation still runs, nothing is logged
     uri = f"sqlite:///{tmp_path}/m.db"
     # a URI but an unresolved run-id placeholder (a local compile, an old caller): no store is created
     C.validate.python_func(config=config, processed=processed, report=artifact(dsl.HTML, tmp_path, "r2.html"),
-                           mlflow_tracking_uri=uri, run_id="{{$.pipeline_job_uuid}}")
+                           data_docs=artifact(dsl.Artifact, tmp_path, "d2"), mlflow_tracking_uri=uri, run_id="{{$.pipeline_job_uuid}}")
     assert not os.path.exists(tmp_path / "m.db")
 
 
@@ -74,7 +74,8 @@ def test_failed_validation_leaves_a_failed_run_with_its_data_docs(workspace, tmp
     uri = f"sqlite:///{tmp_path}/m.db"
     with pytest.raises(Exception, match=r"movie.*train.*label"):
         C.validate.python_func(config=config, processed=dsl.Dataset(name="p", uri=str(bad)),
-                               report=artifact(dsl.HTML, tmp_path, "r.html"), mlflow_tracking_uri=uri, run_id="bad-1")
+                               report=artifact(dsl.HTML, tmp_path, "r.html"), data_docs=artifact(dsl.Artifact, tmp_path, "d"),
+                               mlflow_tracking_uri=uri, run_id="bad-1")
     (run,) = _runs(uri, "bad-1")
     assert run.info.status == "FAILED"
     files = {a.path for a in mlflow.MlflowClient(tracking_uri=uri).list_artifacts(run.info.run_id, "validation/data_docs")}
@@ -90,7 +91,8 @@ def test_the_mlflow_run_records_the_whole_pipeline_run(workspace):
     run_id = "kfp-run-7"
     track = dict(mlflow_tracking_uri=uri, run_id=run_id)
 
-    C.validate.python_func(config=config, processed=processed, report=artifact(dsl.HTML, out, "report.html"), **track)
+    C.validate.python_func(config=config, processed=processed, report=artifact(dsl.HTML, out, "report.html"),
+                           data_docs=artifact(dsl.Artifact, out, "data_docs"), **track)
     pretrained = artifact(dsl.Model, out, "pretrained")
     C.pretrain.python_func(config=config, processed=processed, pretrained=pretrained,
                            metrics=artifact(dsl.Metrics, out, "m1"), **track)
