@@ -156,16 +156,17 @@ def _digest_path(lib: Path) -> Path:
     return lib.with_name(lib.name + ".sha256")
 
 
-def _owned_file(path: Path) -> str | None:
-    """Why ``path`` must not be trusted (None when it is a regular file of ours that no one else can write)."""
+def _owned_file(path: Path, *, directory: bool = False, root_ok: bool = False) -> str | None:
+    """Why ``path`` must not be trusted (None when it is a regular file, or with ``directory`` a directory,
+    of ours, or with ``root_ok`` of root's, that no one else can write; a symlink is neither)."""
     try:
         st = os.lstat(path)
     except OSError as e:
         return f"cannot stat it ({e.strerror})"
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
-    if st.st_uid != _uid():
-        return f"owned by uid {st.st_uid}, not by this user ({_uid()})"
+    if not (stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)):
+        return "not a directory" if directory else "not a regular file"
+    if st.st_uid != _uid() and not (root_ok and st.st_uid == 0):
+        return f"owned by uid {st.st_uid}, {'neither root nor' if root_ok else 'not by'} this user ({_uid()})"
     if st.st_mode & 0o022:
         return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
     return None
@@ -188,24 +189,13 @@ def _trusted(lib: Path) -> str | None:
     return None
 
 
+def _find_cc() -> str | None:
+    """The C compiler: ``$CC``, else ``cc``, ``gcc`` or ``clang`` on the PATH."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
 def _source_digest() -> str:
     return hashlib.sha256(_SOURCE.read_bytes()).hexdigest()
-
-
-def _admin_or_own(path: Path, kind: str) -> str | None:
-    """Why ``path`` (a file or a directory, ``kind``) must not be trusted for a prebuilt library: not of that
-    kind (a symlink counts as neither), owned by neither root nor this user, or writable by group or others."""
-    try:
-        st = os.lstat(path)
-    except OSError as e:
-        return f"{path}: cannot stat it ({e.strerror})"
-    if not (stat.S_ISDIR(st.st_mode) if kind == "directory" else stat.S_ISREG(st.st_mode)):
-        return f"{path}: not a {kind}"
-    if st.st_uid not in (0, _uid()):
-        return f"{path}: owned by uid {st.st_uid}, neither root nor this user ({_uid()})"
-    if st.st_mode & 0o022:
-        return f"{path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
-    return None
 
 
 def _trusted_prebuilt(lib: Path) -> str | None:
@@ -213,10 +203,10 @@ def _trusted_prebuilt(lib: Path) -> str | None:
     both owned by root or this user and writable by no one else (an image's read-only layer), with the
     digest file that ``build`` wrote beside it: the library's SHA-256 and that of the ``native.c`` it was
     built from, which must be this package's (a library of other kernels would not fit its signatures)."""
-    for path, kind in ((lib.parent, "directory"), (lib, "file"), (_digest_path(lib), "file")):
-        why = _admin_or_own(path, kind)
+    for path, directory in ((lib.parent, True), (lib, False), (_digest_path(lib), False)):
+        why = _owned_file(path, directory=directory, root_ok=True)
         if why is not None:
-            return why
+            return f"{path}: {why}"
     try:
         recorded = _digest_path(lib).read_text().split()
         actual = hashlib.sha256(lib.read_bytes()).hexdigest()
@@ -252,7 +242,7 @@ def build(out_dir: str | os.PathLike[str], cc: str | None = None) -> Path:
     stage does: the runtime image then needs no compiler). Also builds each of :data:`PREBUILT_VARIANTS`
     that the compiler supports (:func:`variant_path`), which the loader prefers on CPUs that have its
     features. Raises ``RuntimeError`` when the portable build fails."""
-    cc = cc or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    cc = cc or _find_cc()
     if cc is None:
         raise RuntimeError("no C compiler found ($CC, cc, gcc, clang)")
     out = Path(out_dir) / PREBUILT_NAME
@@ -384,7 +374,7 @@ def library() -> _Lib | None:
         lib = _load_prebuilt(Path(prebuilt))
         if lib is not None:
             return lib
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    cc = _find_cc()
     if cc is None:
         logger.warning("no C compiler found ($CC, cc, gcc, clang): the sparse embedding path uses torch ops")
         return None

@@ -466,7 +466,5 @@ class UserHistory(nn.Module):
             p = p + a
         match = p * q
         if self.cross_logit == "profile":
-            cross = match.sum(1)
-            if self.cross_scale != 1.0:
-                cross = cross * self.cross_scale
+            cross = match.sum(1) * self.cross_scale
         return p + match, cross
