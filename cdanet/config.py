@@ -94,6 +94,11 @@ class ModelConfig:
     # logit, as the FM part of a DeepFM / the wide part of a Wide & Deep, instead of only feeding the
     # tower through h (UserHistory). "none" = h only.
     cross_logit: str = "none"
+    # Departs from the paper (named option): the inner product <u, i> of the row's user and item vectors
+    # (their rows of the domain's own embedding table; the target's user vector includes the linked
+    # source user vector of shared_users) is added to the domain's logit: the FM term of a DeepFM on the
+    # id fields, i.e. a matrix-factorisation term beside the tower (cdanet.layers.embeddings.DomainEmbedding).
+    id_cross: bool = False
     alpha: float = 0.01  # weight of L^cross (Eq. 9)
     beta: float = 0.1  # weight of L^orth (Eq. 9, 11)
     ablation: str = "none"
@@ -198,6 +203,9 @@ class ExperimentConfig:
             errors.append(f"ablation {m.ablation!r} only applies to model 'cdanet', not {m.name!r}")
         if m.shared_users and m.embedding_combiner != "linear":
             errors.append(f"model.shared_users needs embedding_combiner 'linear' (user vectors of width d), "
+                          f"not {m.embedding_combiner!r}")
+        if m.id_cross and m.embedding_combiner != "linear":
+            errors.append(f"model.id_cross needs embedding_combiner 'linear' (user and item vectors of width d), "
                           f"not {m.embedding_combiner!r}")
         if m.cross_logit not in CROSS_LOGITS:
             errors.append(f"unknown model.cross_logit {m.cross_logit!r}; expected one of {CROSS_LOGITS}")

@@ -119,3 +119,67 @@ def test_single_domain_models_and_other_combiners() -> None:
     assert mmoe.user_link is not None
     with pytest.raises(ConfigError, match="shared_users needs embedding_combiner 'linear'"):
         _cfg().with_overrides(["model.embedding_combiner=concat"]).validate()
+
+
+# model.id_cross: <u, i> of the row's user and item vectors goes to the logit (the FM term on the ids).
+
+def _id_cross(net, dom: str, batch: Batch, linked: torch.Tensor | None = None) -> torch.Tensor:
+    emb = net.embeddings[dom]
+    u = emb.table("user_id")[batch.features["user_id"]]
+    if linked is not None:
+        u = u + linked
+    return (u * emb.table("item_id")[batch.features["item_id"]]).sum(1)
+
+
+@pytest.mark.parametrize("name", ["mlp", "share_middle", "star", "ddtcdr", "mmoe", "ple", "cdanet"])
+def test_id_cross_adds_user_dot_item_to_every_models_own_logits(name: str) -> None:
+    nets = []
+    for on in ("false", "true"):
+        torch.manual_seed(0)  # the option adds no parameter: both models start from the same weights
+        net = build_model(_cfg(name).with_overrides([f"model.id_cross={on}"]), schemas())
+        with torch.no_grad():  # ids far from their small init, so the cross is not ~0
+            for emb in net.embeddings.values():
+                emb.weight.normal_(0, 0.5)
+        if net.user_link is not None:
+            net.link_users(_link())
+        nets.append(net.eval())
+    plain, crossed = nets
+    b = _batches()
+    with torch.no_grad():
+        base, out = plain(b), crossed(b)
+        for dom in base:
+            linked = None
+            if crossed.user_link is not None and dom == "movie":
+                linked = crossed.embeddings["book"].table("user_id")[crossed.user_link[b["movie"].features["user_id"]]]
+            c = _id_cross(crossed, dom, b[dom], linked)
+            assert float(c.abs().mean()) > 1e-2
+            torch.testing.assert_close(out[dom], base[dom] + c)
+    assert not torch.equal(compute_loss(plain, b).total, compute_loss(crossed, b).total)
+
+
+def test_stage2_keeps_the_id_cross_with_the_folded_user_rows() -> None:
+    torch.manual_seed(0)
+    net = build_model(_cfg().with_overrides(["model.id_cross=true"]), schemas())
+    net.link_users(_link())
+    with torch.no_grad():
+        net.embeddings["movie"].weight.normal_(0, 0.5)
+        net.embeddings["book"].weight.normal_(0, 0.5)
+    net.eval()
+    aug = AugmentationNetwork.from_translation(net).eval()
+    b = _batches(1)
+    _, stage1 = net.embed_with_cross(b, ("book", "movie"))
+    _, stage2 = aug.latent_and_cross(b["movie"])
+    torch.testing.assert_close(stage2, stage1["movie"])  # same <u, i>: the link is folded into the user rows
+
+
+def test_id_cross_is_validated() -> None:
+    with pytest.raises(ConfigError, match="model.id_cross needs embedding_combiner 'linear'"):
+        _cfg().with_overrides(["model.id_cross=true", "model.shared_users=false",
+                               "model.embedding_combiner=concat"]).validate()
+    from helpers import movie_schema
+
+    from cdanet.contract import DomainSchema
+    from cdanet.layers.embeddings import DomainEmbedding
+    no_item = DomainSchema("amazon", "movie", tuple(f for f in movie_schema().fields if f.name != "item_id"))
+    with pytest.raises(ValueError, match=r"id_cross of domain 'movie' needs categorical fields \['item_id'\]"):
+        DomainEmbedding(no_item, 8, 8, id_cross=True)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdanet.contract import USER_FIELD, DomainSchema, FieldKind, FieldSpec
+from cdanet.contract import ITEM_FIELD, USER_FIELD, DomainSchema, FieldKind, FieldSpec
 from cdanet.native import coalesce_grad, index_add_slots_
 
 COMBINERS: tuple[str, ...] = ("linear", "concat", "sum")
@@ -98,7 +98,7 @@ class DomainEmbedding(nn.Module):
     def __init__(self, schema: DomainSchema, d: int, embedding_dim: int, combiner: str = "linear",
                  history_field: str | None = None, history_len: int = 10, history_init_std: float = 0.0,
                  source_history: FieldSpec | None = None, user_fields: Sequence[str] = (),
-                 cross_logit: str = "none") -> None:
+                 cross_logit: str = "none", id_cross: bool = False) -> None:
         super().__init__()
         if combiner not in COMBINERS:
             raise ValueError(f"unknown embedding combiner {combiner!r}; expected one of {COMBINERS}")
@@ -145,6 +145,15 @@ class DomainEmbedding(nn.Module):
         else:
             n_fields = len(self.field_order)
             self.proj = nn.Linear(n_fields * embedding_dim if combiner == "concat" else embedding_dim, d)
+        self.id_cross = id_cross
+        if id_cross:
+            if combiner != "linear":
+                raise ValueError(f"id_cross needs the linear combiner (user and item vectors of width d), "
+                                 f"not {combiner!r}")
+            missing = [f for f in (USER_FIELD, ITEM_FIELD) if f not in self._row_offset]
+            if missing:
+                raise ValueError(f"id_cross of domain {schema.domain!r} needs categorical fields {missing} "
+                                 f"(fields: {list(self.field_order)})")
         self.history: UserHistory | None = None
         if history_field is not None:
             self.history = UserHistory(schema, history_field, d, history_len, history_init_std, source_history,
@@ -274,9 +283,15 @@ class DomainEmbedding(nn.Module):
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:
         return self.forward_with_cross(features)[0]
 
-    def forward_with_cross(self, features: Mapping[str, Tensor]) -> tuple[Tensor, Tensor | None]:
-        """``(h, c)``: ``h`` as :meth:`forward` (``B x d``), and the profile layer's logit cross ``c``
-        (``B``; ``model.cross_logit``, see :class:`UserHistory`), None without one."""
+    def forward_with_cross(self, features: Mapping[str, Tensor], linked_user: Tensor | None = None
+                           ) -> tuple[Tensor, Tensor | None]:
+        """``(h, c)``: ``h`` as :meth:`forward` (``B x d``), and the logit cross ``c`` (``B``), None without one:
+        the profile layer's (``model.cross_logit``, see :class:`UserHistory`) plus, with :attr:`id_cross`
+        (``model.id_cross``), ``<u, i>`` of the row's user and item vectors.
+
+        ``linked_user`` (``B x d``, ``model.shared_users``): another table's vector of the row's user, added
+        to ``h`` and to ``u``, as if it were part of this table's user row.
+        """
         if self.combiner == "concat":
             assert self.proj is not None
             h = self.proj(self.field_embeddings(features).flatten(1))
@@ -287,10 +302,19 @@ class DomainEmbedding(nn.Module):
             else:
                 assert self.bias is not None
                 h = pooled + self.bias
-        if self.history is None:
-            return h, None
-        profile, cross = self.history.forward_with_cross(features)
-        return h + profile, cross
+        cross: Tensor | None = None
+        if self.history is not None:
+            profile, cross = self.history.forward_with_cross(features)
+            h = h + profile
+        if linked_user is not None:
+            h = h + linked_user
+        if self.id_cross:
+            user = self.rows(USER_FIELD, features[USER_FIELD])
+            if linked_user is not None:
+                user = user + linked_user
+            ids = (user * self.rows(ITEM_FIELD, features[ITEM_FIELD])).sum(dim=1)
+            cross = ids if cross is None else cross + ids
+        return h, cross
 
 
 #: Init std of the user-attribute table of :class:`UserHistory` (``model.user_fields``).

@@ -65,7 +65,7 @@ class DomainModel(nn.Module):
                                   history_init_std=m.history_init_std,
                                   source_history=self._source_history(dom),
                                   user_fields=m.user_fields.get(dom, ()),
-                                  cross_logit=self._cross_logit(dom))
+                                  cross_logit=self._cross_logit(dom), id_cross=m.id_cross)
              for dom in embedded}
         )
         # model.shared_users: user_link[i] = the source's user index of the target's user i (0: none).
@@ -134,13 +134,13 @@ class DomainModel(nn.Module):
         h: dict[str, Tensor] = {}
         cross: dict[str, Tensor] = {}
         for d in domains:
-            h[d], c = self.embeddings[d].forward_with_cross(batches[d].features)
+            linked = None
+            if self.user_link is not None and d == self.target:
+                users = self.user_link[batches[d].features[USER_FIELD]]
+                linked = self.embeddings[self.source].rows(USER_FIELD, users)
+            h[d], c = self.embeddings[d].forward_with_cross(batches[d].features, linked)
             if c is not None:
                 cross[d] = c
-        t = self.target
-        if self.user_link is not None and t in h:
-            users = self.user_link[batches[t].features[USER_FIELD]]
-            h[t] = h[t] + self.embeddings[self.source].rows(USER_FIELD, users)
         return h, cross
 
 
