@@ -96,6 +96,8 @@ def test_profiles_default_on_the_target_and_strict_leaves_them_out() -> None:
     assert paper_config("amazon").model.user_fields == {} == strict_config("taobao").model.user_fields
     assert paper_config("taobao", "rec").model.user_fields == {}  # rec rows carry no user attributes
     assert paper_config("amazon").model.cross_logit == "profile" == paper_config("taobao").model.cross_logit
+    assert paper_config("amazon").model.id_cross and paper_config("taobao").model.id_cross
+    assert not strict_config("taobao").model.id_cross and not tiny_config().model.id_cross
     assert strict_config("taobao").model.cross_logit == "none" == tiny_config().model.cross_logit
     with pytest.raises(ConfigError, match="history_fields names unknown domains"):
         tiny_config().with_overrides(['model.history_fields={"ad": "category"}']).validate()

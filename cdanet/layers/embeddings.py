@@ -309,12 +309,21 @@ class DomainEmbedding(nn.Module):
         if linked_user is not None:
             h = h + linked_user
         if self.id_cross:
-            user = self.rows(USER_FIELD, features[USER_FIELD])
-            if linked_user is not None:
-                user = user + linked_user
-            ids = (user * self.rows(ITEM_FIELD, features[ITEM_FIELD])).sum(dim=1)
+            ids = self._id_cross(features, linked_user)
             cross = ids if cross is None else cross + ids
         return h, cross
+
+    def _id_cross(self, features: Mapping[str, Tensor], linked_user: Tensor | None) -> Tensor:
+        """``<u, i>`` (``B``) of the row's user vector (plus ``linked_user``) and item vector: one lookup of
+        both rows, so the backward adds one more (sparse) table gradient, not two."""
+        assert self.weight is not None
+        slots = torch.stack([features[USER_FIELD] + self._row_offset[USER_FIELD],
+                             features[ITEM_FIELD] + self._row_offset[ITEM_FIELD]], dim=1)  # B x 2
+        pair = _Lookup.apply(self.weight, slots, None, False, self.sparse_grad)  # B x 2 x d
+        user, item = pair[:, 0], pair[:, 1]
+        if linked_user is not None:
+            user = user + linked_user
+        return (user * item).sum(dim=1)
 
 
 #: Init std of the user-attribute table of :class:`UserHistory` (``model.user_fields``).
