@@ -171,3 +171,69 @@ def test_options_validation_lists_every_problem() -> None:
         PreprocessOptions(k_core={"movie": 0}, split_fractions=(0.5, 0.5, 0.5), malformed_threshold=2).validate()
     msg = str(e.value)
     assert "k_core['movie']" in msg and "split_fractions" in msg and "malformed_threshold" in msg
+
+
+# ---- the vectorised fast path of the CSV formats (parse_chunk) ----------------------------------------------
+
+def _good_line(fmt, rng) -> str:
+    u, i, t = f"U{rng.integers(1, 10**6)}", f"{rng.integers(0, 10**9):010d}", str(rng.integers(1_000_000_000, 1_400_000_000))
+    if isinstance(fmt, AmazonRatingsCsv):
+        return f"{u},{i},{rng.choice(['1.0', '2', '3.5', '4.0', '5.0', '0.0'])},{t}"
+    if isinstance(fmt, TaobaoRawSample):
+        clk = rng.integers(0, 2)
+        return f"{u},{t},{i},{rng.choice(['430548_1007', '430539_1007', ''])},{1 - clk},{clk}"
+    return f"{u},{i},{rng.choice(['4756105', '', '2520377'])},{rng.choice(['pv', 'buy', 'cart', 'fav'])},{t}"
+
+
+#: Field values on which Python's and arrow's parsing could disagree, or that the line parsers reject.
+_ODD_VALUES = [" U1", "U1 ", "", " ", "\t", "1.0", "+1", "-1", "01", "1e3", "1_000", "nan", "inf", "-inf", "4.50", ".5",
+               "5.", "99999999999999999999", "5.1", "-0.0", "١٢", "é", "U\x1f", "\x0bU", "pv ", "PV", "2", "0", "1",
+               "NULL", "430548_1007 ", "1019865600", "9999999999", "x,y"]
+
+
+def _slow_table(fmt, lines: list[bytes]):
+    """What the line parsers give for ``lines``: the table, or None if any line is malformed."""
+    rows = []
+    for raw in lines:
+        try:
+            rows.append(fmt.parse(raw.removesuffix(b"\r").decode("utf-8")))
+        except (Malformed, UnicodeDecodeError):
+            return None
+    import pyarrow as pa
+    return pa.Table.from_arrays([pa.array(list(c), type=t) for c, (_, t) in zip(zip(*rows, strict=True),
+                                                                                  fmt.columns, strict=True)],
+                                schema=fmt.arrow_schema)
+
+
+@pytest.mark.parametrize("fmt", [AmazonRatingsCsv(), TaobaoRawSample(), TaobaoUserBehavior()], ids=lambda f: type(f).__name__)
+def test_the_fast_path_gives_what_the_line_parsers_give_or_steps_aside(fmt) -> None:
+    import numpy as np
+    rng = np.random.default_rng(0)
+    taken = stepped_aside = 0
+    for trial in range(240):
+        lines = [_good_line(fmt, rng) for _ in range(int(rng.integers(1, 30)))]
+        if trial % 4:  # three chunks in four carry one odd value (or an odd line)
+            k = int(rng.integers(len(lines)))
+            fields = lines[k].split(",")
+            if rng.random() < 0.1:
+                lines[k] = rng.choice(["", "   ", lines[k] + "\r", lines[k] + ",", lines[k].replace(",", ";", 1)])
+            else:
+                fields[int(rng.integers(len(fields)))] = str(rng.choice(_ODD_VALUES))
+                lines[k] = ",".join(fields)
+        raw = [line.encode("utf-8") for line in lines]
+        fast, slow = fmt.parse_chunk(raw), _slow_table(fmt, raw)
+        if fast is None:
+            stepped_aside += 1
+            continue
+        taken += 1
+        assert slow is not None, f"the fast path accepted a chunk with a malformed line: {lines}"
+        assert fast.equals(slow), f"{lines}\n{fast.to_pylist()}\n{slow.to_pylist()}"
+    assert taken >= 60 and stepped_aside >= 60  # both ways were exercised
+    # Plain well-formed chunks always take it.
+    assert fmt.parse_chunk([_good_line(fmt, rng).encode() for _ in range(100)]) is not None
+
+
+def test_a_chunk_with_an_undecodable_line_steps_aside() -> None:
+    assert AmazonRatingsCsv().parse_chunk([b"A1,B1,4.0,1019865600", b"A\xff,B1,4.0,1019865600"]) is None
+    assert AmazonRatingsCsv().parse_chunk([b"A1,B1,4.0,1019865600"]) is not None
+    assert AmazonMetaLine().parse_chunk([b'{"asin": "B1"}']) is None  # no fast path: line by line

@@ -92,6 +92,27 @@ def test_parse_header_and_line_numbers() -> None:
                     equal_to([("234", None, "3", 2), ("523", "1", None, 3)]))
 
 
+def test_a_fast_path_chunk_keeps_its_line_numbers_and_counts() -> None:
+    lines = [b"A1,B1,4.0,1019865600", b"A2,B1,1.0,1395619200", b"A3,B2,5.0,1360540800"]
+    assert AmazonRatingsCsv().parse_chunk(lines) is not None  # this chunk takes the vectorised path
+    with pipeline() as p:
+        out = p | beam.Create([("r.csv", 4, lines)]) | ParseLines(AmazonRatingsCsv(), "movie", line_numbers=True)
+        assert_that(out[ROWS] | ToRows() | beam.Map(lambda r: (r["user_id"], r["rating"], r["_line"])),
+                    equal_to([("A1", 4.0, 4), ("A2", 1.0, 5), ("A3", 5.0, 6)]), label="rows")
+        assert_that(out[STATS] | beam.MapTuple(lambda k, v: (k[2], v)), equal_to([("lines", 3), ("parsed", 3)]),
+                    label="stats")
+
+
+def test_hash_buckets_of_strings_are_those_of_every_value() -> None:
+    import pandas as pd
+
+    from cdanet.preprocessing.tables import hash_buckets
+    values = pa.chunked_array([["u1", "u2", "u1"], ["u3", "u2"]])
+    expected = (pd.util.hash_array(np.array(["u1", "u2", "u1", "u3", "u2"], dtype=object)) % np.uint64(7)).astype(np.int64)
+    np.testing.assert_array_equal(hash_buckets(values, 7), expected)
+    np.testing.assert_array_equal(hash_buckets(pa.array(["u1", None]), 7)[:1], expected[:1])  # nulls: the generic path
+
+
 def test_parse_2014_meta_literals() -> None:
     lines = [b"{'asin': '0000143561', 'categories': [['Movies & TV', 'Movies']], 'title': 'Everyday Italian'}",
              b"{'asin': '0000589012', 'title': 'Why Don't They Just Quit?", b"{'asin': 'B1'}"]

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 from apache_beam.io.filesystems import FileSystems
 
 from cdanet.contract import ITEM_FIELD, USER_FIELD, USER_PROFILE_FIELDS
@@ -164,6 +166,77 @@ class LineFormat:
     def parse(self, text: str) -> tuple[Any, ...]:
         raise NotImplementedError
 
+    def parse_chunk(self, lines: Sequence[bytes]) -> pa.Table | None:
+        """The vectorised fast path of :meth:`parse` over many data lines (no header, no BOM): the table
+        that parsing each line gives (``arrow_schema``), or None whenever any line might not be a plain,
+        well-formed record; the caller then parses line by line, which stays the definition (dead letters,
+        reasons). Formats without a fast path return None."""
+        return None
+
+
+# ---- the vectorised fast path of the CSV formats -------------------------------------------------
+# It accepts a chunk only when every value has a form on which the line parsers' Python semantics
+# (str.strip, int(), float()) and arrow's agree exactly; anything else falls back to the line parsers.
+#: ASCII printable, without leading or trailing whitespace (str.strip() leaves it as it is).
+_PLAIN = r"^[!-~](?:[ -~]*[!-~])?$"
+#: Integers and plain decimals that int() / float() and arrow's casts read as the same number.
+_INTEGER = r"^-?[0-9]{1,18}$"
+_DECIMAL = r"^-?[0-9]{1,15}(?:\.[0-9]{1,15})?$"
+
+
+def _csv_columns(lines: Sequence[bytes], n: int) -> list[pa.Array] | None:
+    """The ``n`` comma-separated string columns of ``lines`` (split as ``text.split(",")``), or None."""
+    data = b"\n".join(lines)
+    if not lines or b"\r" in data:  # the line parsers drop a trailing \r; arrow would end a row there
+        return None
+    names = [f"c{i}" for i in range(n)]
+    try:
+        table = pacsv.read_csv(
+            pa.BufferReader(data),
+            read_options=pacsv.ReadOptions(column_names=names, use_threads=False, block_size=len(data) + 1),
+            parse_options=pacsv.ParseOptions(delimiter=",", quote_char=False, escape_char=False,
+                                             newlines_in_values=False, ignore_empty_lines=False),
+            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+    except (pa.ArrowException, ValueError):  # a line with another number of fields, bad UTF-8, ...
+        return None
+    if table.num_rows != len(lines):
+        return None
+    return [table.column(i).combine_chunks() for i in range(n)]
+
+
+def _all(mask: pa.Array) -> bool:
+    return bool(pc.all(mask).as_py())
+
+
+def _fast_id(col: pa.Array) -> pa.Array | None:
+    return col if _all(pc.match_substring_regex(col, _PLAIN)) else None
+
+
+def _fast_optional(col: pa.Array) -> pa.Array | None:
+    """``_optional``: "" -> null, plain values as they are."""
+    empty = pc.equal(col, "")
+    if not _all(pc.or_(empty, pc.match_substring_regex(col, _PLAIN))):
+        return None
+    return pc.if_else(empty, pa.scalar(None, pa.string()), col)
+
+
+def _fast_number(col: pa.Array, pattern: str, to: pa.DataType) -> pa.Array | None:
+    if not _all(pc.match_substring_regex(col, pattern)):
+        return None
+    return pc.cast(col, to)
+
+
+def _within(values: pa.Array, lo: float, hi: float, hi_inclusive: bool) -> bool:
+    upper = pc.less_equal(values, hi) if hi_inclusive else pc.less(values, hi)
+    return _all(pc.and_(pc.greater_equal(values, lo), upper))
+
+
+def _fast_timestamp(col: pa.Array, rng: tuple[int, int]) -> pa.Array | None:
+    t = _fast_number(col, _INTEGER, pa.int64())
+    return t if t is not None and _within(t, rng[0], rng[1], hi_inclusive=False) else None
+
 
 RATING_COLUMNS = (
     (USER_FIELD, pa.string()), (ITEM_FIELD, pa.string()), ("rating", pa.float64()), ("timestamp", pa.int64()),
@@ -183,6 +256,16 @@ class AmazonRatingsCsv(LineFormat):
         user, item, rating, ts = _fields(text, 4)
         return (_id(user, "user"), _id(item, "item"), _rating(rating, self.rating_range),
                 _timestamp(ts, "timestamp", self.timestamp_range))
+
+    def parse_chunk(self, lines: Sequence[bytes]) -> pa.Table | None:
+        cols = _csv_columns(lines, 4)
+        if cols is None:
+            return None
+        rating = _fast_number(cols[2], _DECIMAL, pa.float64())
+        if rating is None or not _within(rating, *self.rating_range, hi_inclusive=True):
+            return None
+        out = [_fast_id(cols[0]), _fast_id(cols[1]), rating, _fast_timestamp(cols[3], self.timestamp_range)]
+        return None if any(c is None for c in out) else pa.Table.from_arrays(out, schema=self.arrow_schema)
 
 
 def _rating(value: Any, rng: tuple[float, float]) -> float:
@@ -300,6 +383,17 @@ class TaobaoRawSample(LineFormat):
         return (_id(user, "user"), _timestamp(ts, "time_stamp", self.timestamp_range), _id(ad, "adgroup_id"), _optional(pid),
                 float(flags[1]))
 
+    def parse_chunk(self, lines: Sequence[bytes]) -> pa.Table | None:
+        cols = _csv_columns(lines, 6)
+        if cols is None:
+            return None
+        flags = pa.array(["0", "1"])
+        if not (_all(pc.is_in(cols[4], value_set=flags)) and _all(pc.is_in(cols[5], value_set=flags))):
+            return None
+        out = [_fast_id(cols[0]), _fast_timestamp(cols[1], self.timestamp_range), _fast_id(cols[2]),
+               _fast_optional(cols[3]), pc.cast(cols[5], pa.float64())]
+        return None if any(c is None for c in out) else pa.Table.from_arrays(out, schema=self.arrow_schema)
+
 
 @dataclass(frozen=True)
 class TaobaoAdFeature(LineFormat):
@@ -375,6 +469,14 @@ class TaobaoUserBehavior(LineFormat):
             raise Malformed(INVALID_VALUE, f"behavior_type {behavior[:20]!r} not in {sorted(TAOBAO_BEHAVIORS)}")
         return (_id(user, "user_id"), _id(item, "item_id"), _optional(cate), behavior,
                 _timestamp(ts, "timestamp", self.timestamp_range))
+
+    def parse_chunk(self, lines: Sequence[bytes]) -> pa.Table | None:
+        cols = _csv_columns(lines, 5)
+        if cols is None or not _all(pc.is_in(cols[3], value_set=pa.array(sorted(TAOBAO_BEHAVIORS)))):
+            return None
+        out = [_fast_id(cols[0]), _fast_id(cols[1]), _fast_optional(cols[2]), cols[3],
+               _fast_timestamp(cols[4], self.timestamp_range)]
+        return None if any(c is None for c in out) else pa.Table.from_arrays(out, schema=self.arrow_schema)
 
 
 # ---- discovery -----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
 import apache_beam as beam
@@ -113,6 +113,12 @@ class _ParseChunkFn(beam.DoFn):
 
     def process(self, chunk: LineChunk) -> Iterator[Any]:
         path, first, lines = chunk
+        # The vectorised fast path, for chunks of plain well-formed lines only (never the one holding line 1,
+        # with its header or BOM); any doubt and the chunk is parsed line by line below, the definition.
+        table = self._fmt.parse_chunk(lines) if first > 1 else None
+        if table is not None:
+            yield from self._emit(path, table, range(first, first + len(lines)), Counter(lines=len(lines)))
+            return
         fmt, parse = self._fmt, self._fmt.parse
         columns: list[list[Any]] = [[] for _ in fmt.columns]
         numbers: list[int] = []
@@ -149,11 +155,16 @@ class _ParseChunkFn(beam.DoFn):
                 col.append(v)
             numbers.append(line_no)
             raws.append(raw)
-        table, rejected = _to_table(fmt, columns, numbers)
+        parsed_table, rejected = _to_table(fmt, columns, numbers)
         for i in rejected:
             counts[f"malformed:{INVALID_VALUE}"] += 1
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead_letter(
                 path, numbers[i], INVALID_VALUE, raws[i], "a value does not fit its column's type"))
+        kept = numbers if not rejected else [n for i, n in enumerate(numbers) if i not in rejected]
+        yield from self._emit(path, parsed_table, kept, counts)
+
+    def _emit(self, path: str, table: pa.Table | None, numbers: Sequence[int], counts: Counter[str]) -> Iterator[Any]:
+        """The parsed rows (with their line numbers in ``_line`` where wanted), the metrics and the stats."""
         parsed = 0 if table is None else table.num_rows
         counts["parsed"] = parsed
         self._parsed.inc(parsed)
@@ -161,8 +172,7 @@ class _ParseChunkFn(beam.DoFn):
         self._malformed.inc(sum(v for k, v in counts.items() if k.startswith("malformed:")))
         if table is not None and parsed:
             if self._line_numbers:
-                kept = numbers if not rejected else [n for i, n in enumerate(numbers) if i not in rejected]
-                table = table.append_column(LINE_COLUMN, pa.array(kept, pa.int64()))
+                table = table.append_column(LINE_COLUMN, pa.array(numbers, pa.int64()))
             yield table
         for key, value in counts.items():
             yield beam.pvalue.TaggedOutput(STATS, (("file", path, key), value))

@@ -20,9 +20,20 @@ import pyarrow.compute as pc
 
 def hash_buckets(values: pa.ChunkedArray | pa.Array, num_partitions: int) -> np.ndarray:
     """Stable bucket in ``[0, num_partitions)`` of each value: the same in every worker process
-    (``pandas.util.hash_array`` uses a fixed key, unlike Python's salted ``hash``)."""
+    (``pandas.util.hash_array`` uses a fixed key, unlike Python's salted ``hash``).
+
+    A string column without nulls is dictionary-encoded by arrow first, so only its distinct values
+    become Python objects to hash (the same hash per value as hashing every row)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    n = np.uint64(num_partitions)
+    if values.null_count == 0 and (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        encoded = pc.dictionary_encode(values)
+        keys = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
+        per_key = (pd.util.hash_array(keys, categorize=False) % n).astype(np.int64)
+        return per_key[encoded.indices.to_numpy()]
     arr = values.to_numpy(zero_copy_only=False).astype(object)
-    return (pd.util.hash_array(arr, categorize=True) % np.uint64(num_partitions)).astype(np.int64)
+    return (pd.util.hash_array(arr, categorize=True) % n).astype(np.int64)
 
 
 def partition(table: pa.Table, column: str, num_partitions: int) -> Iterator[tuple[int, pa.Table]]:
