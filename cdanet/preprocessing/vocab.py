@@ -12,7 +12,6 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -69,20 +68,24 @@ class BuildVocabularies(beam.PTransform):
         return {"vocab": vocab, STATS: max_len}
 
 
-def encode_categorical(values: pa.ChunkedArray | pa.Array, index: pd.Index) -> pa.Array:
-    """Indices in ``[0, len(index)]``: position in the vocabulary + 1, 0 for OOV and missing."""
-    pos = index.get_indexer(values.to_numpy(zero_copy_only=False)) if len(values) else np.zeros(0, np.int64)
-    return pa.array(pos.astype(np.int64) + 1, pa.int64())
+def encode_categorical(values: pa.ChunkedArray | pa.Array, vocab: pa.Array) -> pa.Array:
+    """Indices in ``[0, len(vocab)]``: position in the vocabulary (distinct values) + 1, 0 for OOV and missing."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not len(vocab):
+        return pa.array(np.zeros(len(values), np.int64), pa.int64())
+    pos = pc.index_in(values, value_set=vocab.cast(values.type))  # null: OOV or missing
+    return pc.add(pc.fill_null(pos.cast(pa.int64()), -1), 1)
 
 
-def encode_multi_hot(values: pa.ChunkedArray | pa.Array, index: pd.Index) -> pa.Array:
+def encode_multi_hot(values: pa.ChunkedArray | pa.Array, vocab: pa.Array) -> pa.Array:
     """``list<int64>`` of indices, same list lengths; a missing list becomes an empty list."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     lengths = pc.fill_null(pc.list_value_length(values), 0).to_numpy(zero_copy_only=False)
     offsets = np.zeros(len(lengths) + 1, np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    flat = encode_categorical(pc.list_flatten(values), index)
+    flat = encode_categorical(pc.list_flatten(values), vocab)
     return pa.ListArray.from_arrays(pa.array(offsets), flat)
 
 
@@ -90,18 +93,18 @@ class _EncodeFn(beam.DoFn):
     def __init__(self, fields: Sequence[FieldSource], schema: pa.Schema) -> None:
         self._fields = tuple(fields)
         self._schema = schema
-        self._indices: dict[str, pd.Index] | None = None
-        self._vectors: tuple[pd.Index, np.ndarray] | None = None
+        self._vocabs: dict[str, pa.Array] | None = None
+        self._vectors: tuple[pa.Array, np.ndarray] | None = None
 
     def _prepare(self, vocabs: Mapping[str, list[str]], vectors: pa.Table | None) -> None:
         # A side input has one value per run, so the lookup structures are built once per worker.
-        if self._indices is None:
-            self._indices = {f.name: pd.Index(vocabs.get(f.name, [])) for f in self._fields if f.is_categorical}
+        if self._vocabs is None:
+            self._vocabs = {f.name: pa.array(vocabs.get(f.name, [])) for f in self._fields if f.is_categorical}
         if self._vectors is None and vectors is not None:
             dim = self._dim(vectors)
             flat = pc.list_flatten(vectors["title"]).to_numpy(zero_copy_only=False).astype(np.float32)
             matrix = np.vstack([flat.reshape(vectors.num_rows, dim), np.zeros((1, dim), np.float32)])
-            self._vectors = (pd.Index(vectors[ITEM_FIELD].to_numpy(zero_copy_only=False)), matrix)
+            self._vectors = (vectors[ITEM_FIELD].combine_chunks(), matrix)
 
     @staticmethod
     def _dim(vectors: pa.Table) -> int:
@@ -113,21 +116,22 @@ class _EncodeFn(beam.DoFn):
         from cdanet.preprocessing.glove import vector_column
 
         self._prepare(vocabs, vectors)
-        assert self._indices is not None
+        assert self._vocabs is not None
         columns: list[pa.Array] = []
         for f in self._fields:
             col = table[f.column]
             if f.kind is FieldKind.DENSE_VECTOR:
                 if self._vectors is None:
                     raise ValueError(f"field {f.name!r} needs title vectors but none were computed")
-                index, matrix = self._vectors
-                pos = index.get_indexer(table[ITEM_FIELD].to_numpy(zero_copy_only=False))
-                pos[pos < 0] = len(matrix) - 1  # the zero row: an item without a vector
+                items, matrix = self._vectors
+                # the zero row (the last): an item without a vector
+                ids = table[ITEM_FIELD]
+                pos = pc.fill_null(pc.index_in(ids, value_set=items.cast(ids.type)), len(matrix) - 1).to_numpy()
                 columns.append(vector_column(matrix[pos]))
             elif f.kind is FieldKind.MULTI_HOT:
-                columns.append(encode_multi_hot(col, self._indices[f.name]))
+                columns.append(encode_multi_hot(col, self._vocabs[f.name]))
             else:
-                columns.append(encode_categorical(col, self._indices[f.name]))
+                columns.append(encode_categorical(col, self._vocabs[f.name]))
         columns += [table["label"], table["timestamp"], table[USER_FIELD], table[ITEM_FIELD]]
         yield pa.Table.from_arrays(columns, schema=self._schema)
 
