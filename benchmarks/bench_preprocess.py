@@ -6,7 +6,7 @@ single-process pandas/pyarrow implementation of the same steps run in the same p
 checks that both give the same row counts per stage. Prints the figures and the load average
 (the machine may be shared). Not a test: nothing here asserts on time.
 
-    python benchmarks/bench_preprocess.py [--raw DIR] [--workers 2] [--scale movie]
+    python benchmarks/bench_preprocess.py [--raw DIR] [--workers 2] [--scale movie|paper] [--domains movie book]
 """
 
 from __future__ import annotations
@@ -81,11 +81,17 @@ class PeakRss:
         self._thread.join()
 
 
-def pandas_reference(raw: Path, glove: str, out: Path, k: int, fractions: tuple[float, ...]) -> dict[str, int]:
+#: Per Amazon domain: the raw file stem and the names of its multi-hot and person fields.
+DOMAIN_FILES = {"movie": ("Movies_and_TV", "genre", "director"), "book": ("Books", "category", "writer")}
+
+
+def pandas_reference(raw: Path, glove: str, out: Path, k: int, fractions: tuple[float, ...],
+                     domain: str = "movie") -> dict[str, int]:
     """The same steps in one process with pandas / pyarrow (clean input: no malformed lines)."""
+    stem, multi, person = DOMAIN_FILES[domain]
     counts: dict[str, int] = {}
     ratings = pacsv.read_csv(
-        raw / "ratings_Movies_and_TV.csv",
+        raw / f"ratings_{stem}.csv",
         read_options=pacsv.ReadOptions(column_names=["user_id", "item_id", "rating", "timestamp"]),
         convert_options=pacsv.ConvertOptions(column_types={"user_id": pa.string(), "item_id": pa.string(),
                                                            "rating": pa.float64(), "timestamp": pa.int64()}),
@@ -105,9 +111,9 @@ def pandas_reference(raw: Path, glove: str, out: Path, k: int, fractions: tuple[
         if n_pass > 1 and removed == 0:
             break
     counts["after_kcore"], counts["users"], counts["items"] = len(df), df["user_id"].nunique(), df["item_id"].nunique()
-    parser = AmazonMetaLine(domain="movie")
+    parser = AmazonMetaLine(domain=domain)
     meta_rows = []
-    with open(raw / "meta_Movies_and_TV.json", encoding="utf-8") as fh:
+    with open(raw / f"meta_{stem}.json", encoding="utf-8") as fh:
         for line in fh:
             if line.strip():
                 try:
@@ -127,7 +133,7 @@ def pandas_reference(raw: Path, glove: str, out: Path, k: int, fractions: tuple[
     train = splits["train"]
     vocab = {
         "user_id": train["user_id"].value_counts(), "item_id": train["item_id"].value_counts(),
-        "genre": train["categories"].explode().dropna().value_counts(), "director": train["person"].value_counts(),
+        multi: train["categories"].explode().dropna().value_counts(), person: train["person"].value_counts(),
     }
     index = {f: pd.Index(sorted(vc.index, key=lambda v, vc=vc: (-vc[v], v))) for f, vc in vocab.items()}
     item_pos = pd.Index(items["item_id"])
@@ -135,18 +141,19 @@ def pandas_reference(raw: Path, glove: str, out: Path, k: int, fractions: tuple[
         counts[name] = len(part)
         cats = part["categories"].apply(lambda x: x if isinstance(x, list) else [])
         lengths = cats.str.len().to_numpy()
-        flat = index["genre"].get_indexer(np.concatenate([np.asarray(c, dtype=object) for c in cats] or [[]])) + 1
+        flat = index[multi].get_indexer(np.concatenate([np.asarray(c, dtype=object) for c in cats] or [[]])) + 1
         offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32)
         table = pa.table({
             "user_id": index["user_id"].get_indexer(part["user_id"]) + 1,
             "item_id": index["item_id"].get_indexer(part["item_id"]) + 1,
-            "genre": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.astype(np.int64))),
-            "director": index["director"].get_indexer(part["person"]) + 1,
+            multi: pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.astype(np.int64))),
+            person: index[person].get_indexer(part["person"]) + 1,
             "title": vector_column(vectors[item_pos.get_indexer(part["item_id"])]),
             "label": part["label"].to_numpy(), "timestamp": part["timestamp"].to_numpy(),
             "user_id_raw": part["user_id"].to_numpy(), "item_id_raw": part["item_id"].to_numpy(),
         })
-        pq.write_table(table, out / f"{name}.parquet")
+        (out / domain).mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, out / domain / f"{name}.parquet")
     return counts
 
 
@@ -157,53 +164,67 @@ def load_average() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--raw", default=None, help="reuse a simulated raw folder (else simulate into a temp dir)")
-    ap.add_argument("--scale", default="movie")
+    ap.add_argument("--scale", default="movie",
+                    help="simulator scale when --raw is not given (movie: 2.1M movie rows; paper: 2.5M + 10.5M)")
+    ap.add_argument("--domains", nargs="+", default=["movie"], choices=sorted(DOMAIN_FILES),
+                    help="Amazon domains to preprocess (both: the issue's movie+book scale)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--k", type=int, default=5)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     tmp = Path(tempfile.mkdtemp(prefix="bench_preprocess_"))
     raw = Path(args.raw) if args.raw else tmp / "raw"
+    domains = tuple(args.domains)
     if not (raw / "amazon" / "ratings_Movies_and_TV.csv").exists():
         from cdanet.simulate import simulate
 
         t = time.perf_counter()
-        # Book rows are not benchmarked; keep them small so the simulation stays quick.
-        simulate(str(raw), dataset="amazon", scale=args.scale, seed=0, duplicate_fraction=0.01,
-                 book_rows=20_000, book_users=4_000, book_items=4_000)
+        # Without the book domain, keep its rows small so the simulation stays quick.
+        small_book = {} if "book" in domains else {"book_rows": 20_000, "book_users": 4_000, "book_items": 4_000}
+        simulate(str(raw), dataset="amazon", scale=args.scale, seed=0, duplicate_fraction=0.01, **small_book)
         print(f"simulated {raw} in {time.perf_counter() - t:.1f} s")
     glove = str(next((raw / "glove").iterdir()))
-    opts = PreprocessOptions(domains=("movie",), k_core={"movie": args.k})
+    opts = PreprocessOptions(domains=domains, k_core=dict.fromkeys(domains, args.k))
     beam_args = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
                  f"--direct_num_workers={args.workers}"]
     print(f"load average before: {load_average()} on {os.cpu_count()} cores")
     with PeakRss() as mem:
         t = time.perf_counter()
-        stats = run_preprocessing("amazon", str(raw / "amazon"), str(tmp / "beam"), glove_path=glove,
-                                  options=opts, beam_args=beam_args)["movie"]
+        results = run_preprocessing("amazon", str(raw / "amazon"), str(tmp / "beam"), glove_path=glove,
+                                    options=opts, beam_args=beam_args)
         beam_s = time.perf_counter() - t
     beam_peak = mem.peak
     print(f"load average after beam: {load_average()}")
     (tmp / "pandas").mkdir()
+    refs = {}
     with PeakRss() as mem:
         t = time.perf_counter()
-        ref = pandas_reference(raw / "amazon", glove, tmp / "pandas", args.k, opts.split_fractions)
+        for dom in domains:
+            refs[dom] = pandas_reference(raw / "amazon", glove, tmp / "pandas", args.k, opts.split_fractions, dom)
         pandas_s = time.perf_counter() - t
-    rows = stats["rows"]
-    beam_counts = {"parsed": rows["parsed"], "duplicates": rows["duplicates"], "after_kcore": rows["after_kcore"],
-                   "users": stats["users"], "items": stats["items"],
-                   **{s: rows[s] for s in ("train", "validation", "test")}}
-    same = {key: beam_counts[key] == ref[key] for key in ref}
+    counts, read = {}, 0
+    for dom in domains:
+        stats, ref = results[dom], refs[dom]
+        rows = stats["rows"]
+        read += rows["read"]
+        beam_counts = {"parsed": rows["parsed"], "duplicates": rows["duplicates"], "after_kcore": rows["after_kcore"],
+                       "users": stats["users"], "items": stats["items"],
+                       **{s: rows[s] for s in ("train", "validation", "test")}}
+        same = {key: beam_counts[key] == ref[key] for key in ref}
+        counts[dom] = {"beam": beam_counts, "pandas": ref, "equal": all(same.values()), "per_stage": same,
+                       "kcore_passes": stats["kcore"]["passes_run"]}
     report: dict[str, Any] = {
-        "rating_rows": rows["read"],
+        "domains": list(domains),
+        "rating_rows": read,
         "beam": {"runner": f"DirectRunner multi_processing x{args.workers}", "seconds": round(beam_s, 1),
-                 "rows_per_s": round(rows["read"] / beam_s), "peak_rss_gb": round(beam_peak / 2**30, 2)},
-        "pandas": {"seconds": round(pandas_s, 1), "rows_per_s": round(rows["read"] / pandas_s),
+                 "rows_per_s": round(read / beam_s), "peak_rss_gb": round(beam_peak / 2**30, 2)},
+        "pandas": {"seconds": round(pandas_s, 1), "rows_per_s": round(read / pandas_s),
                    "peak_rss_gb": round(mem.peak / 2**30, 2)},
         "beam_over_pandas_time": round(beam_s / pandas_s, 2),
-        "kcore_passes": stats["kcore"]["passes_run"],
-        "counts": {"beam": beam_counts, "pandas": ref, "equal": all(same.values()), "per_stage": same},
+        "counts": counts,
+        "all_counts_equal": all(c["equal"] for c in counts.values()),
         "load_average_end": load_average(),
+        "command": "python benchmarks/bench_preprocess.py " + " ".join(__import__("sys").argv[1:]),
     }
     print(json.dumps(report, indent=2))
 

@@ -6,6 +6,7 @@ in the benchmark's printed output, not in timed tests.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,17 @@ def test_bench_pipeline_reads_epochs_and_throughput_from_the_trainer_log(tmp_pat
         "pretrain": {"epochs": 3, "best_epoch": 2, "median_samples_per_s": 133472.0},
         "finetune": {"epochs": 1, "best_epoch": 0.5, "median_samples_per_s": 94423.0},
     }
+
+
+@pytest.mark.slow
+def test_bench_preprocess_runs_both_domains_and_matches_the_pandas_reference() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_preprocess", "--scale", "tiny", "--domains", "movie", "book",
+         "--workers", "1"],
+        capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout[out.stdout.index("{"):])
+    assert report["domains"] == ["movie", "book"] and report["all_counts_equal"], report["counts"]
+    assert report["counts"]["book"]["beam"]["train"] > 0
+    assert report["beam"]["seconds"] > 0 and report["pandas"]["seconds"] > 0 and report["beam_over_pandas_time"] > 0
