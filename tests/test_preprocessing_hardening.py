@@ -381,3 +381,35 @@ def test_stats_markdown_shows_the_positive_rate(tmp_path: Path) -> None:
         stats = json.loads((out / d[0] / "stats.json").read_text())
         rate = stats["positives"]["total"] / sum(stats["rows"][s] for s in ("train", "validation", "test"))
         assert d[-1] != "" and float(d[-1]) == pytest.approx(rate, abs=1e-6)
+
+
+def _domain_run(tmp_path: Path, kept: int, splits: dict[str, int]):
+    """A finished features run's record: k-core kept ``kept`` rows; each split counted and written as given."""
+    import pyarrow.parquet as pq
+
+    from cdanet.preprocessing.composites import DomainInputs
+    from cdanet.preprocessing.domains import LAYOUTS
+    from cdanet.preprocessing.staging import DomainRun
+    run = DomainRun(inputs=DomainInputs("movie", ()), layout=LAYOUTS["movie"], work=str(tmp_path / "work"),
+                    out=str(tmp_path / "out"), row_schema=pa.schema([]), k=5, kcore_run=1, last_pass=2)
+    run.record_counts([(("kcore", "002", "rows"), kept)])
+    os.makedirs(run.out)
+    for name, n in splits.items():
+        run.record_counts([(("split", name, "rows"), n)])
+        pq.write_table(pa.table({"label": [0] * n}), os.path.join(run.out, f"{name}-00000-of-00001.parquet"))
+    return run
+
+
+def test_rows_lost_between_k_core_and_the_splits_fail_the_job_in_one_line(tmp_path: Path) -> None:
+    from cdanet.preprocessing.pipeline import check_no_rows_lost
+    o = PreprocessOptions()
+    check_no_rows_lost(_domain_run(tmp_path / "ok", 100, {"train": 80, "validation": 10, "test": 10}), o)
+    # A runner that drops elements: the splits are 8:1:1 of fewer rows than k-core kept (seen at paper scale).
+    with pytest.raises(PreprocessingError, match=r"domain movie: the splits hold 87 rows .* but k-core kept 100"):
+        check_no_rows_lost(_domain_run(tmp_path / "lost", 100, {"train": 70, "validation": 8, "test": 9}), o)
+    # ... or while writing: the shards hold fewer rows than their split
+    run = _domain_run(tmp_path / "write", 100, {"train": 80, "validation": 10, "test": 10})
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"label": [0] * 9}), os.path.join(run.out, "test-00000-of-00001.parquet"))
+    with pytest.raises(PreprocessingError, match=r"test-\*\.parquet holds 9 rows, the test split 10"):
+        check_no_rows_lost(run, o)

@@ -222,6 +222,33 @@ def test_kcore_matches_reference_on_random_graphs() -> None:
                         equal_to(expected), label=f"case{c}")
 
 
+def test_kcore_with_deduplicate_is_dedup_then_kcore_in_one_shuffle_fewer() -> None:
+    rng = random.Random(11)
+    pairs = [(f"u{int(rng.paretovariate(1.2)) % 40}", f"i{int(rng.paretovariate(1.1)) % 50}") for _ in range(260)]
+    rows = [(u, i, t, rng.randint(0, 1)) for t, (u, i) in enumerate(pairs)]
+    rows += [(u, i, t, 1 - y) for u, i, t, y in rows[:60]]  # 60 copies of a (user, item, timestamp)
+    unique: dict[tuple[str, str, int], int] = {}
+    for u, i, t, y in rows:  # the duplicate policy: one row, label = max
+        unique[(u, i, t)] = max(unique.get((u, i, t), 0), y)
+    deduped = [(*key, y) for key, y in unique.items()]
+    expected = [deduped[j] for j in kcore_reference([(u, i) for u, i, _, _ in deduped], 3)]
+    assert 0 < len(expected) < len(deduped)  # k-core removes rows here
+    with pipeline() as p:
+        out = (p | beam.Create([interactions(rows[:150]), interactions(rows[150:])])
+               | KCoreFilter(k=3, rounds=6, num_partitions=5, deduplicate=True))
+        assert_that(out[ROWS] | ToRows() | beam.Map(lambda r: tuple(r.values())), equal_to(expected), label="rows")
+        stats = out[STATS] | beam.CombinePerKey(sum)
+        assert_that(stats | beam.Filter(lambda kv: kv[0] == ("rows", "duplicates")),
+                    equal_to([(("rows", "duplicates"), 60)]), label="duplicates")
+        # pass 1's "removed" counts only rows of users with fewer than k rows, not the duplicates
+        assert_that(stats | "Removed" >> beam.Filter(lambda kv: kv[0][0] == "kcore" and kv[0][2] == "removed")
+                    | beam.combiners.ToList() | beam.Map(lambda kvs: sum(v for _, v in kvs)),
+                    equal_to([len(deduped) - len(expected)]), label="removed")
+    from cdanet.preprocessing.kcore import DegreePass
+    with pytest.raises(ValueError, match="must partition by user"):
+        DegreePass(3, 2, dedup=True)
+
+
 # ---- step 4: join --------------------------------------------------------------------------------
 def test_join_features_first_record_wins_and_misses_are_counted() -> None:
     rows = interactions([("u1", "i1", 1, 1), ("u2", "i1", 2, 0), ("u1", "i2", 3, 0)])

@@ -59,12 +59,14 @@ class IngestDomain(beam.PTransform):
     """Raw files of one domain -> ``{"rows", "items", "users", "dead_letters", "stats"}``.
 
     ``rows``: deduplicated, labelled interaction chunks inside the data window; ``items`` /
-    ``users``: parsed feature chunks (absent when the domain has no such file).
+    ``users``: parsed feature chunks (absent when the domain has no such file). With
+    ``deduplicate=False`` the rows keep their duplicates, for a consumer that drops them itself (the
+    driver's first k-core pass, :class:`~cdanet.preprocessing.kcore.KCoreFilter`, saving a shuffle).
     """
 
-    def __init__(self, inputs: DomainInputs, options: PreprocessOptions) -> None:
+    def __init__(self, inputs: DomainInputs, options: PreprocessOptions, deduplicate: bool = True) -> None:
         super().__init__()
-        self._inputs, self._options = inputs, options
+        self._inputs, self._options, self._dedup = inputs, options, deduplicate
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         o, dom = self._options, self._inputs.domain
@@ -83,10 +85,14 @@ class IngestDomain(beam.PTransform):
             out[f.role] = parsed[ROWS]
         rows = out.pop("interactions") | "Labels" >> BinariseLabels(label_rule(LAYOUTS[dom], o))
         window = rows | "Window" >> TimeWindow(o.max_timestamp, o.window_days)
-        dedup = window[ROWS] | "Dedup" >> Deduplicate(o.num_partitions)
-        stats += [window[STATS], dedup[STATS]]
+        stats.append(window[STATS])
+        out_rows = window[ROWS]
+        if self._dedup:
+            dedup = out_rows | "Dedup" >> Deduplicate(o.num_partitions)
+            out_rows = dedup[ROWS]
+            stats.append(dedup[STATS])
         return {
-            ROWS: dedup[ROWS],
+            ROWS: out_rows,
             **out,
             DEAD_LETTERS: tuple(dead) | "AllDeadLetters" >> beam.Flatten(),
             STATS: tuple(stats) | "AllStats" >> beam.Flatten(),
@@ -126,12 +132,12 @@ class FeaturizeDomain(beam.PTransform):
         item_schema = self._item_schema or pa.schema([pa.field(ITEM_FIELD, pa.string())])
         items = inputs.get("items") or (p | "NoItemFeatures" >> beam.Create([]))
         joined = {"rows": inputs[ROWS], "features": items} | "JoinItems" >> JoinFeatures(
-            ITEM_FIELD, item_schema, "item_features", o.num_partitions, lay.catalogue_columns)
+            ITEM_FIELD, item_schema, "item_features", o.num_partitions, lay.catalogue_columns, o.chunk_lines)
         stats = [joined[STATS]]
         rows = joined[ROWS]
         if self._user_schema is not None:
             users = {"rows": rows, "features": inputs["users"]} | "JoinUsers" >> JoinFeatures(
-                USER_FIELD, self._user_schema, "user_features", o.num_partitions)
+                USER_FIELD, self._user_schema, "user_features", o.num_partitions, max_rows=o.chunk_lines)
             rows = users[ROWS]
             stats.append(users[STATS])
         vectors = None

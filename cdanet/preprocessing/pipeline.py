@@ -51,11 +51,13 @@ from cdanet.preprocessing.kcore import KCoreFilter, converged
 from cdanet.preprocessing.options import PreprocessingError, PreprocessOptions
 from cdanet.preprocessing.outputs import finish_domain
 from cdanet.preprocessing.progress import Progress, one_line_error, quiet_beam
+from cdanet.preprocessing.split import cut_positions
 from cdanet.preprocessing.staging import (
     DomainRun,
     Sidecar,
     Staging,
     parquet_read,
+    parquet_rows,
     parquet_write,
     promote,
     read_sidecar,
@@ -235,8 +237,10 @@ def _run_ingest(runs: Mapping[str, DomainRun], o: PreprocessOptions, ra: _RunArg
     sidecar = Sidecar()
     with _beam_run("ingest", ra) as p:
         for dom, run in runs.items():
-            ing = p | f"{dom}/Ingest" >> IngestDomain(run.inputs, o)
-            kc = ing[ROWS] | f"{dom}/KCore" >> KCoreFilter(run.k, o.kcore_rounds_per_run, o.num_partitions)
+            # The first k-core pass partitions by user, as deduplication does: it drops the duplicates too.
+            ing = p | f"{dom}/Ingest" >> IngestDomain(run.inputs, o, deduplicate=False)
+            kc = ing[ROWS] | f"{dom}/KCore" >> KCoreFilter(run.k, o.kcore_rounds_per_run, o.num_partitions,
+                                                           deduplicate=True)
             _ = kc[ROWS] | f"{dom}/WriteKCore" >> parquet_write(run.kcore_prefix(1), run.row_schema)
             for role in _FEATURE_ROLES:
                 raw = run.inputs.get(role)
@@ -321,6 +325,28 @@ def _run_features(runs: Mapping[str, DomainRun], o: PreprocessOptions, glove_pat
         run.record_counts(side["stats"][dom])
         run.vocabs = dict(side["vocab"][dom])
         run.cuts = side["cuts"][dom][0] if side["cuts"][dom] else None
+        check_no_rows_lost(run, o)
+
+
+def check_no_rows_lost(run: DomainRun, o: PreprocessOptions) -> None:
+    """Every row that k-core kept is in exactly one split, each split has the size of the 8:1:1 rule, and the
+    written shards hold those rows; else one line saying where rows went missing (a runner that drops
+    elements must fail the job, never shrink the data)."""
+    kept = run.counts.kcore_pass(run.last_pass).rows
+    split_rows = {name: run.counts.split(name).rows for name in SPLITS}
+    cuts = cut_positions(kept, o.split_fractions)
+    expected = dict(zip(SPLITS, (cuts[0], cuts[1] - cuts[0], kept - cuts[1]), strict=True))
+    if split_rows != expected:
+        raise PreprocessingError(
+            f"domain {run.domain}: the splits hold {sum(split_rows.values())} rows ({split_rows}) but k-core kept "
+            f"{kept} (expected {expected}): the runner lost or repeated rows; nothing was written")
+    for name in SPLITS:
+        pattern = FileSystems.join(run.out, f"{name}-*{PARQUET_SUFFIX}")
+        written = parquet_rows(pattern)
+        if written != split_rows[name]:
+            raise PreprocessingError(
+                f"domain {run.domain}: {pattern} holds {written} rows, the {name} split {split_rows[name]}: "
+                f"the runner lost or repeated rows while writing; nothing was written")
 
 
 def _check_kcore_rows(run: DomainRun, o: PreprocessOptions) -> None:

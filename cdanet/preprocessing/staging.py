@@ -29,6 +29,7 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from cdanet.contract import PARQUET_SUFFIX
@@ -164,6 +165,15 @@ def write_bytes(path: str, data: bytes) -> None:
 
 def parquet_read(pattern: str) -> beam.PTransform:
     return beam.io.ReadFromParquetBatched(pattern)
+
+
+def parquet_rows(pattern: str) -> int:
+    """The rows of the parquet files matching ``pattern``, from their footers (through Beam's filesystems)."""
+    total = 0
+    for m in FileSystems.match([pattern])[0].metadata_list:
+        with FileSystems.open(m.path) as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    return total
 
 
 def parquet_write(prefix: str, schema: pa.Schema, **kwargs: Any) -> beam.PTransform:
