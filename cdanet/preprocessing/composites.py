@@ -132,12 +132,12 @@ class FeaturizeDomain(beam.PTransform):
         item_schema = self._item_schema or pa.schema([pa.field(ITEM_FIELD, pa.string())])
         items = inputs.get("items") or (p | "NoItemFeatures" >> beam.Create([]))
         joined = {"rows": inputs[ROWS], "features": items} | "JoinItems" >> JoinFeatures(
-            ITEM_FIELD, item_schema, "item_features", o.num_partitions, lay.catalogue_columns, o.chunk_lines)
+            ITEM_FIELD, item_schema, "item_features", o.num_partitions, lay.catalogue_columns)
         stats = [joined[STATS]]
         rows = joined[ROWS]
         if self._user_schema is not None:
             users = {"rows": rows, "features": inputs["users"]} | "JoinUsers" >> JoinFeatures(
-                USER_FIELD, self._user_schema, "user_features", o.num_partitions, max_rows=o.chunk_lines)
+                USER_FIELD, self._user_schema, "user_features", o.num_partitions)
             rows = users[ROWS]
             stats.append(users[STATS])
         vectors = None

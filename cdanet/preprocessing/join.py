@@ -63,11 +63,9 @@ def left_join(rows: pa.Table, features: pa.Table | None, on: str, feature_schema
 
 
 class _JoinPartitionFn(beam.DoFn):
-    def __init__(self, on: str, feature_schema: pa.Schema, what: str, catalogue_columns: Sequence[str],
-                 max_rows: int | None = None) -> None:
+    def __init__(self, on: str, feature_schema: pa.Schema, what: str, catalogue_columns: Sequence[str]) -> None:
         self._on, self._schema, self._what = on, feature_schema, what
         self._catalogue_columns = tuple(catalogue_columns)
-        self._max_rows = max_rows
 
     def process(self, element: tuple[int, dict[str, Iterable[pa.Table]]]) -> Iterator[Any]:
         _, groups = element
@@ -95,9 +93,7 @@ class _JoinPartitionFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(STATS, ((self._what, "keys"), len(keys)))
         yield beam.pvalue.TaggedOutput(STATS, ((self._what, "keys_without_features"), missing_keys))
         yield beam.pvalue.TaggedOutput(CATALOGUE, catalogue)
-        step = self._max_rows or joined.num_rows
-        for start in range(0, joined.num_rows, step):  # bounded elements, like the parsed chunks
-            yield joined.slice(start, step)
+        yield joined
 
 
 class JoinFeatures(beam.PTransform):
@@ -106,13 +102,11 @@ class JoinFeatures(beam.PTransform):
     ``feature_schema`` is the schema of the feature chunks (it fixes the joined columns even when a
     partition has no features). ``what`` prefixes the stats keys (``item_features``, ``user_features``).
     ``catalogue_columns`` are row columns copied into the catalogue (smallest value per key).
-    ``max_rows`` bounds the rows of each joined chunk (a partition holds ~1/``num_partitions`` of the rows).
     """
 
     def __init__(self, on: str, feature_schema: pa.Schema, what: str, num_partitions: int = 16,
-                 catalogue_columns: Sequence[str] = (), max_rows: int | None = None) -> None:
+                 catalogue_columns: Sequence[str] = ()) -> None:
         super().__init__()
-        self._max_rows = max_rows
         if LINE_COLUMN in feature_schema.names:
             feature_schema = feature_schema.remove(feature_schema.get_field_index(LINE_COLUMN))
         self._on, self._schema, self._what, self._n = on, feature_schema, what, num_partitions
@@ -128,7 +122,7 @@ class JoinFeatures(beam.PTransform):
             keyed
             | "CoGroup" >> beam.CoGroupByKey()
             | "Join" >> beam.ParDo(
-                _JoinPartitionFn(on, self._schema, self._what, self._catalogue_columns, self._max_rows)
+                _JoinPartitionFn(on, self._schema, self._what, self._catalogue_columns)
             ).with_outputs(STATS, CATALOGUE, main=ROWS)
         )
         return {ROWS: out[ROWS], CATALOGUE: out[CATALOGUE], STATS: out[STATS]}
