@@ -249,6 +249,24 @@ def test_kcore_with_deduplicate_is_dedup_then_kcore_in_one_shuffle_fewer() -> No
         DegreePass(3, 2, dedup=True)
 
 
+def test_keyed_steps_emit_bounded_copies() -> None:
+    import pickle
+
+    from cdanet.preprocessing.tables import MAX_ELEMENT_ROWS, bounded
+    table = pa.table({"user_id": [f"u{i % 1000}" for i in range(250_000)], "x": np.arange(250_000)})
+    pieces = list(bounded(table, 100_000))
+    assert [p.num_rows for p in pieces] == [100_000, 100_000, 50_000]
+    assert pa.concat_tables(pieces).equals(table)
+    # copies, not slices: a pickled slice would carry all 250k rows
+    assert len(pickle.dumps(pieces[2])) < 0.3 * len(pickle.dumps(table))
+    assert list(bounded(table.slice(0, 10))) and MAX_ELEMENT_ROWS == 100_000
+    # One k-core partition of 250k rows leaves the pass as three elements (the local runner dropped 150 MB ones).
+    with pipeline() as p:
+        out = p | beam.Create([table.append_column("item_id", table["user_id"])]) | KCoreFilter(
+            k=1, rounds=1, num_partitions=1)
+        assert_that(out[ROWS] | beam.Map(lambda t: t.num_rows), equal_to([100_000, 100_000, 50_000]))
+
+
 # ---- step 4: join --------------------------------------------------------------------------------
 def test_join_features_first_record_wins_and_misses_are_counted() -> None:
     rows = interactions([("u1", "i1", 1, 1), ("u2", "i1", 2, 0), ("u1", "i2", 3, 0)])

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from cdanet.contract import ITEM_FIELD, USER_FIELD
 from cdanet.preprocessing.io import ROWS, STATS
-from cdanet.preprocessing.tables import concat, partition
+from cdanet.preprocessing.tables import bounded, concat, partition
 
 INTERACTION_KEY = (USER_FIELD, ITEM_FIELD, "timestamp")
 SECONDS_PER_DAY = 86_400
@@ -144,7 +144,7 @@ class _DedupFn(beam.DoFn):
             return
         out = deduplicate(table)
         yield beam.pvalue.TaggedOutput(STATS, (("rows", "duplicates"), table.num_rows - out.num_rows))
-        yield out
+        yield from bounded(out)
 
 
 class Deduplicate(beam.PTransform):

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdanet.preprocessing.io import LINE_COLUMN, ROWS, STATS
-from cdanet.preprocessing.tables import concat, partition
+from cdanet.preprocessing.tables import bounded, concat, partition
 
 CATALOGUE = "catalogue"
 
@@ -92,8 +92,9 @@ class _JoinPartitionFn(beam.DoFn):
                 catalogue = catalogue.append_column(name, extra[name])
         yield beam.pvalue.TaggedOutput(STATS, ((self._what, "keys"), len(keys)))
         yield beam.pvalue.TaggedOutput(STATS, ((self._what, "keys_without_features"), missing_keys))
-        yield beam.pvalue.TaggedOutput(CATALOGUE, catalogue)
-        yield joined
+        for piece in bounded(catalogue):
+            yield beam.pvalue.TaggedOutput(CATALOGUE, piece)
+        yield from bounded(joined)
 
 
 class JoinFeatures(beam.PTransform):

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from cdanet.contract import ITEM_FIELD, USER_FIELD
 from cdanet.preprocessing.interactions import deduplicate
 from cdanet.preprocessing.io import ROWS, STATS
-from cdanet.preprocessing.tables import concat, partition
+from cdanet.preprocessing.tables import bounded, concat, partition
 
 
 def pass_column(pass_no: int) -> str:
@@ -59,7 +59,7 @@ class _DegreeFilterFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(STATS, (("kcore", tag, "rows"), kept.num_rows))
         yield beam.pvalue.TaggedOutput(STATS, (("kcore", tag, "users" if self._column == USER_FIELD else "items"), keys))
         if kept.num_rows:
-            yield kept
+            yield from bounded(kept)
 
 
 class DegreePass(beam.PTransform):
