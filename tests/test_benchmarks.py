@@ -139,3 +139,12 @@ def test_bench_preprocess_runs_both_domains_and_matches_the_pandas_reference() -
     assert report["domains"] == ["movie", "book"] and report["all_counts_equal"], report["counts"]
     assert report["counts"]["book"]["beam"]["train"] > 0
     assert report["beam"]["seconds"] > 0 and report["pandas"]["seconds"] > 0 and report["beam_over_pandas_time"] > 0
+
+
+def test_beam_large_elements_script_counts_both_ways() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.beam_large_elements", "--rows", "1000", "--elements", "3", "--workers", "1"],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "elements 3 of 1000 rows: counted 3000 rows in the producing stage, 3000 delivered" in out.stdout
