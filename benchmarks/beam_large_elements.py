@@ -35,8 +35,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=3_000_000)
     ap.add_argument("--elements", type=int, default=6)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--mode", default="multi_processing", choices=["multi_processing", "multi_threading", "in_memory"])
     args = ap.parse_args()
-    opts = PipelineOptions(["--runner=FnApiRunner", "--direct_running_mode=multi_processing",
+    opts = PipelineOptions(["--runner=FnApiRunner", f"--direct_running_mode={args.mode}",
                             f"--direct_num_workers={args.workers}"])
     with beam.Pipeline(options=opts) as p:
         tables = p | beam.Create(list(range(args.elements))) | beam.Reshuffle() | beam.Map(make, args.rows)
