@@ -90,7 +90,7 @@ def translation_objective(net: TranslationNetwork, batches: Mapping[str, Batch])
     _need(batches, net)
     alpha, beta = loss_weights(net.cfg.model)
     s, t = net.source, net.target
-    z, own_cross = net.latents_and_cross(batches, (s, t))  # own_cross: model.cross_logit, on own logits only
+    z, own_cross = net.latents_and_cross(batches, (s, t))  # own_cross: model.cross_logit / id_cross, on own logits only
     y = {s: batches[s].label, t: batches[t].label}
     vani, cross = {}, {}
     for d in (s, t):
@@ -120,7 +120,7 @@ def augmentation_objective(net: AugmentationNetwork, batches: Mapping[str, Batch
     batch = batches[net.target]
     z, own_cross = net.latent_and_cross(batch)
     logit = net.score(z)  # R^aug(z_t ⊕ W_t z_t), Eq. 10
-    aug = bce(logit if own_cross is None else logit + own_cross, batch.label)  # Eq. 11 (+ model.cross_logit)
+    aug = bce(logit if own_cross is None else logit + own_cross, batch.label)  # Eq. 11 (+ model.cross_logit / id_cross)
     with _grad_if(beta):
         orth = net.translator.orthogonality_loss(z)
     return _detached(augmentation_loss(aug, orth, beta), {"aug": aug, "orth": orth})
