@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -224,7 +225,7 @@ def main() -> None:
         "counts": counts,
         "all_counts_equal": all(c["equal"] for c in counts.values()),
         "load_average_end": load_average(),
-        "command": "python benchmarks/bench_preprocess.py " + " ".join(__import__("sys").argv[1:]),
+        "command": "python benchmarks/bench_preprocess.py " + " ".join(sys.argv[1:]),
     }
     print(json.dumps(report, indent=2))
 

@@ -1,7 +1,7 @@
 """The per-domain composite transforms: raw files -> labelled rows, and k-cored rows -> encoded splits.
 
 :class:`IngestDomain` chains steps 1-2 of ``docs/preprocessing.md`` (parse with dead letters,
-labels, data window, dedup); :class:`FeaturizeDomain` chains steps 4-8 (feature joins, GloVe title
+labels, data window; duplicates are dropped by the first k-core pass, :class:`~.kcore.KCoreFilter`); :class:`FeaturizeDomain` chains steps 4-8 (feature joins, GloVe title
 vectors, chronological split, vocabularies, encoding). Each takes its parameters in its
 constructor and reads nothing but its input PCollections; the driver (:mod:`.pipeline`) decides
 where they read from and write to.
@@ -20,7 +20,7 @@ from cdanet.contract import ITEM_FIELD, SPLITS, USER_FIELD, FieldKind
 from cdanet.preprocessing.domains import LAYOUTS, DomainLayout, LabelSource
 from cdanet.preprocessing.formats import RawFile
 from cdanet.preprocessing.glove import VECTORS, TitleVectors
-from cdanet.preprocessing.interactions import BinariseLabels, Deduplicate, LabelRule, TimeWindow
+from cdanet.preprocessing.interactions import BinariseLabels, LabelRule, TimeWindow
 from cdanet.preprocessing.io import DEAD_LETTERS, LINE_COLUMN, ROWS, STATS, ParseLines, ReadLineChunks, Stat
 from cdanet.preprocessing.join import CATALOGUE, JoinFeatures
 from cdanet.preprocessing.options import PreprocessingError, PreprocessOptions
@@ -58,15 +58,15 @@ class DomainInputs:
 class IngestDomain(beam.PTransform):
     """Raw files of one domain -> ``{"rows", "items", "users", "dead_letters", "stats"}``.
 
-    ``rows``: deduplicated, labelled interaction chunks inside the data window; ``items`` /
-    ``users``: parsed feature chunks (absent when the domain has no such file). With
-    ``deduplicate=False`` the rows keep their duplicates, for a consumer that drops them itself (the
-    driver's first k-core pass, :class:`~cdanet.preprocessing.kcore.KCoreFilter`, saving a shuffle).
+    ``rows``: labelled interaction chunks inside the data window, duplicates still in them (the driver's
+    first k-core pass drops them: it partitions by user as deduplication does, so no extra shuffle,
+    :class:`~cdanet.preprocessing.kcore.KCoreFilter` ``deduplicate``); ``items`` / ``users``: parsed
+    feature chunks (absent when the domain has no such file).
     """
 
-    def __init__(self, inputs: DomainInputs, options: PreprocessOptions, deduplicate: bool = True) -> None:
+    def __init__(self, inputs: DomainInputs, options: PreprocessOptions) -> None:
         super().__init__()
-        self._inputs, self._options, self._dedup = inputs, options, deduplicate
+        self._inputs, self._options = inputs, options
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         o, dom = self._options, self._inputs.domain
@@ -86,13 +86,8 @@ class IngestDomain(beam.PTransform):
         rows = out.pop("interactions") | "Labels" >> BinariseLabels(label_rule(LAYOUTS[dom], o))
         window = rows | "Window" >> TimeWindow(o.max_timestamp, o.window_days)
         stats.append(window[STATS])
-        out_rows = window[ROWS]
-        if self._dedup:
-            dedup = out_rows | "Dedup" >> Deduplicate(o.num_partitions)
-            out_rows = dedup[ROWS]
-            stats.append(dedup[STATS])
         return {
-            ROWS: out_rows,
+            ROWS: window[ROWS],
             **out,
             DEAD_LETTERS: tuple(dead) | "AllDeadLetters" >> beam.Flatten(),
             STATS: tuple(stats) | "AllStats" >> beam.Flatten(),

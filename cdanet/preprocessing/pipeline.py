@@ -2,8 +2,9 @@
 
 One call of :func:`run_preprocessing` runs, with all domains of the dataset side by side in each:
 
-1. *ingest*: :class:`~.composites.IngestDomain` (parse with dead letters, labels, data window,
-   dedup) and the first k-core rounds; then the driver checks the malformed fraction of every file;
+1. *ingest*: :class:`~.composites.IngestDomain` (parse with dead letters, labels, data window)
+   and the first k-core rounds (the first pass also drops duplicates); then the driver checks the
+   malformed fraction of every file;
 2. *k-core continuation* (only while a domain has not reached the fixed point): more rounds on
    the previous output (see :mod:`cdanet.preprocessing.kcore`);
 3. *features*: :class:`~.composites.FeaturizeDomain` (joins, GloVe title vectors, chronological
@@ -238,7 +239,7 @@ def _run_ingest(runs: Mapping[str, DomainRun], o: PreprocessOptions, ra: _RunArg
     with _beam_run("ingest", ra) as p:
         for dom, run in runs.items():
             # The first k-core pass partitions by user, as deduplication does: it drops the duplicates too.
-            ing = p | f"{dom}/Ingest" >> IngestDomain(run.inputs, o, deduplicate=False)
+            ing = p | f"{dom}/Ingest" >> IngestDomain(run.inputs, o)
             kc = ing[ROWS] | f"{dom}/KCore" >> KCoreFilter(run.k, o.kcore_rounds_per_run, o.num_partitions,
                                                            deduplicate=True)
             _ = kc[ROWS] | f"{dom}/WriteKCore" >> parquet_write(run.kcore_prefix(1), run.row_schema)
