@@ -236,7 +236,10 @@ def _registry_mutex(
             )
             break
         except MlflowException as e:
-            if not is_error(e, RESOURCE_ALREADY_EXISTS):
+            # The SQL store answers a name clash by reading the existing model; if its holder deleted
+            # it in between, the clash comes back as RESOURCE_DOES_NOT_EXIST (MLflow 3.x): the lock
+            # was just free, so try again.
+            if not (is_error(e, RESOURCE_ALREADY_EXISTS) or is_error(e, RESOURCE_DOES_NOT_EXIST)):
                 raise
         _expire_mutex(client, lock_name)
         if time.monotonic() >= deadline:

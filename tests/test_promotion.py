@@ -347,6 +347,31 @@ def test_registry_lock_left_by_a_killed_holder_expires(uri: str) -> None:
     assert not [m for m in client.search_registered_models() if m.name == lock_name]
 
 
+def test_a_registry_lock_released_while_being_taken_is_taken(uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: CI failed once here. The SQL store answers a name clash by reading the existing model;
+    # when its holder released it between the clash and that read, the waiter got
+    # RESOURCE_DOES_NOT_EXIST and the promotion step failed. The release is put exactly there.
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+    client = MlflowClient(uri, registry_uri=uri)
+    lock_name = f"{NAME}{LOCK_MODEL_SUFFIX}"
+    client.create_registered_model(lock_name, tags={TAG_LOCK_HOLDER: "other:1:x", TAG_LOCK_EXPIRES: f"{time.time() + 60:.0f}"})
+    read = SqlAlchemyStore.get_registered_model
+    released = []
+
+    def read_after_release(self, name):
+        if name == lock_name and not released:
+            released.append(name)
+            client.delete_registered_model(lock_name)
+        return read(self, name)
+
+    monkeypatch.setattr(SqlAlchemyStore, "get_registered_model", read_after_release)
+    with promotion_lock(uri, NAME, kind="registry", timeout=5):
+        assert released
+        assert client.get_registered_model(lock_name).tags[TAG_LOCK_HOLDER] != "other:1:x"
+    assert not [m for m in client.search_registered_models() if m.name == lock_name]
+
+
 def test_registry_lock_of_a_live_holder_never_expires(uri: str) -> None:
     # Before: a holder that worked longer than the ttl lost the lock to the next waiter, and two runs
     # moved the alias at once. Now a heartbeat pushes the expiry forward while the holder lives.
