@@ -169,7 +169,9 @@ def main() -> None:
                     help="simulator scale when --raw is not given (movie: 2.1M movie rows; paper: 2.5M + 10.5M)")
     ap.add_argument("--domains", nargs="+", default=["movie"], choices=sorted(DOMAIN_FILES),
                     help="Amazon domains to preprocess (both: the issue's movie+book scale)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes of multi_processing")
+    ap.add_argument("--modes", nargs="+", default=["in_memory"], choices=["in_memory", "multi_processing"],
+                    help="DirectRunner modes to time, one Beam run each (in_memory: the job's default)")
     ap.add_argument("--k", type=int, default=5)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -186,16 +188,19 @@ def main() -> None:
         print(f"simulated {raw} in {time.perf_counter() - t:.1f} s")
     glove = str(next((raw / "glove").iterdir()))
     opts = PreprocessOptions(domains=domains, k_core=dict.fromkeys(domains, args.k))
-    beam_args = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-                 f"--direct_num_workers={args.workers}"]
     print(f"load average before: {load_average()} on {os.cpu_count()} cores")
-    with PeakRss() as mem:
-        t = time.perf_counter()
-        results = run_preprocessing("amazon", str(raw / "amazon"), str(tmp / "beam"), glove_path=glove,
-                                    options=opts, beam_args=beam_args)
-        beam_s = time.perf_counter() - t
-    beam_peak = mem.peak
-    print(f"load average after beam: {load_average()}")
+    beam_runs: dict[str, dict[str, Any]] = {}
+    for mode in args.modes:
+        workers = args.workers if mode == "multi_processing" else 1
+        beam_args = ["--runner=DirectRunner", f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]
+        with PeakRss() as mem:
+            t = time.perf_counter()
+            results = run_preprocessing("amazon", str(raw / "amazon"), str(tmp / f"beam_{mode}"), glove_path=glove,
+                                        options=opts, beam_args=beam_args)
+            beam_s = time.perf_counter() - t
+        beam_runs[mode] = {"runner": f"DirectRunner {mode} x{workers}", "seconds": beam_s, "peak": mem.peak,
+                           "results": results}
+        print(f"beam {mode}: {beam_s:.1f} s; load average after: {load_average()}")
     (tmp / "pandas").mkdir()
     refs = {}
     with PeakRss() as mem:
@@ -203,30 +208,31 @@ def main() -> None:
         for dom in domains:
             refs[dom] = pandas_reference(raw / "amazon", glove, tmp / "pandas", args.k, opts.split_fractions, dom)
         pandas_s = time.perf_counter() - t
-    counts, read = {}, 0
-    for dom in domains:
-        stats, ref = results[dom], refs[dom]
-        rows = stats["rows"]
-        read += rows["read"]
-        beam_counts = {"parsed": rows["parsed"], "duplicates": rows["duplicates"], "after_kcore": rows["after_kcore"],
-                       "users": stats["users"], "items": stats["items"],
-                       **{s: rows[s] for s in ("train", "validation", "test")}}
-        same = {key: beam_counts[key] == ref[key] for key in ref}
-        counts[dom] = {"beam": beam_counts, "pandas": ref, "equal": all(same.values()), "per_stage": same,
-                       "kcore_passes": stats["kcore"]["passes_run"]}
-    report: dict[str, Any] = {
-        "domains": list(domains),
-        "rating_rows": read,
-        "beam": {"runner": f"DirectRunner multi_processing x{args.workers}", "seconds": round(beam_s, 1),
-                 "rows_per_s": round(read / beam_s), "peak_rss_gb": round(beam_peak / 2**30, 2)},
+    read = sum(r["rows"]["read"] for r in next(iter(beam_runs.values()))["results"].values())
+    report: dict[str, Any] = {"domains": list(domains), "rating_rows": read, "beam": {}}
+    for mode, run in beam_runs.items():
+        counts = {}
+        for dom in domains:
+            stats, ref = run["results"][dom], refs[dom]
+            rows = stats["rows"]
+            beam_counts = {"parsed": rows["parsed"], "duplicates": rows["duplicates"], "after_kcore": rows["after_kcore"],
+                           "users": stats["users"], "items": stats["items"],
+                           **{s: rows[s] for s in ("train", "validation", "test")}}
+            same = {key: beam_counts[key] == ref[key] for key in ref}
+            counts[dom] = {"beam": beam_counts, "pandas": ref, "equal": all(same.values()), "per_stage": same,
+                           "kcore_passes": stats["kcore"]["passes_run"]}
+        report["beam"][mode] = {
+            "runner": run["runner"], "seconds": round(run["seconds"], 1), "rows_per_s": round(read / run["seconds"]),
+            "peak_rss_gb": round(run["peak"] / 2**30, 2), "over_pandas_time": round(run["seconds"] / pandas_s, 2),
+            "counts": counts, "all_counts_equal": all(c["equal"] for c in counts.values()),
+        }
+    report.update({
         "pandas": {"seconds": round(pandas_s, 1), "rows_per_s": round(read / pandas_s),
                    "peak_rss_gb": round(mem.peak / 2**30, 2)},
-        "beam_over_pandas_time": round(beam_s / pandas_s, 2),
-        "counts": counts,
-        "all_counts_equal": all(c["equal"] for c in counts.values()),
+        "all_counts_equal": all(b["all_counts_equal"] for b in report["beam"].values()),
         "load_average_end": load_average(),
         "command": "python benchmarks/bench_preprocess.py " + " ".join(sys.argv[1:]),
-    }
+    })
     print(json.dumps(report, indent=2))
 
 

@@ -177,7 +177,7 @@ def test_local_runner_is_the_fn_api_runner_and_never_tries_prism(prism_tripwire:
     for args in (None, [], ["--runner=DirectRunner"], ["--runner", "DirectRunner"], ["--runner=direct"]):
         assert pipeline_options(args).view_as(StandardOptions).runner == LOCAL_RUNNER, args
     default = pipeline_options(None).view_as(DirectOptions)
-    assert default.direct_running_mode == "multi_processing" and default.direct_num_workers >= 1
+    assert default.direct_running_mode == "in_memory" and default.direct_num_workers == 1
     assert pipeline_options(["--runner=DataflowRunner"]).view_as(StandardOptions).runner == "DataflowRunner"
     # A pipeline Prism supports: Beam's DirectRunner would try Prism (and its download) first.
     with beam.Pipeline(options=pipeline_options(["--runner=DirectRunner"])) as p:

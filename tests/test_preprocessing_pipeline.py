@@ -206,7 +206,7 @@ def test_job_separates_its_flags_from_runner_flags() -> None:
     opts = job.options_from_args(args)
     assert dict(opts.k_core) == {"movie": 3, "book": 7, "ad": 5, "rec": 10} and opts.window_days == 30
     assert pipeline_options(beam_args).get_all_options()["runner"] == "FlinkRunner"
-    assert pipeline_options(None).get_all_options()["direct_running_mode"] == "multi_processing"
+    assert pipeline_options(None).get_all_options()["direct_running_mode"] == "in_memory"
 
 
 def test_job_rejects_bad_k_core() -> None:

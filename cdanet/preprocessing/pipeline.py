@@ -81,9 +81,13 @@ HEARTBEAT_SECONDS = 60.0
 
 
 def default_beam_args() -> list[str]:
-    """Beam's local runner on every core (the ``FnApiRunner``, never Prism: see :data:`LOCAL_RUNNER`)."""
-    return [f"--runner={LOCAL_RUNNER}", "--direct_running_mode=multi_processing",
-            f"--direct_num_workers={os.cpu_count() or 1}"]
+    """Beam's local runner in this process (the ``FnApiRunner``, never Prism: see :data:`LOCAL_RUNNER`).
+
+    In one process, not ``multi_processing`` on every core: at the paper's Amazon book size (10.5M
+    rows) the multi-process mode lost elements on their way to its worker processes (docs/preprocessing.md,
+    Runners), and on 2 cores it was slower at every size measured. ``--direct_running_mode=multi_processing
+    --direct_num_workers=N`` still runs (tested), under :func:`check_no_rows_lost`."""
+    return [f"--runner={LOCAL_RUNNER}", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
 def pipeline_options(beam_args: Sequence[str] | None) -> PipelineOptions:
