@@ -64,10 +64,23 @@ def _run_step(step: str, w: dict[str, str], params: dict[str, str]) -> None:
         raise SystemExit(f"unknown step {step!r}; expected one of {STEPS}")
 
 
+def _own_peak_kib() -> int:
+    """This process's own peak RSS. Linux's ``ru_maxrss`` starts an exec'd child at its parent's RSS
+    at fork time (the bench's parent holds the simulation's gigabytes), so read the memory map's
+    high-water mark (``VmHWM``), which starts afresh at exec; ``ru_maxrss`` elsewhere."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _peak_rss_mb() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024  # Linux: KiB
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # forked from this step: its own size at most
+    return max(_own_peak_kib(), children) / 1024  # Linux: KiB
 
 
 def step_main(step: str, work: str, params_json: str) -> None:
