@@ -47,7 +47,7 @@ ABLATIONS: tuple[str, ...] = (
 EPOCH_BASES: tuple[str, ...] = ("larger", "target")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 EMBEDDING_COMBINERS: tuple[str, ...] = ("linear", "concat", "sum")
-EMBEDDING_UPDATES: tuple[str, ...] = ("lazy", "dense")  # train.embedding_update
+EMBEDDING_UPDATES: tuple[str, ...] = ("lazy", "dense", "catchup")  # train.embedding_update
 #: model.cross_logit: which factorised user x item cross of the profile layer also goes straight to the logit.
 CROSS_LOGITS: tuple[str, ...] = ("none", "attributes", "profile")
 
@@ -120,7 +120,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     # Adam's update of the embedding tables (the paper does not say): "dense" updates every row every
-    # step (torch.optim.Adam), "lazy" only the rows a step looked up (cdanet.training.optim.make_optimizer).
+    # step (torch.optim.Adam), "lazy" only the rows a step looked up, "catchup" only those too, after
+    # catching each up on the steps it missed as dense Adam would have moved it (cdanet.training.optim).
     embedding_update: str = "dense"
     max_epochs: int = 30  # upper bound (the paper's 200 ensures convergence); early stopping decides
     # Validations without a better validation AUC of the target domain. Validation AUC moves by
@@ -141,6 +142,11 @@ class TrainConfig:
     # ~3 ms per step at the medium data's 4.5-6M parameters (1-2 % of a step) but ~10x that at the
     # Taobao preset's table sizes, where 4-8 keeps it small. 1 is what docs/quality.md measured.
     weight_average_every: int = 1
+    # The decay ramps as min(weight_average, (1 + n) / (ramp + n)) after n takes (TensorFlow's
+    # ExponentialMovingAverage with num_updates uses 10): the average spans about the last n / (ramp - 1)
+    # takes until the decay itself binds. At the medium data a stage takes 250-900 steps, so the ramp,
+    # not the decay, sets the horizon (docs/quality.md).
+    weight_average_ramp: float = 10.0
     finetune_max_epochs: int | None = None  # stage 2; defaults to max_epochs
     finetune_learning_rate: float | None = None  # stage 2; defaults to learning_rate
     epoch_basis: str = "larger"  # see cdanet.data: one epoch = one pass over the larger domain
@@ -240,6 +246,8 @@ class ExperimentConfig:
             v = getattr(t, name)
             if v is not None and not v > 0:
                 errors.append(f"train.{name} must be > 0, got {v}")
+        if not t.weight_average_ramp > 1:
+            errors.append(f"train.weight_average_ramp must be > 1, got {t.weight_average_ramp}")
         if not 0 <= t.weight_average < 1:
             errors.append(f"train.weight_average must be in [0, 1), got {t.weight_average}")
         if t.weight_decay < 0:

@@ -145,3 +145,58 @@ void cdanet_dense_adam_rows(float *restrict p, float *restrict m, float *restric
         }
     }
 }
+
+/* Catch-up (cdanet.native.catch_up_rows_): bring row r from its last update last[r] to step upto as
+ * dense Adam moves it without a gradient (momentum and L2 weight decay, in closed form; see the
+ * Python docstring for the formulas), then set last[r] = upto. rows_or_null: the n rows (ascending)
+ * to bring up to date, or NULL for rows 0..n. Rows are distinct, so threads never share a row. */
+static inline void catch_up_row(float *restrict p, float *restrict m, float *restrict v, int64_t e, int64_t k,
+                                int64_t upto, double lr, double beta1, float eps, float wd, double c_up,
+                                double log_b1, double log_b2) {
+    const double log_q = -0.5 * log_b2, q = exp(log_q), r = beta1 * q;
+    const double kk = k > 100000 ? 100000.0 : (double)k;
+    const double b1k_d = exp(kk * log_b1), qk = exp(kk * log_q);  /* beta1^k, q^k; r^k = beta1^k q^k */
+    const double momentum = r * (1.0 - b1k_d * qk) / (1.0 - r);
+    const double decay = q * (qk - 1.0) / (q - 1.0) - momentum;
+    double near = (double)upto - kk + fmin(kk, 1.0 / (1.0 - r));
+    if (near < 1.0) near = 1.0;
+    const double c_near = near > 20000.0 ? lr
+        : lr * sqrt(1.0 - exp(near * log_b2)) / (1.0 - exp(near * log_b1));
+    const float fm = (float)(momentum * c_near), fd = (float)(wd * decay * c_up), fl = (float)(kk * c_up);
+    const float b1k = (float)b1k_d, b2k = (float)(1.0 / (qk * qk));  /* beta2^k = q^-2k */
+    for (int64_t i = 0; i < e; i++) {
+        const float den = sqrtf(v[i]) + eps;
+        float pi = p[i] - fm * m[i] / den;
+        if (wd != 0.0f) {
+            /* Decayed past 1e-13 of its size, or by more than lr' per step allows: the floor decides. */
+            const float rate = fd / den, a = fabsf(pi);
+            const float shrunk = rate < 30.0f ? a * expf(-rate) : 0.0f;
+            float floor_ = a - fl;
+            if (floor_ < 0.0f) floor_ = 0.0f;
+            pi = copysignf(shrunk > floor_ ? shrunk : floor_, pi);
+        }
+        if (fabsf(pi) < 1e-30f) pi = 0.0f;  /* no subnormal results: they slow every later step */
+        p[i] = pi;
+        const float d = wd * pi;
+        m[i] = b1k * m[i] + (1.0f - b1k) * d;
+        const float vi = b2k * v[i] + (1.0f - b2k) * d * d;
+        v[i] = vi < 1e-30f ? 0.0f : vi;
+    }
+}
+
+void cdanet_catch_up_rows(float *restrict p, float *restrict m, float *restrict v, int64_t *restrict last,
+                          int64_t e, const int64_t *rows_or_null, int64_t n, int64_t upto, float lr, float beta1,
+                          float beta2, float eps, float weight_decay, int num_threads) {
+    const double c_up = (double)lr * sqrt(1.0 - pow(beta2, (double)upto)) / (1.0 - pow(beta1, (double)upto));
+    const double log_b1 = log((double)beta1), log_b2 = log((double)beta2);
+    (void)num_threads;
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t row = rows_or_null ? rows_or_null[i] : i;
+        const int64_t k = upto - last[row];
+        if (k <= 0) continue;
+        catch_up_row(p + row * e, m + row * e, v + row * e, e, k, upto, lr, beta1, eps, weight_decay, c_up, log_b1,
+                     log_b2);
+        last[row] = upto;
+    }
+}

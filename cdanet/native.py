@@ -95,6 +95,9 @@ class _Lib:
         self.dense_adam = cdll.cdanet_dense_adam_rows
         self.dense_adam.restype = None
         self.dense_adam.argtypes = [p, p, p, i64, i64, p, i64, p, f32, f32, f32, f32, f32, f32, f32, ctypes.c_int]
+        self.catch_up = cdll.cdanet_catch_up_rows
+        self.catch_up.restype = None
+        self.catch_up.argtypes = [p, p, p, p, i64, p, i64, i64, f32, f32, f32, f32, f32, ctypes.c_int]
         self.index_add_slots = cdll.cdanet_index_add_slots
         self.index_add_slots.restype, self.index_add_slots.argtypes = i64, [p, i64, p, i64, i64, p, i64, i64, p, i64]
 
@@ -534,6 +537,73 @@ def adam_rows_(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, rows: Tensor,
         param.index_copy_(0, rows, p)
         exp_avg.index_copy_(0, rows, m)
         exp_avg_sq.index_copy_(0, rows, v)
+
+
+def catch_up_rows_(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, last: Tensor, rows: Tensor | None, *,
+                   upto: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+    """Bring rows from their last update to step ``upto`` as dense Adam would have moved them without a gradient.
+
+    ``last`` (``R``, int64) holds each row's last step (0: never; its moments are then zero);
+    ``rows`` the rows to bring up to date (``None``: all), ascending. Between two steps in which a
+    row was looked up, dense Adam (``torch.optim.Adam``, L2 ``weight_decay``) keeps moving it: on
+    its momentum, and, with weight decay, towards zero by the gradient ``wd * p`` that Adam divides
+    by the row's decaying second moment. Over ``k`` such steps, with ``q = beta2 ** -0.5`` and
+    ``r = beta1 * q``, this applies in closed form (bias corrections ``lr' = lr sqrt(1 - beta2^s) /
+    (1 - beta1^s)`` taken near the row's last update for the momentum, at ``upto`` for the decay)
+
+    * the momentum: ``p -= lr' * m / (sqrt(v) + eps) * sum_{j<=k} r^j``;
+    * the decay: ``p *= exp(-lr' * wd / (sqrt(v) + eps) * sum_{j<=k} (1 - beta1^j) q^j)``, the
+      solution of ``dp/dj = -lr' * wd * p * q^j / sqrt(v)`` (``p`` held in the momentum's part);
+    * the moments: ``m = beta1^k m + (1 - beta1^k) wd p``, ``v = beta2^k v + (1 - beta2^k) (wd p)^2``.
+
+    Exact up to ``eps`` and the bias corrections without weight decay; with it, an approximation of
+    the same order (``tests/test_optim.py`` compares it with dense Adam).
+    """
+    tables = (param, exp_avg, exp_avg_sq)
+    lib = _native_for(*tables, last, rows)
+    if (lib is not None and last.dtype == torch.int64 and last.is_contiguous()
+            and (rows is None or (rows.dtype == torch.int64 and rows.is_contiguous()))
+            and all(t.dtype == torch.float32 and t.is_contiguous() for t in tables)):
+        n = param.shape[0] if rows is None else rows.numel()
+        lib.catch_up(param.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), last.data_ptr(), param.shape[1],
+                     None if rows is None else rows.data_ptr(), n, upto, lr, beta1, beta2, eps, weight_decay,
+                     torch.get_num_threads())
+        return
+    idx = torch.arange(param.shape[0], device=param.device) if rows is None else rows
+    k = (upto - last.index_select(0, idx)).clamp_(min=0)
+    moving = k > 0
+    if not bool(moving.any()):
+        return
+    idx, k = idx[moving], k[moving].double().clamp_(max=1e5)  # q^1e5 = e^50: finite in float64
+    q = beta2**-0.5
+    r = beta1 * q
+    momentum = r * (1.0 - r**k) / (1.0 - r)
+    decay = q * (q**k - 1.0) / (q - 1.0) - momentum
+    # Bias corrections: the momentum's steps lie within ~1 / (1 - r) steps of the row's last update,
+    # the decay's weight grows towards upto; each takes its corrections there.
+    def corrections(at: Tensor) -> Tensor:  # lr * sqrt(1 - beta2^s) / (1 - beta1^s), per row
+        return lr * (1.0 - beta2**at).sqrt() / (1.0 - beta1**at)
+
+    p, m, v = param.index_select(0, idx), exp_avg.index_select(0, idx), exp_avg_sq.index_select(0, idx)
+    denom = v.sqrt().add_(eps)
+    near = (upto - k + torch.clamp(k, max=1.0 / (1.0 - r))).clamp_(min=1.0)
+    p.addcdiv_(m * (momentum * corrections(near)).to(p.dtype).unsqueeze(1), denom, value=-1.0)
+    if weight_decay:
+        rate = (weight_decay * (decay * corrections(torch.full_like(k, float(upto)))).to(p.dtype).unsqueeze(1)) / denom
+        # Adam moves a coordinate by at most about lr' per step (|m| <= sqrt(v)): once sqrt(v) has
+        # decayed to wd |p|, the decay is a descent of lr' per step, not faster.
+        floor = (p.abs() - (k * corrections(torch.full_like(k, float(upto)))).to(p.dtype).unsqueeze(1)).clamp_(min=0.0)
+        shrunk = torch.where(rate < 30.0, p.abs() * torch.exp(-rate.clamp(max=30.0)), 0.0)
+        p.copy_(p.sign() * torch.maximum(shrunk, floor))
+    p.masked_fill_(p.abs() < 1e-30, 0.0)  # no subnormal results: they slow every later step
+    b1k, b2k = (beta1**k).to(p.dtype).unsqueeze(1), (beta2**k).to(p.dtype).unsqueeze(1)
+    m.mul_(b1k).add_((1.0 - b1k) * weight_decay * p)
+    v.mul_(b2k).add_((1.0 - b2k) * (weight_decay * p) ** 2)
+    v.masked_fill_(v < 1e-30, 0.0)
+    param.index_copy_(0, idx, p)
+    exp_avg.index_copy_(0, idx, m)
+    exp_avg_sq.index_copy_(0, idx, v)
+    last.index_fill_(0, idx, upto)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -352,3 +352,91 @@ def test_kernels_reject_what_would_corrupt_memory(kernels: str) -> None:
     with pytest.raises(ValueError, match="ascending"):
         native.adam_rows_(table, m, v, torch.tensor([3, 1]), torch.ones(2, 2), lazy=False, step=1, lr=0.1,
                           beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
+
+
+def _table_run(mode: str, weight_decay: float, steps: int = 600, rows: int = 400) -> torch.Tensor:
+    """A table trained on sparse row gradients where row r is looked up with probability 0.5^(r/50):
+    frequent rows first, rows seen a few times in the whole run last."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(rows, 8) * 0.05)
+    opt = TableAdam([w], lr=1e-3, weight_decay=weight_decay, lazy=mode == "lazy", catch_up=mode == "catchup")
+    gen = torch.Generator().manual_seed(1)
+    probs = 0.5 ** (torch.arange(rows) / 50.0)
+    for _ in range(steps):
+        looked_up = torch.nonzero(torch.rand(rows, generator=gen) < probs).flatten()
+        grads = torch.randn(len(looked_up), 8, generator=gen) * 1e-3 + 2e-4 * torch.arange(8)
+        w.grad = torch.sparse_coo_tensor(looked_up[None], grads, (rows, 8), check_invariants=False)
+        opt.step()
+    opt.flush()
+    return w.detach()
+
+
+def _row_errors(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return (x - ref).norm(dim=1) / ref.norm(dim=1)
+
+
+def test_catch_up_moves_skipped_rows_as_dense_adam_without_weight_decay(kernels: str) -> None:
+    # Between two look-ups dense Adam keeps moving a row on its momentum (m / sqrt(v) decaying as
+    # (beta1 / sqrt(beta2))^j); catch-up applies that in closed form when the row is next looked up
+    # or flushed. Without weight decay that is dense Adam up to eps and rounding; lazy Adam skips it.
+    dense, lazy, caught_up = (_table_run(mode, 0.0) for mode in ("dense", "lazy", "catchup"))
+    assert _row_errors(caught_up, dense).max() < 0.03
+    assert _row_errors(lazy, dense).median() > 0.1
+
+
+def test_catch_up_shrinks_rarely_seen_rows_as_dense_adams_weight_decay_does(kernels: str) -> None:
+    # With L2 weight decay dense Adam pulls every row towards zero every step, by the gradient
+    # wd * p divided by the row's decaying second moment: rows seen rarely shrink. Lazy Adam never
+    # shrinks them (their norm ends far above dense Adam's); catch-up approximates the pull.
+    dense, lazy, caught_up = (_table_run(mode, 1e-4) for mode in ("dense", "lazy", "catchup"))
+    rare = slice(300, None)
+    assert lazy[rare].norm() / dense[rare].norm() > 1.5
+    assert 0.8 < caught_up[rare].norm() / dense[rare].norm() < 1.25
+    assert _row_errors(caught_up, dense).median() < 0.1 < _row_errors(lazy, dense).median()
+
+
+def test_catch_up_trains_a_model_with_sparse_row_gradients() -> None:
+    model, schemas = _tiny_cdanet()
+    opt = _train(model, schemas, "catchup", 3)
+    assert opt.catch_up and opt.lazy
+    tables = [p for p in row_parameters(model)[0]]
+    assert tables and all("last" in opt.state[p] for p in tables)
+    opt.flush()
+    assert all(bool((opt.state[p]["last"] == opt.state[p]["step"].long()).all()) for p in tables)
+    # A checkpoint's optimiser state resumes with the rows' last steps intact (torch would cast them
+    # to the parameters' float dtype).
+    again = make_optimizer(model, 0.01, 0.0, torch.device("cpu"), "catchup")
+    again.load_state_dict(opt.state_dict())
+    for p in tables:
+        assert again.state[p]["last"].dtype == torch.int64
+        assert torch.equal(again.state[p]["last"], opt.state[p]["last"])
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-4])
+@pytest.mark.parametrize("some_rows", [False, True])
+def test_catch_up_kernel_matches_the_torch_formulas(weight_decay: float, some_rows: bool) -> None:
+    if native.library() is None:
+        pytest.skip("no C compiler here")
+    gen = torch.Generator().manual_seed(0)
+    p = torch.randn(300, 16, generator=gen) * 0.05
+    m = torch.randn(300, 16, generator=gen) * 1e-4
+    v = torch.rand(300, 16, generator=gen) * 1e-7
+    v[:20] = 0.0  # rows never looked up: no moments, weight decay pulls them to zero
+    m[:20] = 0.0
+    last = torch.randint(0, 5000, (300,), generator=gen)
+    rows = torch.arange(0, 300, 3) if some_rows else None
+    args = dict(upto=5000, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay)
+    ours = [t.clone() for t in (p, m, v, last)]
+    native.catch_up_rows_(*ours, rows, **args)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "library", lambda: None)
+        ref = [t.clone() for t in (p, m, v, last)]
+        native.catch_up_rows_(*ref, rows, **args)
+    assert torch.equal(ours[3], ref[3])
+    if some_rows:
+        untouched = torch.ones(300, dtype=torch.bool)
+        untouched[rows] = False
+        assert torch.equal(ours[0][untouched], p[untouched]) and torch.equal(ours[3][untouched], last[untouched])
+    assert not torch.equal(ours[0], p)
+    for a, b in zip(ours[:3], ref[:3], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7 * float(b.abs().max()))

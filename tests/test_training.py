@@ -185,6 +185,20 @@ def test_weight_average_is_the_ramped_moving_average_and_swaps_back() -> None:
             expected = decay * expected + (1 - decay) * value
     assert sparse.updates == 2 and torch.allclose(sparse.shadow[0], expected)
 
+    # ramp=3: the decay climbs as (1 + n) / (3 + n), a longer average from the start; with decay 0.99
+    # it reaches the cap after 197 takes instead of 890.
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    ramped = WeightAverage(layer, decay=0.99, ramp=3.0)
+    expected = torch.ones(1, 2)
+    flushed = []
+    for n, value in enumerate([3.0, -1.0, 7.0, 2.0]):
+        with torch.no_grad():
+            layer.weight.fill_(value)
+        ramped.update(before_take=lambda: flushed.append(1))
+        expected = (1 + n) / (3 + n) * expected + (1 - (1 + n) / (3 + n)) * value
+    assert torch.allclose(ramped.shadow[0], expected) and len(flushed) == 4
+
 
 def test_weight_average_validates_the_average_without_changing_the_training_path(processed_dir, train_val) -> None:
     # The same run with and without averaging: the same steps (identical training losses), but the
@@ -203,6 +217,8 @@ def test_weight_average_validates_the_average_without_changing_the_training_path
     assert restored == pytest.approx(averaged.best_val_auc, abs=1e-12)
     with pytest.raises(ConfigError, match=r"train\.weight_average must be in \[0, 1\), got 1\.0"):
         tiny_config().with_overrides(["train.weight_average=1"]).validate()
+    with pytest.raises(ConfigError, match=r"train\.weight_average_ramp must be > 1, got 1\.0"):
+        tiny_config().with_overrides(["train.weight_average_ramp=1"]).validate()
 
 
 def test_non_finite_loss_names_stage_epoch_and_step(processed_dir, train_val) -> None:

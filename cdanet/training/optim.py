@@ -51,14 +51,42 @@ class TableAdam(torch.optim.Adam):
       rows that were not looked up on their momentum; lazy Adam skips that, which is most of the
       optimiser's memory traffic when a step looks up ~10k of a table's ~46k rows.
 
-    The state has Adam's layout (``step``, ``exp_avg``, ``exp_avg_sq`` per parameter), so checkpoints
-    load into either optimiser. ``weight_decay`` is Adam's L2 term (lazy: on the looked-up rows only).
+    * ``catch_up=True``: lazy, but a looked-up row first catches up on the steps since its last
+      update, as dense Adam would have moved it without a gradient (its momentum, and the L2 pull
+      towards zero; :func:`cdanet.native.catch_up_rows_`), and :meth:`flush` brings every row up to
+      date before the weights are read. The per-step work is the looked-up rows', as lazy; the result
+      is dense Adam's up to ``eps`` without weight decay, and close to it with (``docs/performance.md``).
+
+    The state has Adam's layout (``step``, ``exp_avg``, ``exp_avg_sq`` per parameter; catch-up adds
+    each table's ``last`` step per row), so checkpoints load into either optimiser. ``weight_decay`` is
+    Adam's L2 term (lazy: on the looked-up rows only).
     """
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float = 1e-3, weight_decay: float = 0.0,
-                 fused: bool | None = None, lazy: bool = False) -> None:
+                 fused: bool | None = None, lazy: bool = False, catch_up: bool = False) -> None:
         super().__init__(params, lr=lr, weight_decay=weight_decay, fused=fused)
-        self.lazy = lazy
+        self.lazy, self.catch_up = lazy or catch_up, catch_up
+
+    def load_state_dict(self, state_dict: dict) -> None:  # type: ignore[override]
+        super().load_state_dict(state_dict)
+        for state in self.state.values():  # torch casts every non-step state tensor to the parameter's dtype
+            if "last" in state:
+                state["last"] = state["last"].to(torch.int64)
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        """``catch_up``: bring every row up to the last step, as dense Adam holds it (before the weights
+        are read: validation, averaging, checkpoints). A no-op otherwise."""
+        if not self.catch_up:
+            return
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "last" in state:
+                    native.catch_up_rows_(p, state["exp_avg"], state["exp_avg_sq"], state["last"], None,
+                                          upto=int(state["step"].item()), lr=group["lr"], beta1=beta1,
+                                          beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
@@ -78,8 +106,16 @@ class TableAdam(torch.optim.Adam):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
+                step = int(state["step"].item())
+                if self.catch_up:  # the steps since each looked-up row's last update, then this one
+                    if "last" not in state:
+                        state["last"] = torch.zeros(p.shape[0], dtype=torch.int64, device=p.device)
+                    native.catch_up_rows_(p, state["exp_avg"], state["exp_avg_sq"], state["last"], rows,
+                                          upto=step - 1, lr=group["lr"], beta1=beta1, beta2=beta2,
+                                          eps=group["eps"], weight_decay=group["weight_decay"])
+                    state["last"].index_fill_(0, rows, step)
                 native.adam_rows_(p, state["exp_avg"], state["exp_avg_sq"], rows, values,
-                           lazy=self.lazy, step=int(state["step"].item()), lr=group["lr"], beta1=beta1,
+                           lazy=self.lazy, step=step, lr=group["lr"], beta1=beta1,
                            beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
                 sparse.append((p, p.grad))
                 p.grad = None  # Adam's own step skips parameters without a gradient
@@ -101,7 +137,7 @@ def training_fast_paths(device: torch.device, embedding_update: str = "dense") -
     """
     if embedding_update not in EMBEDDING_UPDATES:
         raise ValueError(f"unknown embedding_update {embedding_update!r}; expected one of {EMBEDDING_UPDATES}")
-    sparse = embedding_update == "lazy" or (device.type == "cpu" and native.library() is not None)
+    sparse = embedding_update in ("lazy", "catchup") or (device.type == "cpu" and native.library() is not None)
     return FastPaths(sparse_rows=sparse)
 
 
@@ -120,16 +156,16 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: tor
     """
     if embedding_update not in EMBEDDING_UPDATES:
         raise ValueError(f"unknown embedding_update {embedding_update!r}; expected one of {EMBEDDING_UPDATES}")
-    lazy = embedding_update == "lazy"
+    lazy, catch_up = embedding_update == "lazy", embedding_update == "catchup"
     _, dense_rows = row_parameters(model)
-    if lazy and dense_rows:
+    if (lazy or catch_up) and dense_rows:
         raise ValueError(
-            "embedding_update='lazy' needs the embedding tables' gradients as sparse rows: call "
-            "set_fast_paths(model, training_fast_paths(device, 'lazy')) before make_optimizer"
+            f"embedding_update={embedding_update!r} needs the embedding tables' gradients as sparse rows: call "
+            "set_fast_paths(model, training_fast_paths(device, embedding_update)) before make_optimizer"
         )
     params = [p for p in model.parameters() if p.requires_grad]
     fused = (device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)) or None
-    return TableAdam(params, lr=lr, weight_decay=weight_decay, fused=fused, lazy=lazy)
+    return TableAdam(params, lr=lr, weight_decay=weight_decay, fused=fused, lazy=lazy, catch_up=catch_up)
 
 
 #: glibc's malloc thresholds :func:`retain_heap` sets; the images set the same through glibc's

@@ -50,13 +50,14 @@ class WeightAverage:
     """An exponential moving average of a model's parameters (Polyak averaging), updated after
     every optimiser step; validation, early stopping and the kept weights then use the average.
 
-    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (as TensorFlow's
-    ``ExponentialMovingAverage`` with ``num_updates``), so the average forgets the random start.
+    The decay ramps up as ``min(decay, (1 + n) / (ramp + n))`` after ``n`` updates (``ramp`` 10 is
+    TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``), so the average forgets the
+    random start; until the decay binds, it spans about the last ``n / (ramp - 1)`` updates.
     Buffers (the users' profiles) are not averaged: they do not change in training.
     """
 
-    def __init__(self, model: nn.Module, decay: float, every: int = 1) -> None:
-        self.decay, self.every = decay, every
+    def __init__(self, model: nn.Module, decay: float, every: int = 1, ramp: float = 10.0) -> None:
+        self.decay, self.every, self.ramp = decay, every, ramp
         self.params = [p for p in model.parameters() if p.requires_grad]
         self._values = [p.detach() for p in self.params]  # views: they follow the in-place optimiser steps
         self.shadow = [p.clone() for p in self._values]
@@ -68,14 +69,16 @@ class WeightAverage:
         return self.steps // self.every
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, before_take: Callable[[], None] | None = None) -> None:
         """After an optimiser step. With ``every = k`` the average takes every k-th step's weights,
         with decay ``decay ** k`` per take (the same horizon in steps, 1/k of the cost)."""
         self.steps += 1
         if self.steps % self.every:
             return
+        if before_take is not None:  # e.g. TableAdam.flush: the rows a lazy optimiser has not moved yet
+            before_take()
         n = self.updates - 1  # takes before this one
-        decay = min(self.decay ** self.every, (1 + n) / (10 + n))
+        decay = min(self.decay ** self.every, (1 + n) / (self.ramp + n))
         torch._foreach_lerp_(self.shadow, self._values, 1.0 - decay)
 
     @contextlib.contextmanager
@@ -258,7 +261,7 @@ def _train_one_epoch(
                 grad_sync()
             optimizer.step()
             if average is not None:
-                average.update()
+                average.update(before_take=getattr(optimizer, "flush", None))
             total = out.total.detach()
             watch.observe(step, total, out.parts)
             loss_sum += total.float()
@@ -372,7 +375,7 @@ def train_model(
     schemas = {d: data.schema for d, data in {**train, **val}.items() if d in train_domains + eval_domains}
     identity = run_identity(cfg, stage, model, schemas, {d: len(train[d]) for d in train_domains})
 
-    average = WeightAverage(model, t.weight_average, t.weight_average_every) if t.weight_average > 0 else None
+    average = WeightAverage(model, t.weight_average, t.weight_average_every, t.weight_average_ramp) if t.weight_average > 0 else None
     stopper = _EarlyStopping(t.patience)
     history: list[dict[str, Any]] = []
     best_state: dict[str, torch.Tensor] | None = None
@@ -430,6 +433,9 @@ def train_model(
             # Epochs trained so far: 1.0 at the end of the first epoch, 0.25 a quarter into it.
             point = round(epoch - 1 + steps_done / steps_per_epoch, 4)
             val_start = time.perf_counter()
+            flush = getattr(optimizer, "flush", None)
+            if flush is not None:  # train.embedding_update=catchup: every row as dense Adam holds it
+                flush()
             with average.swapped_in() if average is not None else contextlib.nullcontext():
                 val_result = evaluate(model, val_dev, split="validation", batch_size=t.eval_batch_size, device=device)
                 target_auc = val_result[target].auc
