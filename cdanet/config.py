@@ -440,7 +440,8 @@ def paper_config(dataset: str = "amazon", target_domain: str | None = None, mode
     The target defaults to the dataset's sparse domain. The measured defaults are six named departures
     from the paper (``model.shared_users``; ``model.history_fields``, ``model.source_history_fields`` and
     ``model.user_fields`` on the target; ``model.cross_logit``; ``model.id_cross``) and settings the paper does not give (a validation schedule,
-    ``train.evals_per_epoch``; L2, ``train.weight_decay``; Polyak averaging, ``train.weight_average``);
+    ``train.evals_per_epoch``; L2, ``train.weight_decay``; Polyak averaging, ``train.weight_average`` and
+    ``train.weight_average_ramp``);
     :func:`strict_config` leaves them out.
 
     Amazon: alpha 0.01, beta 0.1, K = 2 experts of 2 layers, tower of 2 layers.
@@ -474,6 +475,10 @@ def paper_config(dataset: str = "amazon", target_domain: str | None = None, mode
     # between validations; the average lifted validation and test AUC of every model measured
     # (docs/quality.md, "Weight averaging").
     cfg.train.weight_average = 0.99
+    # ... which reaches its full span sooner: a stage here takes 250-900 steps, where TensorFlow's ramp
+    # (1 + n) / (10 + n) still averages over only the last ~n/9 steps; with 3, CDAnet's validation AUC
+    # rose in 5 of 5 seeds on ad and on movie, the MLP's stayed level (docs/quality.md).
+    cfg.train.weight_average_ramp = 3.0
     return cfg.validate()
 
 

@@ -112,6 +112,7 @@ def test_profiles_default_on_the_target_and_strict_leaves_them_out() -> None:
     assert strict_config("taobao").model.source_history_fields == {} == tiny_config().model.source_history_fields
     assert paper_config("amazon").train.weight_decay == 1e-4 and strict_config("amazon").train.weight_decay == 0
     assert paper_config("taobao").train.weight_average == 0.99 and strict_config("taobao").train.weight_average == 0
+    assert paper_config("amazon").train.weight_average_ramp == 3.0 == paper_config("taobao").train.weight_average_ramp
     assert paper_config("taobao").model.user_fields == {"ad": list(USER_PROFILE_FIELDS)}
     assert paper_config("amazon").model.user_fields == {} == strict_config("taobao").model.user_fields
     assert paper_config("taobao", "rec").model.user_fields == {}  # rec rows carry no user attributes
