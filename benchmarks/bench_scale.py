@@ -5,7 +5,8 @@ Each scale simulates the raw files of ``--dataset`` at a simulator preset, then 
 steps one after another with the library's step functions (``cdanet.steps``, what the components
 call): configure, preprocess (Beam), validate (GX), pretrain, finetune, evaluate. Every step runs in
 its own Python process, so its peak memory is its own: the largest resident set of the process and
-of its children (Beam's worker processes), from ``getrusage``. gate + register (MLflow) are left
+of its children (Beam's worker processes), from ``getrusage``. Each step's log (training's per-validation lines included)
+is written to ``<workdir>/<scale>/<step>.log`` as the step runs. gate + register (MLflow) are left
 out: their cost does not grow with the data (23 s at the Taobao preset, the issue's table).
 
     .venv/bin/python -m benchmarks.bench_scale --scales tiny small
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import resource
@@ -86,6 +88,8 @@ def _peak_rss_mb() -> float:
 def step_main(step: str, work: str, params_json: str) -> None:
     """Child process entry: run one step, print ``RESULT {seconds, peak_rss_mb, ...}``."""
     w = json.loads(work)
+    # stderr is the step's log file (run_scale): the library's progress lines, with times
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
     _run_step(step, w, json.loads(params_json))
     print("RESULT " + json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb()}), flush=True)
@@ -113,12 +117,18 @@ def run_scale(scale: str, dataset: str, root: str, params: dict[str, str]) -> di
                                  "simulate_s": simulate_s, "steps": {}}
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for step in STEPS:
-        proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.bench_scale", "--step", step, "--work", json.dumps(w),
-             "--params", json.dumps({**params, "dataset": dataset})],
-            capture_output=True, text=True, cwd=ROOT, env=env)
+        # The step's log (training's per-validation lines) goes to a file as it runs, so a step of
+        # half an hour can be watched: tail -f <workdir>/<scale>/<step>.log
+        log_path = os.path.join(root, f"{step}.log")
+        with open(log_path, "w") as log:
+            proc = subprocess.run(
+                [sys.executable, "-m", "benchmarks.bench_scale", "--step", step, "--work", json.dumps(w),
+                 "--params", json.dumps({**params, "dataset": dataset})],
+                stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env=env)
         if proc.returncode != 0:
-            raise SystemExit(f"step {step} at scale {scale} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+            with open(log_path) as log:
+                tail = log.read()[-3000:]
+            raise SystemExit(f"step {step} at scale {scale} failed (log: {log_path}):\n{proc.stdout[-2000:]}\n{tail}")
         lines = proc.stdout.splitlines()
         measured = json.loads(next(x for x in reversed(lines) if x.startswith("RESULT "))[len("RESULT "):])
         for x in lines:

@@ -90,3 +90,5 @@ def test_bench_scale_runs_the_smallest_size(tmp_path: Path) -> None:
     (result,) = json.loads(out.read_text())
     assert result["interaction_rows"] > 0 and result["steps"]["preprocess"]["peak_rss_mb"] > 0
     assert 0.5 < result["test_auc"]["ad_test_auc"] <= 1.0
+    # each step's log is a file beside its data, written as the step runs (training logs its validations)
+    assert "val ad AUC" in (tmp_path / "work" / "tiny" / "pretrain.log").read_text()
