@@ -158,6 +158,9 @@ class TrainConfig:
     train_fraction: float = 1.0  # Fig. 5 sparsity study: fraction of the training split used
     progress: bool = True
     retain_heap: bool = True  # CPU on glibc: keep freed heap memory in the process (cdanet.training.optim.retain_heap)
+    # CPU, x86: denormal floats (< 1.2e-38) read and written as zero on every training thread
+    # (cdanet.native.flush_denormal), as TensorFlow does by default; a numerics setting, not a model change
+    flush_denormal: bool = True
 
 
 @dataclass

@@ -9,6 +9,10 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#define CDANET_MXCSR 1
+#endif
 
 /* Marks the rows that occur in idx[0..nidx) and numbers them in ascending row order.
  * pos[r] becomes the rank of row r among the occurring rows, or -1; uniq[0..n) lists the occurring
@@ -150,6 +154,21 @@ void cdanet_dense_adam_rows(float *restrict p, float *restrict m, float *restric
  * dense Adam moves it without a gradient (momentum and L2 weight decay, in closed form; see the
  * Python docstring for the formulas), then set last[r] = upto. rows_or_null: the n rows (ascending)
  * to bring up to date, or NULL for rows 0..n. Rows are distinct, so threads never share a row. */
+/* exp(-x) for x in [0, 30], to about float precision (relative error < 1e-7), in operations that
+ * vectorise (libm's expf does not, so the row loop below ran one element at a time). 2^t with
+ * t = -x log2(e) split into a whole power n (round to nearest by the 1.5 * 2^23 trick: no -ffast-math,
+ * so the sum is not reassociated) and f in [-1/2, 1/2]; e^(f ln 2) by its Taylor series to degree 7. */
+static inline float exp_neg(float x) {
+    const float t = -x * 1.44269504088896341f;
+    const float n = (t + 12582912.0f) - 12582912.0f;
+    const float y = (t - n) * 0.693147180559945309f;
+    const float e = 1.0f + y * (1.0f + y * (0.5f + y * (1.0f / 6 + y * (1.0f / 24 + y * (1.0f / 120
+                    + y * (1.0f / 720 + y * (1.0f / 5040)))))));
+    union { int32_t i; float f; } two_n;
+    two_n.i = ((int32_t)n + 127) << 23;
+    return e * two_n.f;
+}
+
 static inline void catch_up_row(float *restrict p, float *restrict m, float *restrict v, int64_t e, int64_t k,
                                 int64_t upto, double lr, double beta1, float eps, float wd, double c_up,
                                 double log_b1, double log_b2) {
@@ -164,18 +183,25 @@ static inline void catch_up_row(float *restrict p, float *restrict m, float *res
         : lr * sqrt(1.0 - exp(near * log_b2)) / (1.0 - exp(near * log_b1));
     const float fm = (float)(momentum * c_near), fd = (float)(wd * decay * c_up), fl = (float)(kk * c_up);
     const float b1k = (float)b1k_d, b2k = (float)(1.0 / (qk * qk));  /* beta2^k = q^-2k */
+    if (wd == 0.0f) {
+        for (int64_t i = 0; i < e; i++) {
+            float pi = p[i] - fm * m[i] / (sqrtf(v[i]) + eps);
+            p[i] = fabsf(pi) < 1e-30f ? 0.0f : pi;  /* no subnormal results: they slow every later step */
+            m[i] = b1k * m[i];
+            const float vi = b2k * v[i];
+            v[i] = vi < 1e-30f ? 0.0f : vi;
+        }
+        return;
+    }
     for (int64_t i = 0; i < e; i++) {
         const float den = sqrtf(v[i]) + eps;
-        float pi = p[i] - fm * m[i] / den;
-        if (wd != 0.0f) {
-            /* Decayed past 1e-13 of its size, or by more than lr' per step allows: the floor decides. */
-            const float rate = fd / den, a = fabsf(pi);
-            const float shrunk = rate < 30.0f ? a * expf(-rate) : 0.0f;
-            float floor_ = a - fl;
-            if (floor_ < 0.0f) floor_ = 0.0f;
-            pi = copysignf(shrunk > floor_ ? shrunk : floor_, pi);
-        }
-        if (fabsf(pi) < 1e-30f) pi = 0.0f;  /* no subnormal results: they slow every later step */
+        const float p0 = p[i] - fm * m[i] / den;
+        /* Decayed past 1e-13 of its size, or by more than lr' per step allows: the floor decides. */
+        const float rate = fd / den, a = fabsf(p0);
+        const float shrunk = rate < 30.0f ? a * exp_neg(rate) : 0.0f;
+        const float floor_ = a - fl > 0.0f ? a - fl : 0.0f;
+        float pi = copysignf(shrunk > floor_ ? shrunk : floor_, p0);
+        pi = fabsf(pi) < 1e-30f ? 0.0f : pi;
         p[i] = pi;
         const float d = wd * pi;
         m[i] = b1k * m[i] + (1.0f - b1k) * d;
@@ -199,4 +225,37 @@ void cdanet_catch_up_rows(float *restrict p, float *restrict m, float *restrict 
                      log_b2);
         last[row] = upto;
     }
+}
+
+/* Flush-to-zero and denormals-are-zero (cdanet.native.set_flush_denormal): set (on = 1) or cleared on the
+ * calling thread and on every thread of an OpenMP team of num_threads. torch's intra-op threads are that
+ * team (one libgomp in the process: this library links the libgomp torch loaded), and
+ * torch.set_flush_denormal reaches the calling thread only. Returns the number of threads set; 0 where
+ * the CPU has no such mode (not x86). */
+#define CDANET_FTZ_DAZ 0x8040u  /* MXCSR bit 15 (FTZ) and bit 6 (DAZ) */
+int cdanet_set_flush_denormal(int on, int num_threads) {
+#ifdef CDANET_MXCSR
+    int count = 0;
+    (void)num_threads;
+#pragma omp parallel num_threads(num_threads) reduction(+ : count)
+    {
+        _mm_setcsr((_mm_getcsr() & ~CDANET_FTZ_DAZ) | (on ? CDANET_FTZ_DAZ : 0u));
+        count += 1;
+    }
+    _mm_setcsr((_mm_getcsr() & ~CDANET_FTZ_DAZ) | (on ? CDANET_FTZ_DAZ : 0u));
+    return count;
+#else
+    (void)on;
+    (void)num_threads;
+    return 0;
+#endif
+}
+
+/* 1 if the calling thread flushes denormals (both bits set), else 0. */
+int cdanet_flush_denormal(void) {
+#ifdef CDANET_MXCSR
+    return (_mm_getcsr() & CDANET_FTZ_DAZ) == CDANET_FTZ_DAZ;
+#else
+    return 0;
+#endif
 }

@@ -440,3 +440,19 @@ def test_catch_up_kernel_matches_the_torch_formulas(weight_decay: float, some_ro
     assert not torch.equal(ours[0], p)
     for a, b in zip(ours[:3], ref[:3], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7 * float(b.abs().max()))
+
+
+def test_flush_denormal_sets_every_torch_thread_and_restores_the_mode() -> None:
+    if native.library() is None:
+        pytest.skip("no C compiler here")
+    subnormal = torch.full((1 << 20,), 1e-39)  # large enough that torch splits it over its threads
+    assert bool((subnormal * 1.0 == subnormal).all())  # IEEE by default: kept as it is
+    threads = torch.get_num_threads()
+    with native.flush_denormal() as every:
+        assert every
+        # Read as zero on every thread that computed a part (with 2+ threads, not the caller's alone).
+        assert bool((subnormal * 1.0 == 0).all()), f"some of {threads} threads still keep denormals"
+        assert (torch.full((4,), 1e-30) * 1e-10).abs().max() == 0  # written as zero
+    assert bool((subnormal * 1.0 == subnormal).all())
+    with native.flush_denormal(False) as every:
+        assert not every and bool((subnormal * 1.0 == subnormal).all())

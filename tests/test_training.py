@@ -75,6 +75,22 @@ def test_early_stopping_restores_the_best_epoch(processed_dir, train_val) -> Non
     assert restored == pytest.approx(result.best_val_auc, abs=1e-12)
 
 
+@pytest.mark.parametrize("flush", [True, False])
+def test_training_flushes_denormals_on_its_threads_only_while_it_runs(processed_dir, train_val, flush) -> None:
+    import cdanet.native as native
+
+    lib = native.library()
+    if lib is None:
+        pytest.skip("no C compiler here")
+    cfg = _cfg("mlp", "train.max_epochs=1", f"train.flush_denormal={str(flush).lower()}")
+    train, val = train_val
+    seen: list[int] = []
+    train_model(_fresh(cfg, processed_dir), train, val, cfg, "train",
+                on_epoch_end=lambda entry: seen.append(lib.flush_denormal()))
+    assert seen == [int(flush)] * len(seen) and seen
+    assert lib.flush_denormal() == 0  # the process's mode after training is what it was before
+
+
 def test_eval_points_are_evenly_spaced_and_end_the_epoch() -> None:
     assert eval_points(100, 1) == [100]
     assert eval_points(100, 4) == [25, 50, 75, 100]

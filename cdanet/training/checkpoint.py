@@ -26,7 +26,7 @@ CHECKPOINT_FORMAT = 1
 #: the weights of the epochs they share: how long to run, where, how fast, how verbosely.
 RESUMABLE_KEYS: frozenset[str] = frozenset(
     {"max_epochs", "finetune_max_epochs", "patience", "device", "num_threads", "eval_batch_size", "progress",
-     "retain_heap"}
+     "retain_heap", "flush_denormal"}
 )
 
 
