@@ -51,7 +51,7 @@ from cdanet.contract import DomainSchema, FieldKind, FieldSpec
 from cdanet.layers import set_fast_paths
 from cdanet.losses import compute_loss
 from cdanet.models import AugmentationNetwork, build_model
-from cdanet.training.optim import make_optimizer, retain_heap, training_fast_paths
+from cdanet.training.optim import make_optimizer, resolve_embedding_update, retain_heap, training_fast_paths
 
 MODEL_CHOICES = ("cdanet", "cdanet_stage2", "mlp", "share_middle", "star", "ddtcdr", "mmoe", "ple")
 
@@ -131,8 +131,9 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, float | str]:
         {d: random_batch(schemas[d], args.batch_size, gen) for d in model.train_domains} for _ in range(4)
     ]
     # the trainer's fast paths and optimiser
-    set_fast_paths(model, training_fast_paths(torch.device("cpu"), args.embedding_update))
-    opt = make_optimizer(model, 1e-3, 0.0, torch.device("cpu"), args.embedding_update)
+    update, _ = resolve_embedding_update(args.embedding_update, 1, model)  # auto: by these tables' size
+    set_fast_paths(model, training_fast_paths(torch.device("cpu"), update))
+    opt = make_optimizer(model, 1e-3, 0.0, torch.device("cpu"), update)
 
     def step(i: int) -> None:
         opt.zero_grad(set_to_none=True)
@@ -204,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--combiners", nargs="+", default=["linear"], choices=list(EMBEDDING_COMBINERS),
                    help="embedding combiners to measure (model.embedding_combiner); each model runs with each")
     p.add_argument("--embedding-update", choices=list(EMBEDDING_UPDATES), default="dense",
-                   help="Adam's update of the embedding tables (train.embedding_update; dense is the default)")
+                   help="Adam's update of the embedding tables (train.embedding_update; auto, the trainer's default, "
+                        "decides by the tables' size)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="config override of every model, e.g. --set model.shared_users=false (repeatable)")
     p.add_argument("--no-retain-heap", dest="retain_heap", action="store_false",

@@ -47,7 +47,7 @@ ABLATIONS: tuple[str, ...] = (
 EPOCH_BASES: tuple[str, ...] = ("larger", "target")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 EMBEDDING_COMBINERS: tuple[str, ...] = ("linear", "concat", "sum")
-EMBEDDING_UPDATES: tuple[str, ...] = ("lazy", "dense", "catchup")  # train.embedding_update
+EMBEDDING_UPDATES: tuple[str, ...] = ("auto", "dense", "lazy", "catchup")  # train.embedding_update
 #: model.cross_logit: which factorised user x item cross of the profile layer also goes straight to the logit.
 CROSS_LOGITS: tuple[str, ...] = ("none", "attributes", "profile")
 
@@ -122,12 +122,20 @@ class TrainConfig:
     # Adam's update of the embedding tables (the paper does not say): "dense" updates every row every
     # step (torch.optim.Adam), "lazy" only the rows a step looked up, "catchup" only those too, after
     # catching each up on the steps it missed as dense Adam would have moved it (cdanet.training.optim).
-    embedding_update: str = "dense"
+    # "auto": "dense" up to cdanet.training.optim.AUTO_CATCHUP_PARAMETERS table parameters, "catchup"
+    # above, where dense Adam's pass over every row dominates the step (docs/performance.md).
+    embedding_update: str = "auto"
     max_epochs: int = 30  # upper bound (the paper's 200 ensures convergence); early stopping decides
     # Validations without a better validation AUC of the target domain. Validation AUC moves by
     # 0.005 between validations at 30k rows; 6 (0.6 epochs at 10 per epoch) rides that out, where 3
     # stopped CDAnet's stage 1 at the first dip (docs/quality.md).
     patience: int = 6
+    # ... and a validation counts against the patience unless it beats the AUC of the last validation
+    # that reset it by more than this (Keras' and Lightning's EarlyStopping min_delta; the paper is
+    # silent). The weights kept are still those of the best validation seen. At large data the AUC
+    # creeps up by ~1e-4 per validation for epochs (the Taobao preset, docs/performance.md), where a
+    # 0 threshold never stops; 0 = any improvement resets the patience.
+    min_delta: float = 0.0
     # Validations per epoch (evenly spaced); early stopping and the restored best weights work at this
     # granularity. The paper is silent. With id embeddings the best point lies inside the first epoch
     # (measured: CDAnet stage 1 peaks half-way through it at Amazon-movie scale), so 10, not 1.
@@ -141,7 +149,9 @@ class TrainConfig:
     # ... taken every this many steps (decay ** k per take): its cost is one pass over the parameters,
     # ~3 ms per step at the medium data's 4.5-6M parameters (1-2 % of a step) but ~10x that at the
     # Taobao preset's table sizes, where 4-8 keeps it small. 1 is what docs/quality.md measured.
-    weight_average_every: int = 1
+    # 0 = auto: 1, or cdanet.training.optim.CATCHUP_AVERAGE_EVERY with the "catchup" update, whose
+    # every take first brings every row up to date.
+    weight_average_every: int = 0
     # The decay ramps as min(weight_average, (1 + n) / (ramp + n)) after n takes (TensorFlow's
     # ExponentialMovingAverage with num_updates uses 10): the average spans about the last n / (ramp - 1)
     # takes until the decay itself binds. At the medium data a stage takes 250-900 steps, so the ramp,
@@ -239,10 +249,13 @@ class ExperimentConfig:
         for dom, depth in {"": m.tower_layers, **m.tower_layers_by_domain}.items():
             if depth < 1:
                 errors.append(f"tower depth{' of ' + dom if dom else ''} must be >= 1, got {depth}")
-        for name in ("batch_size", "max_epochs", "patience", "eval_batch_size", "evals_per_epoch", "min_eval_steps",
-                     "weight_average_every"):
+        for name in ("batch_size", "max_epochs", "patience", "eval_batch_size", "evals_per_epoch", "min_eval_steps"):
             if getattr(t, name) < 1:
                 errors.append(f"train.{name} must be >= 1, got {getattr(t, name)}")
+        if t.weight_average_every < 0:
+            errors.append(f"train.weight_average_every must be >= 1, or 0 for auto, got {t.weight_average_every}")
+        if not 0 <= t.min_delta < 1:
+            errors.append(f"train.min_delta must be in [0, 1), got {t.min_delta}")
         if t.finetune_max_epochs is not None and t.finetune_max_epochs < 1:
             errors.append(f"train.finetune_max_epochs must be >= 1, got {t.finetune_max_epochs}")
         for name in ("learning_rate", "finetune_learning_rate"):

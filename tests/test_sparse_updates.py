@@ -21,6 +21,7 @@ from cdanet.layers import row_parameters, set_fast_paths
 from cdanet.layers.embeddings import _Lookup
 from cdanet.losses import compute_loss
 from cdanet.models import build_model
+from cdanet.training import optim
 from cdanet.training.optim import TableAdam, make_optimizer, training_fast_paths
 
 
@@ -270,6 +271,27 @@ def test_unknown_embedding_update_is_rejected() -> None:
     cfg.train.embedding_update = "sparse"
     with pytest.raises(ConfigError, match="embedding_update"):
         cfg.validate()
+
+
+def test_auto_update_is_catchup_from_a_table_size_on(monkeypatch) -> None:
+    model, _ = _tiny_cdanet()
+    size = optim.table_parameters(model)
+    assert size == sum(p.numel() for p in (*row_parameters(model)[0], *row_parameters(model)[1])) > 0
+    assert optim.resolve_embedding_update("auto", 0, model) == ("dense", 1)  # tiny tables
+    assert optim.resolve_embedding_update("lazy", 0, model) == ("lazy", 1)
+    assert optim.resolve_embedding_update("dense", 7, model) == ("dense", 7)  # explicit values stay
+    monkeypatch.setattr(optim, "AUTO_CATCHUP_PARAMETERS", size)
+    assert optim.resolve_embedding_update("auto", 0, model) == ("catchup", optim.CATCHUP_AVERAGE_EVERY)
+    assert optim.resolve_embedding_update("auto", 4, model) == ("catchup", 4)
+    monkeypatch.setattr(optim, "AUTO_CATCHUP_PARAMETERS", size + 1)
+    assert optim.resolve_embedding_update("auto", 0, model) == ("dense", 1)
+    for unresolved in ("auto", "sparse"):  # the optimiser takes a decided update only
+        with pytest.raises(ValueError, match="resolve 'auto'"):
+            make_optimizer(model, 0.01, 0.0, torch.device("cpu"), unresolved)
+    with pytest.raises(ValueError, match="unknown embedding_update 'sparse'"):
+        optim.resolve_embedding_update("sparse", 0, model)
+    with pytest.raises(ConfigError, match=r"train\.weight_average_every must be >= 1, or 0 for auto, got -1"):
+        ExperimentConfig().with_overrides(["train.weight_average_every=-1"]).validate()
 
 
 def test_lazy_updates_need_sparse_row_gradients() -> None:

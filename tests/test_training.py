@@ -25,7 +25,7 @@ from cdanet.training import (
     run_experiment,
     train_model,
 )
-from cdanet.training.trainer import WeightAverage, eval_points
+from cdanet.training.trainer import WeightAverage, _EarlyStopping, eval_points
 
 # One intra-op thread: the test machine's cores are shared, and oversubscription only slows us down.
 FAST = ["train.num_threads=1", "train.batch_size=256"]
@@ -118,6 +118,73 @@ def test_validation_inside_the_epoch_stops_and_restores_at_that_point(processed_
     assert sum(h["steps"] for h in result.history) == steps[-1]
     restored = evaluate(model, {"movie": val["movie"]}, split="validation").domains["movie"].auc
     assert restored == pytest.approx(result.best_val_auc, abs=1e-12)
+
+
+def test_min_delta_counts_small_gains_against_the_patience_but_keeps_the_best() -> None:
+    values = [0.50, 0.505, 0.508, 0.52, 0.5205, 0.521, 0.5212]
+    plain, strict = _EarlyStopping(2), _EarlyStopping(2, min_delta=0.01)
+    assert [plain.update(v, i) for i, v in enumerate(values)] == [True] * 7  # every gain resets
+    assert not plain.stopped and plain.bad_epochs == 0
+    seen = []
+    for i, v in enumerate(values[:3]):
+        seen.append((strict.update(v, i), strict.bad_epochs, strict.stopped))
+    # 0.505 and 0.508 are within 0.01 of 0.50 (two strikes: stop), yet each is a new best; 0.52 would reset
+    assert seen == [(True, 0, False), (True, 1, False), (True, 2, True)]
+    assert strict.best == 0.508 and strict.best_epoch == 2 and strict.reference == 0.50
+    # a resumed stopper keeps its counts and takes the settings of the run that resumes
+    again = _EarlyStopping.resumed(strict.state_dict(), patience=5, min_delta=0.001)
+    assert (again.patience, again.min_delta, again.reference, again.bad_epochs) == (5, 0.001, 0.50, 2)
+    assert again.update(0.5205, 3) and again.bad_epochs == 0 and again.reference == 0.5205
+    # a checkpoint from before train.min_delta has no reference: the best was it
+    old = {"best": 0.6, "best_epoch": 1.5, "bad_epochs": 1, "stopped": False}
+    assert _EarlyStopping.resumed(old, 3, 0.0).reference == 0.6
+
+
+def test_min_delta_stops_the_same_trajectory_earlier_with_the_best_weights(processed_dir, train_val) -> None:
+    # The stopping rule only truncates training: with min_delta the run follows the plain run's
+    # validations exactly and stops at the first one that the rule, replayed on them, stops at.
+    base = ["train.learning_rate=0.01", "train.max_epochs=6", "train.patience=3", "train.evals_per_epoch=4",
+            "train.min_eval_steps=1"]
+    train, val = train_val
+    runs = {}
+    for delta in ("0", "0.01"):
+        cfg = _cfg("mlp", *base, f"train.min_delta={delta}")
+        model = _fresh(cfg, processed_dir)
+        runs[delta] = (train_model(model, train, val, cfg, "train"), model)
+    plain, (coarse, model) = runs["0"][0], runs["0.01"]
+    aucs = [h["val_auc_movie"] for h in plain.history]
+    replay = _EarlyStopping(3, 0.01)
+    stop = next((i for i, a in enumerate(aucs) if (replay.update(a, i), replay.stopped)[1]), len(aucs) - 1)
+    assert stop < len(aucs) - 1, aucs  # the test needs a trajectory that min_delta cuts short
+    kept = [h["val_auc_movie"] for h in coarse.history]
+    assert kept == aucs[: stop + 1] and coarse.stopped_early
+    assert coarse.best_val_auc == max(kept)
+    restored = evaluate(model, {"movie": val["movie"]}, split="validation").domains["movie"].auc
+    assert restored == pytest.approx(coarse.best_val_auc, abs=1e-12)
+    with pytest.raises(ConfigError, match=r"train\.min_delta must be in \[0, 1\), got -0\.001"):
+        tiny_config().with_overrides(["train.min_delta=-0.001"]).validate()
+
+
+@pytest.mark.parametrize("threshold", ["default", "tiny"])
+def test_auto_embedding_update_trains_as_the_update_it_picks(processed_dir, train_val, monkeypatch, threshold) -> None:
+    # train.embedding_update=auto with weight_average_every=0 (the defaults) is exactly dense / every
+    # step below the size threshold, and exactly catchup / every 32 steps at or above it.
+    from cdanet.training import optim
+
+    if threshold == "tiny":
+        monkeypatch.setattr(optim, "AUTO_CATCHUP_PARAMETERS", 1)
+    picked = {"default": ("dense", 1), "tiny": ("catchup", optim.CATCHUP_AVERAGE_EVERY)}[threshold]
+    # with L2, catchup is not dense Adam to the last digit; ~80 steps, so an average every 32 takes twice
+    base = ["train.max_epochs=2", "train.batch_size=64", "train.evals_per_epoch=2", "train.min_eval_steps=1",
+            "train.weight_average=0.9", "train.weight_decay=0.01"]
+    train, val = train_val
+    aucs = []
+    for extra in (["train.embedding_update=auto", "train.weight_average_every=0"],
+                  [f"train.embedding_update={picked[0]}", f"train.weight_average_every={picked[1]}"]):
+        cfg = _cfg("mlp", *base, *extra)
+        model = _fresh(cfg, processed_dir)
+        aucs.append([h["val_auc_movie"] for h in train_model(model, train, val, cfg, "train").history])
+    assert aucs[0] == aucs[1]
 
 
 class _Interrupt(RuntimeError):

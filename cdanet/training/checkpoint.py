@@ -25,7 +25,7 @@ CHECKPOINT_FORMAT = 1
 #: TrainConfig keys that may change between an interrupted run and its resumption without changing
 #: the weights of the epochs they share: how long to run, where, how fast, how verbosely.
 RESUMABLE_KEYS: frozenset[str] = frozenset(
-    {"max_epochs", "finetune_max_epochs", "patience", "device", "num_threads", "eval_batch_size", "progress",
+    {"max_epochs", "finetune_max_epochs", "patience", "min_delta", "device", "num_threads", "eval_batch_size", "progress",
      "retain_heap", "flush_denormal"}
 )
 

@@ -126,6 +126,45 @@ class TableAdam(torch.optim.Adam):
                 p.grad = grad
 
 
+#: ``train.embedding_update=auto`` takes ``catchup`` for models whose embedding tables hold at least
+#: this many parameters, ``dense`` below. Measured (docs/performance.md, "The catch-up update"): level
+#: at the movie-size tables' 6.3M, 1.4x faster at the Taobao preset's 60.6M, where a ``dense`` step
+#: streams every row; below, ``dense`` is exact and what the quality figures were measured with.
+AUTO_CATCHUP_PARAMETERS = 16_000_000
+#: ``train.weight_average_every=0`` (auto) with ``catchup``: take the average every this many steps,
+#: as each take first brings every row up to date (a pass over the tables); 1 with the other updates.
+CATCHUP_AVERAGE_EVERY = 32
+
+
+def table_parameters(model: nn.Module) -> int:
+    """Parameters in ``model``'s lookup tables (:func:`cdanet.layers.row_parameters`)."""
+    sparse, dense = row_parameters(model)
+    return sum(p.numel() for p in (*sparse, *dense))
+
+
+def resolve_embedding_update(embedding_update: str, weight_average_every: int, model: nn.Module) -> tuple[str, int]:
+    """``train.embedding_update`` and ``train.weight_average_every`` with ``auto`` (and 0) decided for ``model``.
+
+    ``auto`` is ``catchup`` from :data:`AUTO_CATCHUP_PARAMETERS` table parameters on, else ``dense``;
+    a ``weight_average_every`` of 0 is :data:`CATCHUP_AVERAGE_EVERY` with ``catchup``, else 1. Explicit
+    values are returned as they are. Deterministic in the model's table sizes, so a resumed run decides
+    as the interrupted one did.
+    """
+    if embedding_update not in EMBEDDING_UPDATES:
+        raise ValueError(f"unknown embedding_update {embedding_update!r}; expected one of {EMBEDDING_UPDATES}")
+    if embedding_update == "auto":
+        embedding_update = "catchup" if table_parameters(model) >= AUTO_CATCHUP_PARAMETERS else "dense"
+    if weight_average_every == 0:
+        weight_average_every = CATCHUP_AVERAGE_EVERY if embedding_update == "catchup" else 1
+    return embedding_update, weight_average_every
+
+
+def _check_resolved(embedding_update: str) -> None:
+    if embedding_update not in EMBEDDING_UPDATES or embedding_update == "auto":
+        raise ValueError(f"embedding_update must be one of {EMBEDDING_UPDATES[1:]} (resolve 'auto' with "
+                         f"resolve_embedding_update first), got {embedding_update!r}")
+
+
 def training_fast_paths(device: torch.device, embedding_update: str = "dense") -> FastPaths:
     """The blocks' fast paths for training on ``device`` with :func:`make_optimizer`'s ``embedding_update``.
 
@@ -135,8 +174,7 @@ def training_fast_paths(device: torch.device, embedding_update: str = "dense") -
     backward nor the optimiser builds a dense ``R x e`` gradient. Otherwise they are dense and Adam's
     fused kernel updates the tables. Measured in ``docs/performance.md``, "Training speed".
     """
-    if embedding_update not in EMBEDDING_UPDATES:
-        raise ValueError(f"unknown embedding_update {embedding_update!r}; expected one of {EMBEDDING_UPDATES}")
+    _check_resolved(embedding_update)
     sparse = embedding_update in ("lazy", "catchup") or (device.type == "cpu" and native.library() is not None)
     return FastPaths(sparse_rows=sparse)
 
@@ -154,8 +192,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: tor
     selects them with :func:`training_fast_paths`) are updated by the row kernels, the rest by Adam.
     ``lazy`` needs every table's gradient as sparse rows, and raises ``ValueError`` otherwise.
     """
-    if embedding_update not in EMBEDDING_UPDATES:
-        raise ValueError(f"unknown embedding_update {embedding_update!r}; expected one of {EMBEDDING_UPDATES}")
+    _check_resolved(embedding_update)
     lazy, catch_up = embedding_update == "lazy", embedding_update == "catchup"
     _, dense_rows = row_parameters(model)
     if (lazy or catch_up) and dense_rows:

@@ -36,7 +36,13 @@ from cdanet.training.checkpoint import (
     run_identity,
     save_checkpoint,
 )
-from cdanet.training.optim import make_optimizer, retain_heap, training_fast_paths
+from cdanet.training.optim import (
+    make_optimizer,
+    resolve_embedding_update,
+    retain_heap,
+    table_parameters,
+    training_fast_paths,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -141,22 +147,40 @@ class _EarlyStopping:
 
     Counted in validations, which run ``train.evals_per_epoch`` times per epoch; ``best_epoch`` is
     the point of the best one in epochs trained (1.0 at the end of the first epoch, 0.25 a quarter in).
+    A validation resets the patience only if it beats ``reference``, the value of the last one that
+    reset it, by more than ``min_delta`` (``train.min_delta``); the best one, whose weights are kept,
+    is any strictly greater value. With ``min_delta`` 0 the two coincide.
     """
 
     patience: int
+    min_delta: float = 0.0
     best: float = -math.inf
     best_epoch: float = 0
-    bad_epochs: int = 0  # validations since the best one
+    reference: float = -math.inf
+    bad_epochs: int = 0  # validations since the last one that reset the patience
     stopped: bool = False
 
     def update(self, value: float, epoch: float) -> bool:
         """Record ``value``; True if it is a new best (strictly greater)."""
-        if value > self.best:
-            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
-            return True
-        self.bad_epochs += 1
-        self.stopped = self.bad_epochs >= self.patience
-        return False
+        is_best = value > self.best
+        if is_best:
+            self.best, self.best_epoch = value, epoch
+        if value > self.reference + self.min_delta:
+            self.reference, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+            self.stopped = self.bad_epochs >= self.patience
+        return is_best
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the counts, not the settings (``patience`` and ``min_delta`` are
+        the resumed run's, :data:`cdanet.training.checkpoint.RESUMABLE_KEYS`)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("patience", "min_delta")}
+
+    @classmethod
+    def resumed(cls, state: Mapping[str, Any], patience: int, min_delta: float) -> _EarlyStopping:
+        # checkpoints written before train.min_delta have no reference: it was the best
+        return cls(patience, min_delta, **{"reference": state["best"], **state})
 
 
 @dataclass
@@ -357,8 +381,12 @@ def train_model(
     train_dev = {d: train[d].to(device) for d in train_domains}
     val_dev = {d: val[d].to(device) for d in eval_domains}
     # The one place training picks the blocks' implementations (each the same function as its equation).
-    set_fast_paths(model, training_fast_paths(device, t.embedding_update))
-    optimizer = make_optimizer(model, lr, t.weight_decay, device, t.embedding_update)
+    update, average_every = resolve_embedding_update(t.embedding_update, t.weight_average_every, model)
+    logger.info("%s: embedding update %s%s (%.1fM table parameters)%s", stage, update,
+                " (auto)" if t.embedding_update == "auto" else "", table_parameters(model) / 1e6,
+                f", weight average every {average_every} steps" if t.weight_average > 0 else "")
+    set_fast_paths(model, training_fast_paths(device, update))
+    optimizer = make_optimizer(model, lr, t.weight_decay, device, update)
     sampler = TwoDomainSampler(
         train_dev, t.batch_size, epoch_basis=t.epoch_basis, target_domain=target, seed=stable_seed(t.seed, stage)
     )
@@ -376,8 +404,8 @@ def train_model(
     schemas = {d: data.schema for d, data in {**train, **val}.items() if d in train_domains + eval_domains}
     identity = run_identity(cfg, stage, model, schemas, {d: len(train[d]) for d in train_domains})
 
-    average = WeightAverage(model, t.weight_average, t.weight_average_every, t.weight_average_ramp) if t.weight_average > 0 else None
-    stopper = _EarlyStopping(t.patience)
+    average = WeightAverage(model, t.weight_average, average_every, t.weight_average_ramp) if t.weight_average > 0 else None
+    stopper = _EarlyStopping(t.patience, t.min_delta)
     history: list[dict[str, Any]] = []
     best_state: dict[str, torch.Tensor] | None = None
     done = 0
@@ -391,7 +419,7 @@ def train_model(
             if device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
             history = list(state["history"])
-            stopper = _EarlyStopping(**{**state["early_stopping"], "patience": t.patience})
+            stopper = _EarlyStopping.resumed(state["early_stopping"], t.patience, t.min_delta)
             best_state = state["best_state"]
             if average is not None:
                 average.load_state_dict(state["weight_average"])
@@ -420,7 +448,7 @@ def train_model(
             "rng": torch.get_rng_state(),
             **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
             "history": history,
-            "early_stopping": {k: v for k, v in asdict(stopper).items() if k != "patience"},
+            "early_stopping": stopper.state_dict(),
             "best_state": best_state,
             **({"weight_average": average.state_dict()} if average is not None else {}),
         })
@@ -466,8 +494,8 @@ def train_model(
                 if on_epoch_end is not None:
                     on_epoch_end(entry)
                 if stopper.stopped:
-                    logger.info("%s: early stop at epoch %g (no better %s AUC for %d validations)", stage, point,
-                                target, t.patience)
+                    logger.info("%s: early stop at epoch %g (no %s AUC better by more than %g for %d validations)",
+                                stage, point, target, t.min_delta, t.patience)
                 return stopper.stopped
 
             _train_one_epoch(
