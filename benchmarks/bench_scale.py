@@ -10,7 +10,7 @@ is written to ``<workdir>/<scale>/<step>.log`` as the step runs. gate + register
 out: their cost does not grow with the data (23 s at the Taobao preset, the issue's table).
 
     .venv/bin/python -m benchmarks.bench_scale --scales tiny small
-    .venv/bin/python -m benchmarks.bench_scale --scales tiny small paper   # the Taobao preset: ~40 min, ~6 GB
+    .venv/bin/python -m benchmarks.bench_scale --scales tiny small paper   # the Taobao preset: ~30 min, ~7 GB
 
 The growth fit: for each step, cost = a * rows^b (rows: the raw interaction rows of both domains, as
 the issue counts "4.5M ad + 15M rec raw rows") by least squares on log-log (b = 1: linear; the
@@ -150,6 +150,11 @@ def fit_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return float("nan") if sxx == 0 else sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
 
 
+def _slope(b: float) -> str:
+    """A fitted exponent for the table; "-" where there is nothing to fit (one scale)."""
+    return "-" if math.isnan(b) else f"{b:.2f}"
+
+
 def report(results: list[dict[str, object]]) -> str:
     """The per-step table (seconds / peak MB per scale) and each step's fitted growth exponents."""
     scales = [str(r["scale"]) for r in results]
@@ -163,10 +168,10 @@ def report(results: list[dict[str, object]]) -> str:
         mems = [float(r["steps"][step]["peak_rss_mb"]) for r in results]  # type: ignore[index]
         totals = [t + s for t, s in zip(totals, secs, strict=True)]
         cells = " | ".join(f"{s:.1f} / {m:.0f}" for s, m in zip(secs, mems, strict=True))
-        last2 = fit_slope(rows[-2:], secs[-2:])
-        lines.append(f"| {step} | {cells} | {fit_slope(rows, secs):.2f} / {last2:.2f} | {fit_slope(rows, mems):.2f} |")
+        last2 = _slope(fit_slope(rows[-2:], secs[-2:]))
+        lines.append(f"| {step} | {cells} | {_slope(fit_slope(rows, secs))} / {last2} | {_slope(fit_slope(rows, mems))} |")
     lines.append("| **total** | " + " | ".join(f"{t:.1f}" for t in totals)
-                 + f" | {fit_slope(rows, totals):.2f} / {fit_slope(rows[-2:], totals[-2:]):.2f} | |")
+                 + f" | {_slope(fit_slope(rows, totals))} / {_slope(fit_slope(rows[-2:], totals[-2:]))} | |")
     for r in results:
         if "test_auc" in r:
             lines.append(f"{r['scale']}: test AUC {r['test_auc']}")

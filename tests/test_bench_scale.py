@@ -36,6 +36,9 @@ def test_report_has_a_row_per_step_and_the_total() -> None:
     text = report([result("tiny", 10_000, 1.0), result("small", 100_000, 1.0)])
     assert "| preprocess | 10.0 / 200 | 100.0 / 1100 | 1.00 / 1.00 |" in text
     assert "| **total** | 60.0 | 600.0 | 1.00 / 1.00 | |" in text
+    # One scale (the preset alone): nothing to fit, so no "nan" in the table.
+    one = report([result("paper", 100_000, 1.0)])
+    assert "| preprocess | 100.0 / 1100 | - / - | - |" in one and "nan" not in one
 
 
 def test_a_step_reports_its_own_peak_not_its_parents() -> None:
