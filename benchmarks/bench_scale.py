@@ -150,8 +150,9 @@ def fit_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return float("nan") if sxx == 0 else sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
 
 
-def _slope(b: float) -> str:
-    """A fitted exponent for the table; "-" where there is nothing to fit (one scale)."""
+def _slope(xs: Sequence[float], ys: Sequence[float]) -> str:
+    """:func:`fit_slope` for the table; "-" where there is nothing to fit (one scale)."""
+    b = fit_slope(xs, ys)
     return "-" if math.isnan(b) else f"{b:.2f}"
 
 
@@ -168,10 +169,9 @@ def report(results: list[dict[str, object]]) -> str:
         mems = [float(r["steps"][step]["peak_rss_mb"]) for r in results]  # type: ignore[index]
         totals = [t + s for t, s in zip(totals, secs, strict=True)]
         cells = " | ".join(f"{s:.1f} / {m:.0f}" for s, m in zip(secs, mems, strict=True))
-        last2 = _slope(fit_slope(rows[-2:], secs[-2:]))
-        lines.append(f"| {step} | {cells} | {_slope(fit_slope(rows, secs))} / {last2} | {_slope(fit_slope(rows, mems))} |")
+        lines.append(f"| {step} | {cells} | {_slope(rows, secs)} / {_slope(rows[-2:], secs[-2:])} | {_slope(rows, mems)} |")
     lines.append("| **total** | " + " | ".join(f"{t:.1f}" for t in totals)
-                 + f" | {_slope(fit_slope(rows, totals))} / {_slope(fit_slope(rows[-2:], totals[-2:]))} | |")
+                 + f" | {_slope(rows, totals)} / {_slope(rows[-2:], totals[-2:])} | |")
     for r in results:
         if "test_auc" in r:
             lines.append(f"{r['scale']}: test AUC {r['test_auc']}")
